@@ -1,0 +1,29 @@
+# `make train` and `make test` work on a fresh machine: they make .venv first when it is missing or
+# out of date (the stamp file is newer than everything the install reads), then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.gridclip-installed
+
+.PHONY: setup train test test-fast clean-venv
+
+$(STAMP): requirements.txt scripts/install_detectron2.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -c "import detectron2" 2>/dev/null || $(PY) scripts/install_detectron2.py
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+train: $(STAMP)
+	$(PY) train_net.py --config-file configs/GridCLIP_synthetic.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,117 @@
+"""Config keys of gridclip_d2, added to a Detectron2 config by :func:`add_gridclip_config`.
+
+Detectron2's own keys keep their meaning (MODEL.BACKBONE.FREEZE_AT, MODEL.FPN.*, INPUT.*, SOLVER.*,
+TEST.DETECTIONS_PER_IMAGE, DATALOADER.SAMPLER_TRAIN, ...). Only what Detectron2 lacks is added here.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_gridclip_config(cfg):
+    """Add gridclip_d2's keys to ``cfg`` in place. Safe to call more than once."""
+    _C = cfg
+    if "CLIP" in _C.MODEL and "GRIDCLIP" in _C.MODEL:
+        return cfg
+
+    # ---------------------------------------------------------------- CLIP backbone and weights
+    _C.MODEL.CLIP = CN()
+    # CLIP ResNet architecture: RN50, RN101, RN50x4, RN50x16, RN50x64, or the reduced RNtiny
+    # (same ModifiedResNet class, fewer blocks and channels) used by the embedded default.
+    _C.MODEL.CLIP.ARCH = "RN50"
+    # OpenAI model name (looked up in the clip package's cache dir) or a checkpoint path
+    # (TorchScript archive or plain state dict). "" = random initialisation from INIT_SEED.
+    _C.MODEL.CLIP.WEIGHTS = ""
+    # Folder where OpenAI model names are looked up / downloaded; "" = the clip package default.
+    _C.MODEL.CLIP.DOWNLOAD_ROOT = ""
+    # Seed of the random initialisation when WEIGHTS is "": a fixed seed makes the random CLIP
+    # (backbone, teacher and text encoder) the same model in every process and every run.
+    _C.MODEL.CLIP.INIT_SEED = 0
+    # Normalisation of the CLIP ResNet: "FrozenBN" (pretrained weights), "BN" or "SyncBN" (training
+    # from random weights must keep normalisation trainable).
+    _C.MODEL.CLIP.NORM = "FrozenBN"
+    # Stages returned by the backbone (subset of res2..res5).
+    _C.MODEL.CLIP.OUT_FEATURES = ["res3", "res4", "res5"]
+
+    # ---------------------------------------------------------------- BiFPN neck
+    _C.MODEL.BIFPN = CN()
+    # Input stages of the BiFPN (P3..P5 come from these; P6, P7 are made by downsampling).
+    _C.MODEL.BIFPN.IN_FEATURES = ["res3", "res4", "res5"]
+    # Channels of every BiFPN level.
+    _C.MODEL.BIFPN.OUT_CHANNELS = 256
+    # Number of stacked BiFPN layers.
+    _C.MODEL.BIFPN.NUM_REPEATS = 3
+    # Normalisation after each fusion conv: "GN", "BN", "SyncBN" or "".
+    _C.MODEL.BIFPN.NORM = "GN"
+
+    # ---------------------------------------------------------------- GridCLIP head
+    _C.MODEL.GRIDCLIP = CN()
+    # Pyramid levels the head runs on.
+    _C.MODEL.GRIDCLIP.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Convs in each of the classification and regression towers.
+    _C.MODEL.GRIDCLIP.NUM_CONVS = 4
+    # Normalisation in the towers ("GN" as in FCOS, or "").
+    _C.MODEL.GRIDCLIP.HEAD_NORM = "GN"
+    # Prior probability that sets the initial classification bias.
+    _C.MODEL.GRIDCLIP.PRIOR_PROB = 0.01
+    # Initial (or fixed) temperature multiplying cosine similarities to give logits.
+    _C.MODEL.GRIDCLIP.TEMPERATURE = 50.0
+    # Learn the temperature (True) or keep it fixed (False).
+    _C.MODEL.GRIDCLIP.LEARN_TEMPERATURE = True
+    # Focal loss parameters of the grid-level alignment (classification) loss.
+    _C.MODEL.GRIDCLIP.FOCAL_LOSS_ALPHA = 0.25
+    _C.MODEL.GRIDCLIP.FOCAL_LOSS_GAMMA = 2.0
+    # FCOS centre-sampling radius, in units of the level's stride.
+    _C.MODEL.GRIDCLIP.CENTER_SAMPLING_RADIUS = 1.5
+    # Inference: score threshold (LVIS protocol: very low), top-k candidates per level, NMS IoU.
+    # The number of detections per image is Detectron2's TEST.DETECTIONS_PER_IMAGE.
+    _C.MODEL.GRIDCLIP.SCORE_THRESH_TEST = 1e-4
+    _C.MODEL.GRIDCLIP.TOPK_CANDIDATES_TEST = 1000
+    _C.MODEL.GRIDCLIP.NMS_THRESH_TEST = 0.6
+    # Levels (e.g. ["p5"]) whose grid embeddings also receive the backbone's dense CLIP embedding
+    # (attention-pool value+output projections at every res5 location); [] = off.
+    _C.MODEL.GRIDCLIP.DENSE_CLIP_LEVELS = []
+    # Frozen classifier: a C x D .npy of text embeddings (tools/dump_text_embeddings.py) whose rows
+    # follow the training set's classes; "" = compute them at build time with CLIP's text encoder.
+    _C.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = ""
+    # Prompt used when embeddings are computed at build time ("{}" is the category name).
+    _C.MODEL.GRIDCLIP.PROMPT = "a {}"
+    # Average over the ViLD/CLIP photo-template ensemble instead of the single PROMPT.
+    _C.MODEL.GRIDCLIP.PROMPT_ENSEMBLE = False
+    # Federated loss (LVIS): classification loss only on the image's classes plus classes sampled
+    # by frequency**FED_LOSS_FREQ_WEIGHT, FED_LOSS_NUM_CLASSES in all per batch.
+    _C.MODEL.GRIDCLIP.USE_FED_LOSS = False
+    _C.MODEL.GRIDCLIP.FED_LOSS_NUM_CLASSES = 50
+    _C.MODEL.GRIDCLIP.FED_LOSS_FREQ_WEIGHT = 0.5
+    # Exclude the training set's novel classes (metadata "novel_class_ids", e.g. LVIS rare on the
+    # base split) from the classification loss, so they are never pushed down as negatives.
+    _C.MODEL.GRIDCLIP.IGNORE_NOVEL_CLASSES = True
+
+    # ---------------------------------------------------------------- image-level alignment
+    _C.MODEL.GRIDCLIP.IMAGE_ALIGN = CN()
+    # Turn the image-level alignment loss on or off.
+    _C.MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED = True
+    # Weight of the L1 loss between normalised student (pooled grid) and teacher embeddings.
+    _C.MODEL.GRIDCLIP.IMAGE_ALIGN.LOSS_WEIGHT = 1.0
+    # Crop grids: 1 = whole image, 2 = 2x2 crops, 3 = 3x3 crops, ...
+    _C.MODEL.GRIDCLIP.IMAGE_ALIGN.GRIDS = [1, 2, 3]
+    # How grid embeddings are pooled over a region: "mean" or "max".
+    _C.MODEL.GRIDCLIP.IMAGE_ALIGN.POOL = "mean"
+    # Side of the square teacher input each crop is resized to; 0 = the architecture's resolution.
+    _C.MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE = 0
+    # Teacher embeddings precomputed by tools/dump_image_embeddings.py; "" = teacher runs on the fly.
+    # Images missing from the file fall back to the on-the-fly teacher.
+    _C.MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE = ""
+
+    # ---------------------------------------------------------------- data
+    _C.DATASETS.GRIDCLIP = CN()
+    # A user's own LVIS-format data set, with no code: name, json and image folder for train and
+    # test. When NAME is set, it is registered and used as DATASETS.TRAIN/TEST.
+    _C.DATASETS.GRIDCLIP.NAME = ""
+    _C.DATASETS.GRIDCLIP.TRAIN_JSON = ""
+    _C.DATASETS.GRIDCLIP.TRAIN_IMAGES = ""
+    _C.DATASETS.GRIDCLIP.TEST_JSON = ""
+    _C.DATASETS.GRIDCLIP.TEST_IMAGES = ""
+
+    # ---------------------------------------------------------------- training extras
+    # Save a PNG of the training curves next to metrics.json at the end of training.
+    _C.SOLVER.PLOT_CURVES = True
+    return cfg

@@ -1,0 +1,1 @@
+# Importing these modules registers the data sets with Detectron2's catalogs.

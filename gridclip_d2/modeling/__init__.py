@@ -1,0 +1,1 @@
+# Importing these modules registers them with Detectron2's registries.
