@@ -97,8 +97,9 @@ def add_gridclip_config(cfg):
     _C.MODEL.GRIDCLIP.IMAGE_ALIGN.POOL = "mean"
     # Side of the square teacher input each crop is resized to; 0 = the architecture's resolution.
     _C.MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE = 0
-    # Teacher embeddings precomputed by tools/dump_image_embeddings.py; "" = teacher runs on the fly.
-    # Images missing from the file fall back to the on-the-fly teacher.
+    # Teacher embeddings precomputed by tools/dump_image_embeddings.py. "" or a file that does not
+    # exist = the teacher runs on the fly; with the file, no teacher is built and every training
+    # image must be in it (an error names the missing image id).
     _C.MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE = ""
 
     # ---------------------------------------------------------------- data

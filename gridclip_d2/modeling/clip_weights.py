@@ -1,0 +1,160 @@
+"""Loading OpenAI CLIP weights as a float32 state dict in OpenAI's key layout.
+
+``MODEL.CLIP.WEIGHTS`` is one of:
+
+- an OpenAI model name (a key of ``clip._MODELS``, e.g. ``"RN50"``): the file named after the URL's
+  basename is looked up in ``MODEL.CLIP.DOWNLOAD_ROOT`` (or clip's default ``~/.cache/clip``) and
+  downloaded there by ``clip._download`` when absent and online;
+- a path to a TorchScript archive (the format OpenAI distributes) or to a plain state dict;
+- ``""``: the state dict of ``clip.model.CLIP(**CLIP_ARCHS[arch])`` initialised under
+  ``torch.manual_seed(seed)`` (inside ``torch.random.fork_rng``, so the caller's RNG is untouched):
+  the same "random CLIP" in every process and every run.
+
+Keys are OpenAI's (``visual.*``, ``token_embedding.weight``, ``transformer.*``, ``ln_final.*``,
+``positional_embedding``, ``text_projection``, ``logit_scale``); floating tensors are float32.
+Results are cached per process: callers must treat the returned tensors as read-only.
+"""
+import logging
+import os
+from typing import Dict, Optional
+
+import torch
+
+import clip
+from clip.model import CLIP
+
+from .clip_arch import arch_name, get_arch, infer_arch
+
+__all__ = ["load_clip_state_dict", "clip_state_dict_from_cfg", "openai_checkpoint_path"]
+
+logger = logging.getLogger(__name__)
+
+# Metadata entries of OpenAI's TorchScript archives that are not weights (clip.build_model drops them).
+_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_CACHE: Dict[tuple, Dict[str, torch.Tensor]] = {}
+
+_HOW_TO_GET = (
+    "Download it on a machine with internet access, e.g. `python -c \"import clip; "
+    "clip.load('{name}', device='cpu', download_root='{root}')\"`, or fetch {url} into that folder "
+    "(README section \"CLIP weights\"). MODEL.CLIP.WEIGHTS \"\" trains from a randomly initialised CLIP."
+)
+
+
+def _default_download_root() -> str:
+    # the clip package's own default (clip.load's download_root=None)
+    return os.path.expanduser("~/.cache/clip")
+
+
+def openai_checkpoint_path(name: str, download_root: str = "") -> str:
+    """Local path of OpenAI model ``name``: the cached file, downloading it when possible.
+
+    Raises FileNotFoundError saying where it looked and how to get the file when it is absent and
+    cannot be downloaded (offline).
+    """
+    url = clip.clip._MODELS[name]
+    root = os.path.expanduser(download_root) if download_root else _default_download_root()
+    path = os.path.join(root, os.path.basename(url))
+    if os.path.isfile(path):
+        return path
+    try:
+        logger.info("CLIP %s not found at %s; downloading %s", name, path, url)
+        return clip.clip._download(url, root)
+    except Exception as e:  # offline, proxy, disk: one message saying what to do
+        raise FileNotFoundError(
+            f"CLIP weights {name!r} (MODEL.CLIP.WEIGHTS) are not at {path} and could not be "
+            f"downloaded ({type(e).__name__}: {e}). "
+            + _HOW_TO_GET.format(name=name, root=root, url=url)
+        ) from None
+
+
+def _read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
+    """State dict of a TorchScript archive or of a plain (torch.save'd) state dict at ``path``."""
+    try:
+        return dict(torch.jit.load(path, map_location="cpu").state_dict())
+    except RuntimeError:
+        pass  # not a TorchScript archive: try a plain state dict
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"CLIP checkpoint {path} is neither a TorchScript archive nor a torch.save'd state dict "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(
+            f"CLIP checkpoint {path} holds a {type(obj).__name__}, not a state dict "
+            "(a dict of tensor names to tensors, as CLIP.state_dict() gives)"
+        )
+    return dict(obj)
+
+
+def _random_clip_state_dict(arch_key: str, seed: int) -> Dict[str, torch.Tensor]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIP(**get_arch(arch_key).as_kwargs())
+    return model.state_dict()
+
+
+def _file_key(path: str) -> tuple:
+    st = os.stat(path)
+    return (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+
+
+def load_clip_state_dict(
+    weights: str, arch: Optional[str], download_root: str = "", seed: int = 0
+) -> Dict[str, torch.Tensor]:
+    """Float32 OpenAI-layout CLIP state dict from ``weights`` (see the module docstring).
+
+    Args:
+        weights: OpenAI model name, checkpoint path, or "" for the seeded random CLIP.
+        arch: expected architecture (name in ``CLIP_ARCHS``); the checkpoint's inferred architecture
+            must match it. ``None`` skips the check (not allowed with ``weights == ""``).
+        download_root: where OpenAI names are looked up / downloaded ("" = clip's default).
+        seed: seed of the random initialisation when ``weights == ""``.
+    """
+    if weights == "":
+        if arch is None:
+            raise ValueError("A random CLIP (MODEL.CLIP.WEIGHTS \"\") needs an architecture name")
+        get_arch(arch)  # unknown names fail here, naming the option
+        key = ("random", arch, int(seed))
+        if key not in _CACHE:
+            _CACHE[key] = _random_clip_state_dict(arch, int(seed))
+        return dict(_CACHE[key])
+
+    if weights in clip.clip._MODELS:
+        path = openai_checkpoint_path(weights, download_root)
+    else:
+        path = os.path.expanduser(weights)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"CLIP weights (MODEL.CLIP.WEIGHTS) {weights!r}: no such file, and not an OpenAI model "
+                f"name ({sorted(n for n in clip.clip._MODELS if n.startswith('RN'))}). "
+                "MODEL.CLIP.WEIGHTS \"\" trains from a randomly initialised CLIP."
+            )
+    key = ("file",) + _file_key(path)
+    if key not in _CACHE:
+        state_dict = _read_checkpoint(path)
+        for k in _METADATA_KEYS:
+            state_dict.pop(k, None)
+        _CACHE[key] = {
+            k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()
+        }
+        logger.info("Loaded CLIP weights from %s", path)
+    state_dict = _CACHE[key]
+    if arch is not None:
+        try:
+            found = infer_arch(state_dict)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"CLIP checkpoint {path}: {e}") from None
+        if found != get_arch(arch):
+            raise ValueError(
+                f"CLIP checkpoint {path} is a {arch_name(found)} model but MODEL.CLIP.ARCH is "
+                f"{arch!r}; set MODEL.CLIP.ARCH to match the weights"
+            )
+    return dict(state_dict)
+
+
+def clip_state_dict_from_cfg(cfg) -> Dict[str, torch.Tensor]:
+    """``load_clip_state_dict`` with MODEL.CLIP.WEIGHTS / ARCH / DOWNLOAD_ROOT / INIT_SEED."""
+    c = cfg.MODEL.CLIP
+    return load_clip_state_dict(c.WEIGHTS, c.ARCH, c.DOWNLOAD_ROOT, c.INIT_SEED)

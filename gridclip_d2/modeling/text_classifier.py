@@ -1,0 +1,122 @@
+"""Frozen text-embedding classifier: cosine similarity between features and class text embeddings.
+
+Modelled on Detic's ``ZeroShotClassifier``: the ``C x D`` class embeddings (CLIP text embeddings of
+the vocabulary, from a ``.npy`` written by ``tools/dump_text_embeddings.py`` or computed at build
+time) are L2-normalised and kept in a buffer that is never trained. Unlike Detic's, the buffer is
+non-persistent (checkpoints carry no vocabulary, so a model can be loaded with any vocabulary), the
+temperature and bias belong to the head, and a row count that does not match the classes is an error
+naming the file and both numbers. ``set_embeddings`` swaps the vocabulary at inference.
+"""
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+
+from .clip_arch import get_arch
+from .clip_text import text_embeddings_from_cfg
+
+__all__ = ["TextClassifier", "load_text_embeddings"]
+
+
+def load_text_embeddings(path: str, expected_rows: Optional[int] = None) -> torch.Tensor:
+    """C x D float32 L2-normalised embeddings from a ``.npy`` file, checked for shape and values."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Text embeddings {path} (MODEL.GRIDCLIP.TEXT_EMBEDDINGS) not found; write them with "
+            "tools/dump_text_embeddings.py, or set MODEL.GRIDCLIP.TEXT_EMBEDDINGS \"\" to compute "
+            "them from the data set's class names"
+        )
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"Text embeddings {path} are not a readable .npy array ({e})") from None
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(
+            f"Text embeddings {path} must be a 2-d float array (classes x dim), got "
+            f"{array.dtype} {array.shape}"
+        )
+    if expected_rows is not None and array.shape[0] != expected_rows:
+        raise ValueError(
+            f"Text embeddings {path} have {array.shape[0]} rows but the model has {expected_rows} "
+            "classes: the rows must follow the training set's classes"
+        )
+    if not np.isfinite(array).all() or (np.linalg.norm(array, axis=1) == 0).any():
+        raise ValueError(f"Text embeddings {path} contain non-finite values or all-zero rows")
+    return F.normalize(torch.from_numpy(array.astype(np.float32)), dim=1)
+
+
+class TextClassifier(nn.Module):
+    """``forward(x: ... x D) -> ... x C`` cosine similarities with fixed class embeddings."""
+
+    @configurable
+    def __init__(self, embeddings: torch.Tensor):
+        """
+        Args:
+            embeddings: C x D class embeddings (normalised here); kept fixed.
+        """
+        super().__init__()
+        self.set_embeddings(embeddings)
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int):
+        dim = get_arch(cfg.MODEL.CLIP.ARCH).embed_dim
+        path = cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS
+        if path:
+            embeddings = load_text_embeddings(path, expected_rows=num_classes)
+            source = f"Text embeddings {path}"
+        else:
+            if not cfg.DATASETS.TRAIN:
+                raise ValueError(
+                    "MODEL.GRIDCLIP.TEXT_EMBEDDINGS is \"\" and DATASETS.TRAIN is empty: no class "
+                    "names to compute the classifier from"
+                )
+            dataset = cfg.DATASETS.TRAIN[0]
+            names = MetadataCatalog.get(dataset).get("thing_classes", None)
+            if names is None:
+                raise ValueError(f"Data set {dataset!r} has no thing_classes metadata (is it registered?)")
+            if len(names) != num_classes:
+                raise ValueError(
+                    f"Data set {dataset!r} has {len(names)} classes but the model has {num_classes}"
+                )
+            embeddings = text_embeddings_from_cfg(cfg, names)
+            source = f"Text embeddings of {dataset!r}"
+        if embeddings.shape[1] != dim:
+            raise ValueError(
+                f"{source} have dimension {embeddings.shape[1]} but CLIP {cfg.MODEL.CLIP.ARCH} "
+                f"(MODEL.CLIP.ARCH) embeds in {dim}"
+            )
+        return {"embeddings": embeddings}
+
+    def set_embeddings(self, embeddings: torch.Tensor) -> None:
+        """Replace the vocabulary: ``embeddings`` C' x D (same D), normalised and kept fixed."""
+        embeddings = torch.as_tensor(embeddings)
+        if embeddings.dim() != 2 or embeddings.shape[0] == 0:
+            raise ValueError(f"Class embeddings must be C x D with C > 0, got {tuple(embeddings.shape)}")
+        old = getattr(self, "embeddings", None)
+        if old is not None and embeddings.shape[1] != old.shape[1]:
+            raise ValueError(
+                f"New class embeddings have dimension {embeddings.shape[1]}, the classifier "
+                f"{old.shape[1]}"
+            )
+        device = old.device if old is not None else embeddings.device
+        embeddings = F.normalize(embeddings.detach().to(device=device, dtype=torch.float32), dim=1)
+        self.register_buffer("embeddings", embeddings, persistent=False)  # C x D
+
+    @property
+    def num_classes(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def embed_dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ... x D (L2-normalised here, so any features work) -> ... x C cosine similarities."""
+        x = F.normalize(x, dim=-1)
+        return x @ self.embeddings.to(x.dtype).t()  # ... x C

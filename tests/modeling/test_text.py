@@ -1,0 +1,203 @@
+"""Text side: CLIP text encoder, prompt handling, the frozen text classifier, vocabularies."""
+import functools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clip
+from detectron2.data import MetadataCatalog
+
+from gridclip_d2.data.vocabulary import get_vocabulary
+from gridclip_d2.modeling.clip_text import (
+    PROMPT_ENSEMBLE,
+    CLIPTextEncoder,
+    build_text_encoder,
+    check_prompt,
+    encode_names,
+    fill_prompt,
+    text_embeddings_from_cfg,
+)
+from gridclip_d2.modeling.clip_weights import load_clip_state_dict
+from gridclip_d2.modeling.text_classifier import TextClassifier, load_text_embeddings
+
+TOL = 1e-4
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_model(path):
+    return clip.load(path, device="cpu", jit=False)[0].float().eval()
+
+
+def _reference_embeddings(path, texts):
+    model = _reference_model(path)
+    with torch.no_grad():
+        return F.normalize(model.encode_text(clip.tokenize(texts)), dim=-1)
+
+
+@pytest.mark.parametrize("fmt", ["state_dict_path", "torchscript_path"])
+def test_text_embeddings_equal_clip_encode_text(clip_tiny_checkpoints, fmt):
+    path = getattr(clip_tiny_checkpoints, fmt)
+    encoder = build_text_encoder(path, "RNtiny")
+    assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
+    texts = ["a photo of an aerosol can.", "a photo of a dog.", "a photo of a bow (weapon)."]
+    expected = _reference_embeddings(path, texts)
+    got = encode_names(encoder, ["aerosol_can", "Dog", "bow_(weapon)"], ["a photo of {article} {}."])
+    assert got.dtype == torch.float32 and got.shape == (3, 128)
+    assert (got - expected).abs().max() < TOL
+    tokens = clip.tokenize(texts)  # full 77-token context, as clip pads
+    with torch.no_grad():
+        model = _reference_model(path)
+        assert (encoder.encode_text(tokens) - model.encode_text(tokens)).abs().max() < TOL
+
+
+def test_synonyms_and_templates_are_averaged(clip_tiny_checkpoints):
+    path = clip_tiny_checkpoints.torchscript_path
+    encoder = build_text_encoder(path, "RNtiny")
+    templates = ["a {}", "a photo of the {}."]
+    got = encode_names(encoder, ["kite", "car"], templates, synonyms=[["kite", "paper_kite"], []])
+    texts = ["a kite", "a photo of the kite.", "a paper kite", "a photo of the paper kite.", "a car", "a photo of the car."]
+    ref = _reference_embeddings(path, texts)
+    expected = F.normalize(torch.stack([ref[:4].mean(0), ref[4:].mean(0)]), dim=-1)
+    assert (got - expected).abs().max() < TOL
+    # batching does not change the result
+    assert (encode_names(encoder, ["kite", "car"], templates, [["kite", "paper_kite"], []], batch_size=1) - got).abs().max() < 1e-6
+
+
+def test_prompts():
+    assert fill_prompt("There is {article} {} in the scene.", "aerosol_can") == "There is an aerosol can in the scene."
+    assert fill_prompt("a {}", "Traffic_Light") == "a traffic light"
+    assert len(PROMPT_ENSEMBLE) == 63 and all(check_prompt(t) for t in PROMPT_ENSEMBLE)
+    with pytest.raises(ValueError, match=r'must contain "\{\}"'):
+        check_prompt("a photo of a thing")
+    with pytest.raises(ValueError, match="does not format"):
+        check_prompt("a {} of {kind}")
+
+
+def test_text_embeddings_from_cfg(clip_tiny_checkpoints, gridclip_cfg):
+    path = clip_tiny_checkpoints.state_dict_path
+    cfg = gridclip_cfg(ARCH="RNtiny", WEIGHTS=path)
+    cfg.MODEL.GRIDCLIP.PROMPT = "a photo of a {}."
+    got = text_embeddings_from_cfg(cfg, ["cat", "traffic_cone"])
+    assert (got - _reference_embeddings(path, ["a photo of a cat.", "a photo of a traffic cone."])).abs().max() < TOL
+    cfg.MODEL.GRIDCLIP.PROMPT_ENSEMBLE = True
+    ensemble = text_embeddings_from_cfg(cfg, ["cat"])
+    ref = _reference_embeddings(path, [fill_prompt(t, "cat") for t in PROMPT_ENSEMBLE])
+    assert (ensemble[0] - F.normalize(ref.mean(0), dim=0)).abs().max() < TOL
+    cfg.MODEL.GRIDCLIP.PROMPT_ENSEMBLE = False
+    cfg.MODEL.GRIDCLIP.PROMPT = "a photo"
+    with pytest.raises(ValueError, match="MODEL.GRIDCLIP.PROMPT"):
+        text_embeddings_from_cfg(cfg, ["cat"])
+
+
+def test_text_keys_are_checked(clip_tiny_checkpoints):
+    sd = dict(clip_tiny_checkpoints.state_dict)
+    encoder = CLIPTextEncoder.from_arch("RNtiny")
+    missing = {k: v for k, v in sd.items() if k != "ln_final.bias"}
+    with pytest.raises(KeyError, match=r"missing keys \['ln_final.bias'\]"):
+        encoder.load_clip_text(missing)
+    with pytest.raises(KeyError, match=r"unexpected keys \['transformer.resblocks.9.ln_1.weight'\]"):
+        encoder.load_clip_text(dict(sd, **{"transformer.resblocks.9.ln_1.weight": torch.ones(128)}))
+    with pytest.raises(ValueError, match=r"text_projection has shape \(128, 64\)"):
+        encoder.load_clip_text(dict(sd, text_projection=torch.zeros(128, 64)))
+
+
+def test_classifier_is_fixed_cosine_similarity():
+    torch.manual_seed(0)
+    emb = torch.randn(5, 16)
+    clf = TextClassifier(emb)
+    assert clf.num_classes == 5 and clf.embed_dim == 16
+    assert list(clf.parameters()) == [] and "embeddings" not in clf.state_dict()  # non-persistent
+    assert torch.allclose(clf.embeddings.norm(dim=1), torch.ones(5))
+    x = torch.randn(2, 7, 3, 16)  # ... x D
+    logits = clf(x)
+    assert logits.shape == (2, 7, 3, 5)
+    expected = F.cosine_similarity(x[..., None, :], emb, dim=-1)
+    assert (logits - expected).abs().max() < 1e-5
+    clf.set_embeddings(torch.randn(9, 16))
+    assert clf(x).shape == (2, 7, 3, 9) and clf.num_classes == 9
+    with pytest.raises(ValueError, match="dimension 8, the classifier 16"):
+        clf.set_embeddings(torch.randn(3, 8))
+    with pytest.raises(ValueError, match="C > 0"):
+        TextClassifier(torch.zeros(0, 16))
+
+
+def test_classifier_from_npy_checks_rows_and_dim(tmp_path, gridclip_cfg):
+    cfg = gridclip_cfg(ARCH="RNtiny", WEIGHTS="")
+    path = tmp_path / "emb.npy"
+    np.save(path, np.random.RandomState(0).randn(4, 128).astype(np.float32))
+    cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = str(path)
+    clf = TextClassifier(cfg, num_classes=4)
+    assert clf.num_classes == 4
+    assert torch.allclose(clf.embeddings, load_text_embeddings(str(path)))
+    with pytest.raises(ValueError, match=r"emb.npy have 4 rows but the model has 7 classes"):
+        TextClassifier(cfg, num_classes=7)
+    np.save(path, np.ones((4, 64), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"emb.npy have dimension 64 .*MODEL.CLIP.ARCH.* 128"):
+        TextClassifier(cfg, num_classes=4)
+    np.save(path, np.ones((4,), dtype=np.float32))
+    with pytest.raises(ValueError, match="2-d float array"):
+        TextClassifier(cfg, num_classes=4)
+    cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = str(tmp_path / "missing.npy")
+    with pytest.raises(FileNotFoundError, match="missing.npy.*dump_text_embeddings.py"):
+        TextClassifier(cfg, num_classes=4)
+
+
+def test_classifier_from_dataset_names(gridclip_cfg):
+    name = "_test_text_classifier_names"
+    MetadataCatalog.get(name).set(thing_classes=["red_circle", "kite", "zebra"])
+    cfg = gridclip_cfg(ARCH="RNtiny", WEIGHTS="", INIT_SEED=3)
+    cfg.DATASETS.TRAIN = (name,)
+    clf = TextClassifier(cfg, num_classes=3)
+    expected = encode_names(build_text_encoder("", "RNtiny", seed=3), ["red_circle", "kite", "zebra"], ["a {}"])
+    assert torch.equal(clf.embeddings, expected)
+    with pytest.raises(ValueError, match="has 3 classes but the model has 4"):
+        TextClassifier(cfg, num_classes=4)
+
+
+def test_random_text_encoder_is_deterministic():
+    a = build_text_encoder("", "RNtiny", seed=5).text_projection
+    sd = load_clip_state_dict("", "RNtiny", seed=5)
+    assert torch.equal(a, sd["text_projection"])
+
+
+def test_vocabularies(tmp_path):
+    lvis = get_vocabulary("lvis")
+    assert len(lvis) == 1203 and [v["id"] for v in lvis] == list(range(1, 1204))
+    assert lvis[0]["name"] == "aerosol_can" and lvis[0]["synonyms"] == ["aerosol_can", "spray_can"]
+    freq = [v["frequency"] for v in lvis]
+    assert (freq.count("r"), freq.count("c"), freq.count("f")) == (337, 461, 405)
+
+    from gridclip_d2.data.synthetic import SYNTHETIC_CATEGORIES
+
+    synthetic = get_vocabulary("synthetic")
+    assert [v["name"] for v in synthetic] == [c["name"] for c in sorted(SYNTHETIC_CATEGORIES, key=lambda c: c["id"])]
+    assert all(v["frequency"] in ("r", "c", "f") for v in synthetic)
+
+    custom = get_vocabulary("custom", custom="zebra, traffic cone ,kite")
+    assert [(v["id"], v["name"], v["synonyms"], v["frequency"]) for v in custom] == [
+        (1, "zebra", ["zebra"], None), (2, "traffic cone", ["traffic cone"], None), (3, "kite", ["kite"], None)
+    ]
+    assert [v["name"] for v in get_vocabulary("custom", custom=["a", "b"])] == ["a", "b"]
+    f = tmp_path / "names.txt"
+    f.write_text("# my classes\nkite, paper kite\n\nzebra\n")
+    from_file = get_vocabulary("custom", file=str(f))
+    assert [(v["name"], v["synonyms"]) for v in from_file] == [("kite", ["kite", "paper kite"]), ("zebra", ["zebra"])]
+
+
+def test_vocabulary_errors(tmp_path):
+    with pytest.raises(ValueError, match="holds no category names"):
+        get_vocabulary("custom", custom=" , ")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# nothing\n")
+    with pytest.raises(ValueError, match="empty.txt holds no category names"):
+        get_vocabulary("custom", file=str(empty))
+    with pytest.raises(FileNotFoundError, match="nope.txt not found"):
+        get_vocabulary("custom", file=str(tmp_path / "nope.txt"))
+    with pytest.raises(ValueError, match="'kite' appears twice"):
+        get_vocabulary("custom", custom="kite,zebra,kite")
+    with pytest.raises(ValueError, match="exactly one"):
+        get_vocabulary("custom")
+    with pytest.raises(ValueError, match="Unknown vocabulary 'coco'"):
+        get_vocabulary("coco")

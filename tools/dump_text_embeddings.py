@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Write the CLIP text embeddings of a vocabulary: the frozen classifier of GridCLIP.
+
+    python tools/dump_text_embeddings.py --clip RN50 --vocabulary lvis --prompt-ensemble \
+        --out datasets/metadata/lvis_v1_clip_RN50_ensemble.npy
+    python tools/dump_text_embeddings.py --clip RN50 --vocabulary custom \
+        --custom-vocabulary "zebra,traffic cone,kite" --prompt "a photo of a {}." --out my.npy
+    python tools/dump_text_embeddings.py --clip "" --arch RNtiny --vocabulary synthetic --out s.npy
+
+Writes FILE.npy (float32, C x D, one L2-normalised row per category in vocabulary order) and
+FILE.json beside it (names, prompts, CLIP weights and architecture). ``--clip`` takes an OpenAI model
+name, a checkpoint path, or "" for the seeded random CLIP of ``--arch`` (MODEL.CLIP.WEIGHTS rules).
+Both files are written to temporary names and renamed, so an interrupted run leaves any previous
+output whole.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from detectron2.utils.logger import setup_logger
+
+from gridclip_d2.data.vocabulary import VOCABULARY_KINDS, get_vocabulary
+from gridclip_d2.modeling.clip_arch import CLIP_ARCHS, arch_name, infer_arch
+from gridclip_d2.modeling.clip_text import PROMPT_ENSEMBLE, CLIPTextEncoder, check_prompt, encode_names
+from gridclip_d2.modeling.clip_weights import load_clip_state_dict
+
+logger = logging.getLogger("gridclip_d2.dump_text_embeddings")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clip", required=True,
+                   help='OpenAI model name (e.g. RN50), checkpoint path, or "" (random CLIP)')
+    p.add_argument("--arch", default=None, choices=sorted(CLIP_ARCHS),
+                   help="CLIP architecture (default: the model name, or inferred from the checkpoint)")
+    p.add_argument("--download-root", default="", help="folder of OpenAI checkpoints (default ~/.cache/clip)")
+    p.add_argument("--seed", type=int, default=0, help='seed of the random CLIP (--clip "")')
+    p.add_argument("--vocabulary", required=True, choices=VOCABULARY_KINDS)
+    p.add_argument("--custom-vocabulary", default=None, help='comma-separated names, e.g. "zebra,kite"')
+    p.add_argument("--vocabulary-file", default=None,
+                   help="text file, one category per line (synonyms after commas)")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="a {}", help='prompt with "{}" for the name (default "a {}")')
+    prompt.add_argument("--prompt-ensemble", action="store_true",
+                        help=f"average over {len(PROMPT_ENSEMBLE)} ViLD/CLIP templates")
+    p.add_argument("--avg-synonyms", action="store_true", help="average over each category's synonyms")
+    p.add_argument("--batch-size", type=int, default=256, help="prompts per forward pass")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", required=True, help="output FILE.npy (FILE.json is written beside it)")
+    return p
+
+
+def _atomic_write(path: str, write) -> None:
+    """Call ``write(file_object)`` on a temporary file in ``path``'s folder, then rename it to ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path) + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def dump_text_embeddings(args: argparse.Namespace) -> np.ndarray:
+    """Compute and write the embeddings described by parsed ``args``; returns the C x D array."""
+    if not args.out.endswith(".npy"):
+        raise ValueError(f"--out must name a .npy file, got {args.out!r}")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"--out folder {out_dir} does not exist")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    custom_given = args.custom_vocabulary is not None or args.vocabulary_file is not None
+    if args.vocabulary != "custom" and custom_given:
+        raise ValueError("--custom-vocabulary / --vocabulary-file need --vocabulary custom")
+    templates: List[str] = list(PROMPT_ENSEMBLE) if args.prompt_ensemble else [args.prompt]
+    try:
+        for t in templates:
+            check_prompt(t)
+    except ValueError as e:
+        raise ValueError(f"--prompt: {e}") from None
+    vocabulary = get_vocabulary(args.vocabulary, custom=args.custom_vocabulary, file=args.vocabulary_file)
+
+    arch = args.arch
+    if arch is None and args.clip in CLIP_ARCHS:
+        arch = args.clip
+    if arch is None and args.clip == "":
+        raise ValueError('--clip "" (random CLIP) needs --arch')
+    state_dict = load_clip_state_dict(args.clip, arch, args.download_root, args.seed)
+    arch = arch or arch_name(infer_arch(state_dict))
+    encoder = CLIPTextEncoder.from_state_dict(state_dict).to(args.device)
+
+    names = [v["name"] for v in vocabulary]
+    synonyms = [v["synonyms"] for v in vocabulary] if args.avg_synonyms else None
+    n_prompts = len(templates) * (sum(len(s) for s in synonyms) if synonyms else len(names))
+    logger.info("Encoding %d categories (%d prompts) with CLIP %s", len(names), n_prompts, arch)
+    embeddings = encode_names(
+        encoder, names, templates, synonyms, batch_size=args.batch_size, progress=True
+    ).numpy().astype(np.float32)  # C x D
+
+    meta = {
+        "vocabulary": args.vocabulary,
+        "names": names,
+        "synonyms": synonyms,
+        "prompts": templates,
+        "clip_weights": args.clip,
+        "arch": arch,
+        "seed": args.seed if args.clip == "" else None,
+        "shape": list(embeddings.shape),
+        "normalized": True,
+    }
+    _atomic_write(args.out, lambda f: np.save(f, embeddings))
+    json_path = args.out[: -len(".npy")] + ".json"
+    _atomic_write(json_path, lambda f: f.write(json.dumps(meta, indent=1).encode("utf-8")))
+    logger.info("Wrote %s (%d x %d) and %s", args.out, *embeddings.shape, json_path)
+    return embeddings
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="gridclip_d2")
+    try:
+        dump_text_embeddings(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        # KeyError's str() adds quotes: print its message as written
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
