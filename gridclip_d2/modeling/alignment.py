@@ -1,0 +1,217 @@
+"""Image-level alignment: distil the frozen CLIP image encoder into pooled grid embeddings.
+
+For every training image the mapper gives K regions (``align_boxes``, K x 4 XYXY in the input
+image's coordinates: the whole image and its grid crops, see
+:mod:`gridclip_d2.data.alignment_crops`). For each region:
+
+* student: the per-cell grid embeddings (N x D x Hi x Wi per level, L2-normalised per cell) are
+  pooled inside the region on every level with ``torchvision.ops.roi_align`` (spatial scale
+  1 / stride, ``P x P`` bins, adaptive sampling), reduced over the bins by mean or max
+  (IMAGE_ALIGN.POOL), averaged over levels and L2-normalised -> D;
+* teacher: the frozen CLIP image encoder's embedding of the same region of the original image
+  (``teacher_images``, run under ``torch.no_grad``), or the one stored for that image in the
+  teacher cache file (IMAGE_ALIGN.CACHE_FILE, see :mod:`.teacher_cache`), L2-normalised -> D.
+
+Loss (ViLD's image distillation loss): ``LOSS_WEIGHT * mean over regions of ||s - t||_1``, the L1
+norm summing over the D dimensions. It does not depend on instances, so it is finite for images
+without any; with no regions in the batch it is an exact zero that still touches the graph.
+"""
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from detectron2.config import configurable
+
+from .clip_resnet import build_clip_teacher, normalize_clip_input
+from .teacher_cache import TeacherCache, cache_in_use, cache_meta_from_cfg
+
+__all__ = ["ImageAlignment", "pool_regions", "encode_teacher_images"]
+
+logger = logging.getLogger(__name__)
+
+
+def pool_regions(
+    grid_embeddings: Sequence[torch.Tensor],
+    strides: Sequence[int],
+    boxes: Sequence[torch.Tensor],
+    pool: str = "mean",
+    resolution: int = 7,
+) -> torch.Tensor:
+    """
+    Args:
+        grid_embeddings: per level N x D x Hi x Wi.
+        strides: per level, the stride of its cells in input pixels.
+        boxes: per image, K_i x 4 XYXY boxes in input pixels.
+        pool: "mean" or "max" over the ``resolution x resolution`` RoIAlign bins of a region.
+
+    Returns:
+        (sum K_i) x D, L2-normalised: regions of image 0 first, then image 1, ...
+    """
+    if pool not in ("mean", "max"):
+        raise ValueError(f"MODEL.GRIDCLIP.IMAGE_ALIGN.POOL must be 'mean' or 'max', got {pool!r}")
+    if len(grid_embeddings) != len(strides) or not grid_embeddings:
+        raise ValueError(
+            f"need one stride per grid-embedding level, got {len(grid_embeddings)} levels and "
+            f"{len(strides)} strides"
+        )
+    pooled = []
+    for emb, stride in zip(grid_embeddings, strides):
+        rois = [b.to(device=emb.device, dtype=emb.dtype) for b in boxes]
+        # R x D x P x P; sampling_ratio 0 = ceil(region size / P) samples per bin
+        bins = roi_align(emb, rois, resolution, spatial_scale=1.0 / stride, sampling_ratio=0,
+                         aligned=True)
+        pooled.append(bins.mean(dim=(2, 3)) if pool == "mean" else bins.amax(dim=(2, 3)))
+    return F.normalize(torch.stack(pooled).mean(dim=0), dim=-1)  # R x D
+
+
+@torch.no_grad()
+def encode_teacher_images(
+    teacher: nn.Module, images: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
+    """uint8 RGB crops M x 3 x S x S -> M x D L2-normalised float32 teacher embeddings."""
+    device = next(teacher.parameters()).device
+    out = []
+    for start in range(0, images.shape[0], chunk):
+        x = normalize_clip_input(images[start:start + chunk].to(device))
+        out.append(F.normalize(teacher.encode_image(x).float(), dim=-1))
+    if not out:
+        return torch.zeros((0, teacher.embed_dim), device=device)
+    return torch.cat(out)
+
+
+class ImageAlignment(nn.Module):
+    """The image-level alignment loss (see module docstring)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        loss_weight: float = 1.0,
+        pool: str = "mean",
+        teacher: Optional[nn.Module] = None,
+        cache: Optional[TeacherCache] = None,
+        pool_resolution: int = 7,
+    ):
+        """
+        Args:
+            loss_weight: multiplies the loss.
+            pool: "mean" or "max" pooling of grid embeddings inside a region.
+            teacher: frozen CLIP image encoder with ``encode_image`` (e.g. ``build_clip_teacher``);
+                never trained, kept in eval mode. Needed for images not in ``cache``.
+            cache: precomputed teacher embeddings keyed by image id.
+            pool_resolution: RoIAlign bins per side when pooling a region.
+        """
+        super().__init__()
+        if pool not in ("mean", "max"):
+            raise ValueError(
+                f"MODEL.GRIDCLIP.IMAGE_ALIGN.POOL must be 'mean' or 'max', got {pool!r}"
+            )
+        if teacher is None and cache is None:
+            raise ValueError("ImageAlignment needs a teacher, a teacher cache, or both")
+        self.loss_weight = float(loss_weight)
+        self.pool = pool
+        self.pool_resolution = int(pool_resolution)
+        self.teacher = teacher
+        if teacher is not None:
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            teacher.eval()
+        self.cache = cache  # plain attribute: not a module, not in the state dict
+
+    @classmethod
+    def from_config(cls, cfg):
+        align = cfg.MODEL.GRIDCLIP.IMAGE_ALIGN
+        cache = None
+        if cache_in_use(cfg):
+            cache = TeacherCache.load(align.CACHE_FILE, cache_meta_from_cfg(cfg))
+            logger.info("Image-level alignment: %d images' teacher embeddings from %s",
+                        len(cache), align.CACHE_FILE)
+        elif align.CACHE_FILE:
+            logger.warning("MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE %s does not exist: the CLIP "
+                           "teacher runs on the fly", align.CACHE_FILE)
+        return {
+            "loss_weight": align.LOSS_WEIGHT,
+            "pool": align.POOL,
+            "teacher": None if cache is not None else build_clip_teacher(cfg),
+            "cache": cache,
+        }
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # a fixed teacher: BN statistics and dropout never in train mode
+        return self
+
+    def _teacher_embeddings(self, inputs: List[dict], device) -> torch.Tensor:
+        """Teacher embeddings of every region of ``inputs`` (all carrying align_boxes): R x D."""
+        per_image: List[Optional[torch.Tensor]] = [None] * len(inputs)
+        to_run = []
+        for i, x in enumerate(inputs):
+            image_id = x.get("image_id")
+            if self.cache is not None and image_id in self.cache:
+                per_image[i] = self.cache[image_id].to(device=device, dtype=torch.float32)
+            elif self.teacher is None:
+                raise KeyError(
+                    f"image id {image_id!r} is not in the teacher cache {self.cache.path} and no "
+                    f"on-the-fly teacher was built (the cache file exists); rerun "
+                    f"tools/dump_image_embeddings.py on this data set, or set "
+                    f"MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE ''"
+                )
+            elif "teacher_images" not in x:
+                raise KeyError(
+                    f"input for image id {image_id!r} has align_boxes but no teacher_images: "
+                    f"map it with GridCLIPDatasetMapper(with_teacher_images=True)"
+                )
+            else:
+                to_run.append(i)
+        if to_run:
+            images = torch.cat([inputs[i]["teacher_images"] for i in to_run])  # M x 3 x S x S
+            emb = encode_teacher_images(self.teacher, images).to(device)
+            counts = [inputs[i]["teacher_images"].shape[0] for i in to_run]
+            for i, e in zip(to_run, emb.split(counts)):
+                per_image[i] = e
+        for x, e in zip(inputs, per_image):
+            if e.shape[0] != x["align_boxes"].shape[0]:
+                raise ValueError(
+                    f"image id {x.get('image_id')!r}: {x['align_boxes'].shape[0]} align_boxes but "
+                    f"{e.shape[0]} teacher embeddings (IMAGE_ALIGN.GRIDS differs from the cache's "
+                    f"or the mapper's?)"
+                )
+        return F.normalize(torch.cat(per_image), dim=-1)
+
+    def forward(
+        self,
+        grid_embeddings: List[torch.Tensor],
+        strides: List[int],
+        batched_inputs: List[dict],
+    ) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            grid_embeddings: per level N x D x Hi x Wi, L2-normalised along D.
+            strides: per level stride in input pixels.
+            batched_inputs: the model's inputs; images without ``align_boxes`` are skipped.
+
+        Returns:
+            {"loss_image_align": scalar}
+        """
+        boxes = [
+            x["align_boxes"] if "align_boxes" in x else torch.zeros((0, 4))
+            for x in batched_inputs
+        ]
+        with_regions = [x for x in batched_inputs if "align_boxes" in x and len(x["align_boxes"])]
+        if not with_regions:
+            zero = sum(g.sum() for g in grid_embeddings) * 0.0
+            return {"loss_image_align": zero}
+        student = pool_regions(grid_embeddings, strides, boxes, self.pool, self.pool_resolution)
+        teacher = self._teacher_embeddings(with_regions, student.device)  # R x D
+        if teacher.shape[1] != student.shape[1]:
+            raise ValueError(
+                f"grid embedding dim {student.shape[1]} differs from the CLIP teacher's embedding "
+                f"dim {teacher.shape[1]}"
+            )
+        loss = (student - teacher).abs().sum(dim=1).mean()
+        return {"loss_image_align": self.loss_weight * loss}
