@@ -1,0 +1,343 @@
+"""LVIS-format data sets: a validating loader, registration of a user's own set, and the no-code
+path from the config (``DATASETS.GRIDCLIP.*``).
+
+Detectron2 v0.6's ``register_lvis_instances`` takes its metadata from the built-in LVIS tables
+(``get_lvis_instances_meta`` raises for any other name), and ``load_lvis_json`` builds image paths
+from ``coco_url`` only and maps category id c to c - 1. A user's json usually has ``file_name``
+relative to the image folder and may number its categories freely, so this module builds the
+dataset dicts itself; parsing and indexing stay lvis-api's (``lvis.LVIS``).
+
+Rules of the loader:
+- image path: ``image_root/file_name`` when the image has ``file_name``; otherwise the tail of
+  ``coco_url``: ``image_root/<folder>/<file>`` (Detectron2's COCO layout) if that exists, else
+  ``image_root/<file>``. A referenced image that does not exist is an error naming it: skipping it
+  would silently change the evaluation, since lvis-api scores every image of the json.
+- categories: contiguous ids follow the json's category ids in increasing order and their ``name``
+  fields are ``thing_classes``. An annotation whose category id is not among the categories is an
+  error naming the json, the annotation id and the category id.
+- boxes: zero-area (w or h <= 0, or not finite) and out-of-image boxes are skipped, boxes crossing
+  the image border are clipped to it, and one warning per json counts them (Detectron2's habit).
+- metadata: ``class_image_count`` and ``class_frequency`` come from the json's categories
+  (``image_count``, ``frequency``); when absent they are counted from the annotations (LVIS rule:
+  r < 10 images, c 10-99, f >= 100) with a warning.
+- evaluation: lvis-api needs every image's ``neg_category_ids`` and ``not_exhaustive_category_ids``,
+  every category's ``frequency`` and every annotation's ``area``. When some are missing, or boxes
+  were skipped or clipped, the evaluator reads a completed copy (written to the temp dir, named in
+  the log and in the metadata's ``json_file``): absent categories of an image count as negatives
+  (the image is taken as exhaustively annotated), skipped boxes are dropped, clipped ones clipped.
+"""
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter, defaultdict
+from typing import Dict, List, Optional
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+from detectron2.utils.file_io import PathManager
+
+__all__ = ["load_lvis_format_json", "register_lvis_format", "register_from_cfg"]
+
+logger = logging.getLogger(__name__)
+
+_FREQUENCIES = ("r", "c", "f")
+_REGISTERED: Dict[str, tuple] = {}  # name -> (json file, image root) registered here
+
+
+def _frequency(image_count: int) -> str:
+    return "r" if image_count < 10 else ("c" if image_count < 100 else "f")
+
+
+def _load_api(json_file: str):
+    """``lvis.LVIS`` of ``json_file``, after checks that name the json and the faulty entry."""
+    from lvis import LVIS
+
+    local = PathManager.get_local_path(json_file)
+    if not os.path.isfile(local):
+        raise FileNotFoundError(f"LVIS-format json '{json_file}' does not exist")
+    try:
+        api = LVIS(local)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"'{json_file}' is not valid json: {e}") from e
+    except (KeyError, TypeError, AssertionError) as e:
+        raise ValueError(
+            f"'{json_file}' is not in LVIS format ({type(e).__name__}: {e}); it needs 'images', "
+            "'annotations' and 'categories' lists whose entries have an 'id'"
+        ) from e
+    data = api.dataset
+    for kind, index, entries in (("image", api.imgs, data["images"]),
+                                 ("annotation", api.anns, data["annotations"]),
+                                 ("category", api.cats, data["categories"])):
+        if len(index) != len(entries):
+            dup = [k for k, n in Counter(e["id"] for e in entries).items() if n > 1][:5]
+            raise ValueError(f"'{json_file}': {kind} ids are not unique (repeated: {dup})")
+    if not api.cats:
+        raise ValueError(f"'{json_file}' has no categories")
+    for cat in data["categories"]:
+        if not isinstance(cat.get("name"), str) or not cat["name"]:
+            raise ValueError(f"'{json_file}': category {cat['id']} has no 'name'")
+        freq = cat.get("frequency")
+        if freq is not None and freq not in _FREQUENCIES:
+            raise ValueError(
+                f"'{json_file}': category {cat['id']} has frequency {freq!r}; expected r, c or f"
+            )
+    for img in data["images"]:
+        for key in ("height", "width"):
+            value = img.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value <= 0 or value != int(value):
+                raise ValueError(f"'{json_file}': image {img['id']} has {key} {value!r}; expected "
+                                 "a positive whole number of pixels")
+        if "file_name" not in img and "coco_url" not in img:
+            raise ValueError(
+                f"'{json_file}': image {img['id']} has neither 'file_name' nor 'coco_url'"
+            )
+    for ann in data["annotations"]:
+        if ann.get("image_id") not in api.imgs:
+            raise ValueError(
+                f"'{json_file}': annotation {ann['id']} refers to image id {ann.get('image_id')}, "
+                "which is not among the json's images"
+            )
+        if ann.get("category_id") not in api.cats:
+            raise ValueError(
+                f"'{json_file}': annotation {ann['id']} has category_id {ann.get('category_id')}, "
+                f"which is not among the json's {len(api.cats)} categories"
+            )
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or \
+                not all(isinstance(v, (int, float)) for v in bbox):
+            raise ValueError(f"'{json_file}': annotation {ann['id']} has bbox {bbox!r}; expected "
+                             "[x, y, width, height]")
+    return api
+
+
+def _check_box(bbox, width: int, height: int):
+    """("ok" | "clipped" | "zero-area" | "outside", XYWH box clipped to the image)."""
+    x, y, w, h = (float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        return "zero-area", None
+    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
+    if x1 <= x0 or y1 <= y0:
+        return "outside", None
+    if (x0, y0, x1, y1) == (x, y, x + w, y + h):
+        return "ok", [x, y, w, h]
+    return "clipped", [x0, y0, x1 - x0, y1 - y0]
+
+
+def _image_path(img: dict, image_root: str) -> str:
+    if "file_name" in img:
+        return os.path.join(image_root, img["file_name"])
+    parts = img["coco_url"].split("/")
+    flat = os.path.join(image_root, parts[-1])
+    if len(parts) < 2:
+        return flat
+    in_folder = os.path.join(image_root, parts[-2], parts[-1])
+    return in_folder if PathManager.exists(in_folder) or not PathManager.exists(flat) else flat
+
+
+def _build(api, json_file: str, image_root: str):
+    """Dataset dicts plus {status: [annotation ids]} of the boxes that were not "ok"."""
+    cat_ids = sorted(api.cats)
+    contiguous = {c: i for i, c in enumerate(cat_ids)}
+    issues, records, missing = defaultdict(list), [], []
+    for image_id in sorted(api.imgs):
+        img = api.imgs[image_id]
+        path = _image_path(img, image_root)
+        height, width = int(img["height"]), int(img["width"])
+        if not PathManager.exists(path):
+            missing.append(path)
+        objs = []
+        for ann in api.img_ann_map[image_id]:
+            status, box = _check_box(ann["bbox"], width, height)
+            if status != "ok":
+                issues[status].append(ann["id"])
+            if box is None:
+                continue
+            obj = {"bbox": box, "bbox_mode": BoxMode.XYWH_ABS,
+                   "category_id": contiguous[ann["category_id"]]}
+            if isinstance(ann.get("segmentation"), list) and ann["segmentation"]:
+                obj["segmentation"] = ann["segmentation"]
+            objs.append(obj)
+        records.append({
+            "file_name": path,
+            "height": height,
+            "width": width,
+            "image_id": image_id,
+            "neg_category_ids": img.get("neg_category_ids", []),
+            "not_exhaustive_category_ids": img.get("not_exhaustive_category_ids", []),
+            "annotations": objs,
+        })
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(records)} images listed in '{json_file}' do not exist "
+            f"under image root '{image_root}'; the first is '{missing[0]}'"
+        )
+    return records, issues
+
+
+def _issues_text(issues) -> str:
+    return ", ".join(
+        f"{len(ids)} {status} (annotation ids {ids[:5]}{' ...' if len(ids) > 5 else ''})"
+        for status, ids in sorted(issues.items())
+    )
+
+
+def load_lvis_format_json(json_file: str, image_root: str, dataset_name: Optional[str] = None):
+    """Dataset dicts (Detectron2 format) of an LVIS-format json; see the module docstring for the
+    rules. ``dataset_name`` only labels the log."""
+    api = _load_api(json_file)
+    records, issues = _build(api, json_file, image_root)
+    skipped = sum(len(v) for k, v in issues.items() if k != "clipped")
+    if issues:
+        logger.warning(
+            f"{json_file}: skipped {skipped} of {len(api.anns)} boxes, clipped "
+            f"{len(issues.get('clipped', []))} to the image: {_issues_text(issues)}"
+        )
+    logger.info(f"Loaded {len(records)} images from {json_file}"
+                + (f" for dataset '{dataset_name}'" if dataset_name else ""))
+    return records
+
+
+def _category_metadata(api, json_file: str) -> dict:
+    cats = [api.cats[c] for c in sorted(api.cats)]
+    if all(isinstance(c.get("image_count"), int) for c in cats):
+        image_count = [c["image_count"] for c in cats]
+    else:
+        per_cat = defaultdict(set)
+        for ann in api.anns.values():
+            img = api.imgs[ann["image_id"]]
+            if _check_box(ann["bbox"], img["width"], img["height"])[1] is not None:
+                per_cat[ann["category_id"]].add(ann["image_id"])
+        image_count = [len(per_cat[c["id"]]) for c in cats]
+        logger.warning(f"{json_file}: categories lack 'image_count'; counted from the annotations")
+    if all(c.get("frequency") in _FREQUENCIES for c in cats):
+        frequency = [c["frequency"] for c in cats]
+    else:
+        frequency = [c.get("frequency") or _frequency(n) for c, n in zip(cats, image_count)]
+        logger.warning(f"{json_file}: categories lack 'frequency'; set from the image counts "
+                       "(LVIS rule: r < 10 images, c 10-99, f >= 100)")
+    return {
+        "thing_classes": [c["name"] for c in cats],
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
+        "class_frequency": frequency,
+        "class_image_count": image_count,
+    }
+
+
+def _evaluation_json(name: str, json_file: str, api, issues, frequency: List[str]) -> str:
+    """``json_file`` when lvis-api can evaluate it as it is, else the path of a completed copy."""
+    data = api.dataset
+    needs = [k for k, entries, key in (
+        ("images without neg_category_ids", data["images"], "neg_category_ids"),
+        ("images without not_exhaustive_category_ids", data["images"],
+         "not_exhaustive_category_ids"),
+        ("categories without frequency", data["categories"], "frequency"),
+        ("annotations without area", data["annotations"], "area"),
+    ) if any(key not in e for e in entries)]
+    if issues:
+        needs.append(f"boxes skipped or clipped: {_issues_text(issues)}")
+    if not needs:
+        return json_file
+    data = copy.deepcopy(data)
+    freq = dict(zip(sorted(api.cats), frequency))
+    for cat in data["categories"]:
+        cat.setdefault("frequency", freq[cat["id"]])
+    annotations = []
+    for ann in data["annotations"]:
+        img = api.imgs[ann["image_id"]]
+        _, box = _check_box(ann["bbox"], img["width"], img["height"])
+        if box is None:
+            continue
+        ann["bbox"] = box
+        ann.setdefault("area", box[2] * box[3])
+        annotations.append(ann)
+    data["annotations"] = annotations
+    present = defaultdict(set)
+    for ann in annotations:
+        present[ann["image_id"]].add(ann["category_id"])
+    for img in data["images"]:
+        absent = [c for c in sorted(api.cats) if c not in present[img["id"]]]
+        img.setdefault("neg_category_ids", absent)
+        img.setdefault("not_exhaustive_category_ids", [])
+    stat = os.stat(PathManager.get_local_path(json_file))
+    digest = hashlib.sha1(
+        f"{os.path.abspath(json_file)}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    ).hexdigest()[:12]
+    out_dir = os.path.join(tempfile.gettempdir(), "gridclip_d2_lvis_format")
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, f"{name}-{digest}.json")
+    tmp = f"{out}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, out)
+    logger.warning(f"{json_file} is not ready for lvis-api evaluation ({'; '.join(needs)}); "
+                   f"dataset '{name}' is evaluated against a completed copy: {out}")
+    return out
+
+
+def register_lvis_format(name: str, json_file: str, image_root: str, metadata: dict = None):
+    """Register a user's LVIS-format data set as ``name`` (DatasetCatalog + MetadataCatalog).
+
+    The json is read and checked now (categories give ``thing_classes``; missing json, unknown
+    category ids and missing image files raise, naming them); the dataset dicts are built when the
+    data set is first loaded. ``metadata`` adds or overrides keys (e.g. ``novel_class_ids``).
+    Registering the same name again with the same json and image root does nothing.
+    """
+    key = (os.path.abspath(json_file), os.path.abspath(image_root))
+    if name in DatasetCatalog.list():
+        if _REGISTERED.get(name) == key:
+            return
+        raise ValueError(
+            f"Dataset '{name}' is already registered"
+            + (f" from '{_REGISTERED[name][0]}'" if name in _REGISTERED else "")
+            + f"; cannot register it again from '{json_file}'. Choose another name."
+        )
+    api = _load_api(json_file)
+    _, issues = _build(api, json_file, image_root)
+    meta = _category_metadata(api, json_file)
+    eval_json = _evaluation_json(name, json_file, api, issues, meta["class_frequency"])
+    meta.update(novel_class_ids=[], json_file=eval_json, image_root=image_root,
+                evaluator_type="lvis")
+    meta.update(metadata or {})
+    DatasetCatalog.register(name, lambda: load_lvis_format_json(json_file, image_root, name))
+    MetadataCatalog.get(name).set(**meta)
+    _REGISTERED[name] = key
+    logger.info(f"Registered dataset '{name}': {len(api.imgs)} images, "
+                f"{len(meta['thing_classes'])} categories from {json_file}")
+
+
+def register_from_cfg(cfg):
+    """The no-code path: when ``DATASETS.GRIDCLIP.NAME`` is set, register ``<NAME>_train`` from
+    TRAIN_JSON/TRAIN_IMAGES and ``<NAME>_test`` from TEST_JSON/TEST_IMAGES (each when its json is
+    given) and point ``DATASETS.TRAIN`` / ``DATASETS.TEST`` at them. Returns ``cfg``."""
+    opts = cfg.DATASETS.GRIDCLIP
+    if not opts.NAME:
+        return cfg
+    if not opts.TRAIN_JSON and not opts.TEST_JSON:
+        raise ValueError(
+            f"DATASETS.GRIDCLIP.NAME is '{opts.NAME}' but neither DATASETS.GRIDCLIP.TRAIN_JSON "
+            "nor DATASETS.GRIDCLIP.TEST_JSON is set"
+        )
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    for split, key, json_file, images in (
+        ("train", "TRAIN", opts.TRAIN_JSON, opts.TRAIN_IMAGES),
+        ("test", "TEST", opts.TEST_JSON, opts.TEST_IMAGES),
+    ):
+        if not json_file:
+            continue
+        if not images:
+            raise ValueError(f"DATASETS.GRIDCLIP.{key}_JSON is set but "
+                             f"DATASETS.GRIDCLIP.{key}_IMAGES (the image folder) is empty")
+        if not os.path.isfile(PathManager.get_local_path(json_file)):
+            raise FileNotFoundError(f"DATASETS.GRIDCLIP.{key}_JSON: '{json_file}' does not exist")
+        name = f"{opts.NAME}_{split}"
+        register_lvis_format(name, json_file, images)
+        setattr(cfg.DATASETS, key, (name,))
+    if frozen:
+        cfg.freeze()
+    return cfg

@@ -1,0 +1,257 @@
+"""A user's own LVIS-format data: register_lvis_format (file_name-relative and coco_url-only jsons,
+bad input), the evaluation copy for incomplete jsons, and the no-code path register_from_cfg."""
+import json
+import logging
+import os
+import uuid
+
+import pytest
+import torch
+from PIL import Image
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import LVISEvaluator
+from detectron2.structures import Boxes, BoxMode, Instances
+
+from gridclip_d2 import add_gridclip_config
+from gridclip_d2.data import register_from_cfg, register_lvis_format
+from gridclip_d2.data.register import load_lvis_format_json
+
+H, W = 48, 64
+# category ids need not be 1..C: contiguous ids follow the json's ids in increasing order
+CATEGORIES = [
+    {"id": 7, "name": "kite", "frequency": "c", "image_count": 12},
+    {"id": 3, "name": "zebra", "frequency": "f", "image_count": 150},
+    {"id": 10, "name": "traffic_cone", "frequency": "r", "image_count": 2},
+]
+# (image index, category id, XYWH box)
+ANNOTATIONS = [(0, 3, [4, 5, 20, 10]), (0, 7, [30, 8, 12, 30]), (1, 10, [10, 10, 40, 30]),
+               (2, 3, [0, 0, 64, 48]), (2, 10, [50, 20, 10, 20])]
+
+
+def _unique(prefix):
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def _write_set(root, layout="file_name", annotations=ANNOTATIONS, categories=CATEGORIES,
+               complete=True, skip_images=()):
+    """Write 3 images and an LVIS-format json under ``root``; returns (json path, image root).
+
+    layout: "file_name" (relative file_name), "coco_url" (only coco_url, images in root/<split>/),
+    "coco_url_flat" (only coco_url, images directly in the image root).
+    """
+    image_root = os.path.join(root, "images")
+    images = []
+    for i in range(3):
+        name = f"{i:04d}.png"
+        sub = "train2017" if layout == "coco_url" else ""
+        os.makedirs(os.path.join(image_root, sub), exist_ok=True)
+        if i not in skip_images:
+            Image.new("RGB", (W, H), (10 * i, 100, 200)).save(os.path.join(image_root, sub, name))
+        img = {"id": 100 + i, "height": H, "width": W}
+        if layout == "file_name":
+            img["file_name"] = name
+        else:
+            img["coco_url"] = f"http://images.example.org/train2017/{name}"
+        if complete:
+            img.update(neg_category_ids=[], not_exhaustive_category_ids=[])
+        images.append(img)
+    anns = []
+    for k, (i, cat, box) in enumerate(annotations):
+        ann = {"id": k + 1, "image_id": 100 + i, "category_id": cat, "bbox": box}
+        if complete:
+            ann["area"] = box[2] * box[3]
+        anns.append(ann)
+    if complete:  # absent categories are negatives, as an exhaustively annotated set has it
+        for img in images:
+            present = {a["category_id"] for a in anns if a["image_id"] == img["id"]}
+            img["neg_category_ids"] = [c["id"] for c in categories if c["id"] not in present]
+    json_file = os.path.join(root, "annotations.json")
+    with open(json_file, "w") as f:
+        json.dump({"images": images, "annotations": anns, "categories": categories}, f)
+    return json_file, image_root
+
+
+@pytest.fixture
+def records_of(tmp_path):
+    def register(**kwargs):
+        json_file, image_root = _write_set(str(tmp_path), **kwargs)
+        name = _unique("mine")
+        register_lvis_format(name, json_file, image_root)
+        return name, DatasetCatalog.get(name)
+    return register
+
+
+@pytest.fixture
+def log_records():
+    """Records logged by gridclip_d2.data.register (independent of other loggers' propagation)."""
+    records = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.emit = records.append
+    log = logging.getLogger("gridclip_d2.data.register")
+    log.addHandler(handler)
+    yield records
+    log.removeHandler(handler)
+
+
+def _gt_as_detections(name, records, extra=None):
+    evaluator = LVISEvaluator(name, distributed=False)
+    evaluator.reset()
+    for r in records:
+        boxes = [BoxMode.convert(o["bbox"], o["bbox_mode"], BoxMode.XYXY_ABS)
+                 for o in r["annotations"]]
+        classes = [o["category_id"] for o in r["annotations"]]
+        if extra and r["image_id"] in extra:  # (class, box) of an additional detection
+            classes.append(extra[r["image_id"]][0])
+            boxes.append(extra[r["image_id"]][1])
+        inst = Instances((r["height"], r["width"]))
+        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        inst.scores = torch.linspace(1.0, 0.9, len(boxes))
+        inst.pred_classes = torch.tensor(classes, dtype=torch.int64)
+        evaluator.process([r], [{"instances": inst}])
+    return evaluator.evaluate()["bbox"]
+
+
+def test_file_name_relative_json(records_of):
+    name, records = records_of(layout="file_name")
+    meta = MetadataCatalog.get(name)
+    assert meta.thing_classes == ["zebra", "kite", "traffic_cone"]  # category ids 3, 7, 10
+    assert meta.thing_dataset_id_to_contiguous_id == {3: 0, 7: 1, 10: 2}
+    assert meta.class_frequency == ["f", "c", "r"]
+    assert meta.class_image_count == [150, 12, 2]
+    assert meta.novel_class_ids == [] and meta.evaluator_type == "lvis"
+    assert meta.json_file.endswith("annotations.json"), "a complete json is evaluated as it is"
+    assert [r["image_id"] for r in records] == [100, 101, 102]
+    assert records[0]["file_name"] == os.path.join(meta.image_root, "0000.png")
+    assert (records[0]["height"], records[0]["width"]) == (H, W)
+    assert [(o["category_id"], o["bbox"]) for o in records[0]["annotations"]] == \
+        [(0, [4, 5, 20, 10]), (1, [30, 8, 12, 30])]
+    assert records[0]["annotations"][0]["bbox_mode"] == BoxMode.XYWH_ABS
+    results = _gt_as_detections(name, records)
+    assert results["AP"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("layout", ["coco_url", "coco_url_flat"])
+def test_coco_url_only_json(records_of, layout):
+    name, records = records_of(layout=layout)
+    sub = "train2017" if layout == "coco_url" else ""
+    image_root = MetadataCatalog.get(name).image_root
+    assert [r["file_name"] for r in records] == \
+        [os.path.join(image_root, sub, f"{i:04d}.png") for i in range(3)]
+    assert all(os.path.isfile(r["file_name"]) for r in records)
+
+
+def test_missing_json_is_named(tmp_path):
+    missing = str(tmp_path / "nope.json")
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        register_lvis_format(_unique("mine"), missing, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_lvis_format_json(missing, str(tmp_path))
+
+
+def test_unknown_category_is_named(tmp_path):
+    unknown = ANNOTATIONS + [(1, 99, [1, 1, 9, 9])]
+    json_file, image_root = _write_set(str(tmp_path), annotations=unknown)
+    pattern = r"annotations\.json'.*annotation 6 has category_id 99"
+    with pytest.raises(ValueError, match=pattern):
+        register_lvis_format(_unique("mine"), json_file, image_root)
+    with pytest.raises(ValueError, match=pattern):
+        load_lvis_format_json(json_file, image_root)
+
+
+def test_missing_image_is_named(tmp_path):
+    json_file, image_root = _write_set(str(tmp_path), skip_images=(1,))
+    with pytest.raises(FileNotFoundError, match=r"1 of the 3 images .* first is '.*0001\.png'"):
+        register_lvis_format(_unique("mine"), json_file, image_root)
+
+
+def test_bad_boxes_are_skipped_or_clipped_with_a_warning(records_of, log_records):
+    bad = ANNOTATIONS + [
+        (0, 3, [10, 10, 0, 5]),      # zero width
+        (1, 7, [5, 5, 8, -2]),       # negative height
+        (1, 3, [70, 10, 10, 10]),    # right of the image
+        (2, 7, [-5, 40, 20, 20]),    # crosses the left and bottom borders: clipped
+    ]
+    name, records = records_of(annotations=bad)
+    boxes = [(o["category_id"], o["bbox"]) for r in records for o in r["annotations"]]
+    assert len(boxes) == len(ANNOTATIONS) + 1
+    assert (1, [0.0, 40.0, 15.0, 8.0]) in boxes
+    warning = [r.getMessage() for r in log_records if r.levelno == logging.WARNING
+               and "boxes, clipped" in r.getMessage()]  # the loader's warning
+    assert len(warning) == 1
+    assert "skipped 3 of 9 boxes, clipped 1" in warning[0]
+    assert "2 zero-area (annotation ids [6, 7])" in warning[0]
+    assert "1 outside (annotation ids [8])" in warning[0]
+    # the evaluator reads a copy without the skipped boxes and with the clipped one clipped
+    meta = MetadataCatalog.get(name)
+    assert meta.json_file != os.path.join(os.path.dirname(meta.image_root), "annotations.json")
+    with open(meta.json_file) as f:
+        copy = json.load(f)
+    assert sorted(a["id"] for a in copy["annotations"]) == [1, 2, 3, 4, 5, 9]
+    assert _gt_as_detections(name, records)["AP"] == pytest.approx(100.0)
+
+
+def test_incomplete_json_gets_defaults_and_an_evaluation_copy(records_of, log_records):
+    bare = [{"id": c["id"], "name": c["name"]} for c in CATEGORIES]
+    name, records = records_of(categories=bare, complete=False)
+    meta = MetadataCatalog.get(name)
+    assert meta.class_image_count == [2, 1, 2]  # zebra, kite, traffic_cone, from the annotations
+    assert meta.class_frequency == ["r", "r", "r"]
+    messages = " ".join(r.getMessage() for r in log_records if r.levelno == logging.WARNING)
+    assert "lack 'image_count'" in messages and "lack 'frequency'" in messages
+    assert "completed copy" in messages
+    with open(meta.json_file) as f:
+        copy = json.load(f)
+    first = next(img for img in copy["images"] if img["id"] == 100)
+    assert first["neg_category_ids"] == [10] and first["not_exhaustive_category_ids"] == []
+    assert all("area" in a for a in copy["annotations"])
+    assert _gt_as_detections(name, records)["AP"] == pytest.approx(100.0)
+    # absent classes are negatives: a confident traffic cone on image 100 is a false positive
+    fp = {100: (2, [0.0, 0.0, 30.0, 30.0])}
+    assert _gt_as_detections(name, records, extra=fp)["AP"] < 100.0
+
+
+def test_register_twice(tmp_path):
+    json_file, image_root = _write_set(str(tmp_path))
+    name = _unique("mine")
+    register_lvis_format(name, json_file, image_root)
+    register_lvis_format(name, json_file, image_root)  # same source: nothing happens
+    other, _ = _write_set(str(tmp_path / "other"))
+    with pytest.raises(ValueError, match=f"'{name}' is already registered"):
+        register_lvis_format(name, other, image_root)
+
+
+def _cfg(**opts):
+    cfg = get_cfg()
+    add_gridclip_config(cfg)
+    for key, value in opts.items():
+        setattr(cfg.DATASETS.GRIDCLIP, key, value)
+    return cfg
+
+
+def test_register_from_cfg(tmp_path):
+    assert register_from_cfg(_cfg()).DATASETS.TRAIN == get_cfg().DATASETS.TRAIN  # NAME unset
+
+    train_json, train_images = _write_set(str(tmp_path / "train"))
+    test_json, test_images = _write_set(str(tmp_path / "test"), layout="coco_url")
+    name = _unique("shapes")
+    cfg = _cfg(NAME=name, TRAIN_JSON=train_json, TRAIN_IMAGES=train_images,
+               TEST_JSON=test_json, TEST_IMAGES=test_images)
+    cfg.freeze()
+    assert register_from_cfg(cfg) is cfg and cfg.is_frozen()
+    assert cfg.DATASETS.TRAIN == (f"{name}_train",) and cfg.DATASETS.TEST == (f"{name}_test",)
+    assert len(DatasetCatalog.get(f"{name}_train")) == 3
+    assert MetadataCatalog.get(f"{name}_test").thing_classes == ["zebra", "kite", "traffic_cone"]
+    register_from_cfg(cfg.clone())  # a second call (e.g. in each worker) is harmless
+
+
+def test_register_from_cfg_names_the_bad_option(tmp_path):
+    json_file, _ = _write_set(str(tmp_path))
+    with pytest.raises(ValueError, match="TRAIN_JSON nor DATASETS.GRIDCLIP.TEST_JSON"):
+        register_from_cfg(_cfg(NAME=_unique("x")))
+    with pytest.raises(ValueError, match="DATASETS.GRIDCLIP.TRAIN_IMAGES"):
+        register_from_cfg(_cfg(NAME=_unique("x"), TRAIN_JSON=json_file))
+    with pytest.raises(FileNotFoundError, match=r"DATASETS.GRIDCLIP.TEST_JSON: '.*absent.json'"):
+        register_from_cfg(_cfg(NAME=_unique("x"), TEST_JSON=str(tmp_path / "absent.json"),
+                               TEST_IMAGES=str(tmp_path)))

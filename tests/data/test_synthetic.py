@@ -1,0 +1,176 @@
+"""The embedded synthetic LVIS-format set: determinism, lvis-api format, honest frequencies, boxes
+that match the drawn pixels, atomic regeneration, registration."""
+import filecmp
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from lvis import LVIS
+
+from gridclip_d2.data import synthetic
+from gridclip_d2.data.synthetic import (
+    SYNTHETIC_CATEGORIES,
+    SYNTHETIC_SPLITS,
+    ensure_synthetic_dataset,
+    generate_synthetic_dataset,
+)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("synthetic") / "a")
+    generate_synthetic_dataset(out)
+    return out
+
+
+def _json(root, split):
+    with open(os.path.join(root, "annotations", f"synthetic_{split}.json")) as f:
+        return json.load(f)
+
+
+def _all_files(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root)
+                  for d, _, files in os.walk(root) for f in files)
+
+
+def test_generation_is_deterministic(generated, tmp_path):
+    again = str(tmp_path / "b")
+    generate_synthetic_dataset(again)
+    files = _all_files(generated)
+    assert files == _all_files(again)
+    assert len(files) == sum(n for n, _, _ in SYNTHETIC_SPLITS.values()) + 3  # + 2 jsons + STAMP
+    match, mismatch, errors = filecmp.cmpfiles(generated, again, files, shallow=False)
+    assert mismatch == [] and errors == []
+
+
+@pytest.mark.parametrize("split", list(SYNTHETIC_SPLITS))
+def test_json_loads_in_lvis_api_with_every_field(generated, split):
+    api = LVIS(os.path.join(generated, "annotations", f"synthetic_{split}.json"))
+    num_images, first_id, _ = SYNTHETIC_SPLITS[split]
+    assert sorted(api.imgs) == list(range(first_id, first_id + num_images))
+    cat_ids = set(api.cats)
+    assert cat_ids == set(range(1, len(SYNTHETIC_CATEGORIES) + 1))
+    for img in api.imgs.values():
+        assert {"id", "file_name", "coco_url", "height", "width", "neg_category_ids",
+                "not_exhaustive_category_ids"} <= set(img)
+        assert os.path.isfile(os.path.join(generated, img["file_name"]))
+        assert img["coco_url"].split("/")[-2:] == img["file_name"].split("/")
+        with Image.open(os.path.join(generated, img["file_name"])) as im:
+            assert im.size == (img["width"], img["height"]) and im.mode == "RGB"
+        present = {a["category_id"] for a in api.img_ann_map[img["id"]]}
+        assert present, "every image has objects"
+        # exhaustively annotated: every absent category is a negative
+        assert set(img["neg_category_ids"]) == cat_ids - present
+    for ann in api.anns.values():
+        assert {"id", "image_id", "category_id", "bbox", "area", "segmentation"} <= set(ann)
+        x, y, w, h = ann["bbox"]
+        img = api.imgs[ann["image_id"]]
+        assert x >= 0 and y >= 0 and x + w <= img["width"] and y + h <= img["height"]
+        assert min(w, h) >= 16, "objects are not tiny"
+        assert ann["area"] == w * h
+        assert ann["segmentation"] == [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    for cat in api.dataset["categories"]:
+        assert {"id", "name", "synonyms", "def", "frequency", "image_count",
+                "instance_count"} <= set(cat)
+        assert cat["image_count"] == len(set(api.cat_img_map[cat["id"]]))
+        assert cat["instance_count"] == len(api.cat_img_map[cat["id"]])
+        assert cat["image_count"] > 0, f"{split} has every category"
+
+
+def test_frequencies_are_honest(generated):
+    train = _json(generated, "train")
+    images_per_cat = {c["id"]: set() for c in train["categories"]}
+    for ann in train["annotations"]:
+        images_per_cat[ann["category_id"]].add(ann["image_id"])
+    for cat in SYNTHETIC_CATEGORIES:
+        n = len(images_per_cat[cat["id"]])
+        assert cat["image_count"] == n
+        assert cat["frequency"] == ("r" if n < 10 else "c" if n < 100 else "f"), cat["name"]
+    assert {c["frequency"] for c in SYNTHETIC_CATEGORIES} == {"r", "c", "f"}
+    # both splits carry the train frequencies, as LVIS does
+    for split in SYNTHETIC_SPLITS:
+        cats = _json(generated, split)["categories"]
+        assert [(c["id"], c["name"], c["frequency"]) for c in cats] == \
+            [(c["id"], c["name"], c["frequency"]) for c in SYNTHETIC_CATEGORIES]
+    assert train["categories"] == SYNTHETIC_CATEGORIES
+
+
+def test_boxes_are_tight_around_the_drawn_shapes(generated):
+    """Inside a box, many pixels have the category's colour; just outside it, almost none."""
+    data = _json(generated, "train")
+    images = {img["id"]: img for img in data["images"]}
+    inside, outside = [], []
+    for ann in data["annotations"]:
+        file_name = os.path.join(generated, images[ann["image_id"]]["file_name"])
+        pixels = np.asarray(Image.open(file_name))  # H x W x 3 RGB
+        colour = np.array(synthetic._SPEC[ann["category_id"] - 1][2], dtype=float)
+        close = np.linalg.norm(pixels.astype(float) - colour, axis=2) < 60  # H x W
+        x, y, w, h = (int(v) for v in ann["bbox"])
+        inside.append(close[y:y + h, x:x + w].mean())
+        ring = np.zeros_like(close)
+        ring[max(y - 1, 0):y + h + 1, max(x - 1, 0):x + w + 1] = True
+        ring[y:y + h, x:x + w] = False
+        outside.append(close[ring].mean() if ring.any() else 0.0)
+    assert min(inside) > 0.2
+    assert np.median(inside) > 0.4
+    # a neighbour of the same colour may touch a box now and then
+    assert np.mean(np.array(outside) > 0.1) < 0.02
+
+
+def test_objects_overlap_little(generated):
+    data = _json(generated, "val")
+    by_image = {}
+    for ann in data["annotations"]:
+        x, y, w, h = ann["bbox"]
+        by_image.setdefault(ann["image_id"], []).append((x, y, x + w, y + h))
+    worst = 0.0
+    for boxes in by_image.values():
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+                ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+                smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+                worst = max(worst, iw * ih / smaller)
+    assert worst < 0.3
+
+
+def test_ensure_keeps_a_complete_set_and_remakes_a_broken_one(generated, tmp_path):
+    target = tmp_path / "synthetic"
+    shutil.copytree(generated, target)
+    stamp_mtime = os.stat(target / "STAMP").st_mtime_ns
+    assert ensure_synthetic_dataset(str(tmp_path)) == str(target)
+    assert os.stat(target / "STAMP").st_mtime_ns == stamp_mtime, "a complete set is not rewritten"
+
+    # a half-written set (an image lost) is made again, identical to a fresh one
+    victim = target / "train" / "000007.jpg"
+    os.remove(victim)
+    assert ensure_synthetic_dataset(str(tmp_path)) == str(target)
+    assert filecmp.cmp(victim, os.path.join(generated, "train", "000007.jpg"), shallow=False)
+    assert os.listdir(tmp_path) == ["synthetic"], "no temporary folder is left behind"
+
+    # an older format version is not complete
+    stamp = json.loads((target / "STAMP").read_text())
+    (target / "STAMP").write_text(json.dumps(dict(stamp, version="0")))
+    assert not synthetic._is_complete(str(target))
+
+
+def test_registered_splits_load_with_metadata():
+    for split, (num_images, first_id, _) in SYNTHETIC_SPLITS.items():
+        name = f"synthetic_{split}"
+        records = DatasetCatalog.get(name)
+        meta = MetadataCatalog.get(name)
+        assert len(records) == num_images
+        assert records[0]["image_id"] == first_id
+        assert all(os.path.isfile(r["file_name"]) for r in records)
+        assert {o["category_id"] for r in records for o in r["annotations"]} == set(range(8))
+        assert meta.thing_classes == [c["name"] for c in SYNTHETIC_CATEGORIES]
+        assert meta.class_frequency == [c["frequency"] for c in SYNTHETIC_CATEGORIES]
+        assert meta.class_image_count == [c["image_count"] for c in SYNTHETIC_CATEGORIES]
+        assert meta.novel_class_ids == []
+        assert meta.evaluator_type == "lvis"
+        assert os.path.isfile(meta.json_file) and os.path.isdir(meta.image_root)
