@@ -10,7 +10,7 @@ STAMP := $(VENV)/.gridclip-installed
 $(STAMP): requirements.txt scripts/install_detectron2.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	$(PY) -c "import detectron2" 2>/dev/null || $(PY) scripts/install_detectron2.py
+	$(PY) scripts/install_detectron2.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -30,6 +30,19 @@ C_STANDIN = '''"""Stand-in for detectron2's compiled extension (not built: its C
 VERSION = "stand-in"
 
 
+# What detectron2.utils.collect_env (called by default_setup) asks of the extension.
+def get_compiler_version():
+    return "not built (stand-in for detectron2._C)"
+
+
+def get_cuda_version():
+    return "not built"
+
+
+def has_cuda():
+    return False
+
+
 def __getattr__(name):
     raise NotImplementedError(
         f"detectron2._C.{name} needs detectron2's compiled extension, which this build does not have "

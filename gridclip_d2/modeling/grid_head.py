@@ -1,0 +1,183 @@
+"""GridCLIP's dense head: FCOS towers whose classification branch ends in CLIP's embedding space.
+
+Per pyramid level i (N images, C classes, D = CLIP embedding dim, Hi x Wi grid cells) the head
+returns, as lists over levels:
+
+* ``logits``      N x C x Hi x Wi: ``temperature * cos(grid embedding, text embedding) + bias``
+* ``box_deltas``  N x 4 x Hi x Wi: left/top/right/bottom distances in units of the level's stride
+  (``Box2BoxTransformLinear(normalize_by_size=True)``): ``exp(scale_i * x)`` with a learnable
+  per-level scale, as the original FCOS. (A ReLU instead of the exp starts many locations with a
+  zero-width box, where the GIoU loss has no gradient.)
+* ``centerness``  N x 1 x Hi x Wi: centerness logits, on the regression tower (as FCOS)
+* ``grid_embeddings`` N x D x Hi x Wi: the grid embeddings, L2-normalised per cell
+
+The towers are written here instead of using Detectron2's ``RetinaNetHead``/``FCOSHead``: their
+``norm="GN"`` builds ``GroupNorm(32, 1)`` and crashes, and their classifier is a conv with one
+output per class, whereas GridCLIP's classifier is the frozen text-embedding matrix.
+"""
+import math
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, get_norm
+
+__all__ = ["GridCLIPHead"]
+
+
+def _tower(channels: int, num_convs: int, norm: str) -> nn.Sequential:
+    layers = []
+    for _ in range(num_convs):
+        layers.append(nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1))
+        if norm:
+            layers.append(get_norm(norm, channels))
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class GridCLIPHead(nn.Module):
+    """
+    Shared classification and regression towers over all levels. The classification tower is
+    followed by a 3x3 conv projecting to D channels (the grid embedding); ``classifier`` (a
+    :class:`TextClassifier`, whose C x D text embeddings are a buffer and never trained) turns the
+    normalised grid embedding into cosine similarities.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        input_shape: List[ShapeSpec],
+        classifier: nn.Module,
+        num_convs: int = 4,
+        norm: str = "GN",
+        prior_prob: float = 0.01,
+        temperature: float = 50.0,
+        learn_temperature: bool = True,
+        dense_clip_levels: Sequence[int] = (),
+    ):
+        """
+        Args:
+            input_shape: shapes of the input levels; all must have the same number of channels.
+            classifier: module mapping ``... x D`` normalised embeddings to ``... x C`` cosines; it
+                must expose ``embeddings`` (C x D).
+            num_convs: 3x3 convs in each tower.
+            norm: normalisation in the towers ("GN", "BN", "" ...; see ``detectron2.layers.get_norm``).
+            prior_prob: initial foreground probability, sets the scalar logit bias.
+            temperature: initial (or fixed) temperature multiplying the cosines.
+            learn_temperature: learn the temperature (log-parametrised) or keep it fixed.
+            dense_clip_levels: indices of the levels whose grid embedding also receives the
+                backbone's dense CLIP embedding (``forward(..., dense_embedding=...)``).
+        """
+        super().__init__()
+        channels = {s.channels for s in input_shape}
+        if len(channels) != 1:
+            raise ValueError(f"GridCLIPHead needs the same channels on every level, got {sorted(channels)}")
+        in_channels = channels.pop()
+        if norm == "GN" and in_channels % 32 != 0:
+            raise ValueError(
+                f"MODEL.GRIDCLIP.HEAD_NORM='GN' uses GroupNorm(32, C); the neck's {in_channels} channels "
+                "are not a multiple of 32"
+            )
+        if not 0.0 < prior_prob < 1.0:
+            raise ValueError(f"MODEL.GRIDCLIP.PRIOR_PROB must lie in (0, 1), got {prior_prob}")
+        if temperature <= 0:
+            raise ValueError(f"MODEL.GRIDCLIP.TEMPERATURE must be positive, got {temperature}")
+        self.num_levels = len(input_shape)
+        self.dense_clip_levels = sorted(set(int(i) for i in dense_clip_levels))
+        for i in self.dense_clip_levels:
+            if not 0 <= i < self.num_levels:
+                raise ValueError(f"dense_clip_levels index {i} out of range for {self.num_levels} levels")
+
+        self.classifier = classifier
+        embed_dim = int(classifier.embeddings.shape[1])
+
+        self.cls_subnet = _tower(in_channels, num_convs, norm)
+        self.bbox_subnet = _tower(in_channels, num_convs, norm)
+        self.embed = nn.Conv2d(in_channels, embed_dim, kernel_size=3, stride=1, padding=1)
+        self.bbox_pred = nn.Conv2d(in_channels, 4, kernel_size=3, stride=1, padding=1)
+        self.ctrness = nn.Conv2d(in_channels, 1, kernel_size=3, stride=1, padding=1)
+        for module in [self.cls_subnet, self.bbox_subnet, self.embed, self.bbox_pred, self.ctrness]:
+            for layer in module.modules():
+                if isinstance(layer, nn.Conv2d):
+                    nn.init.normal_(layer.weight, mean=0, std=0.01)
+                    nn.init.constant_(layer.bias, 0)
+        # Per-level learnable scale of the box regression (FCOS).
+        self.scales = nn.Parameter(torch.ones(self.num_levels))
+
+        log_t = torch.tensor(math.log(temperature), dtype=torch.float32)
+        if learn_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+        # One scalar bias for every class (RetinaNet's prior), so the vocabulary can change.
+        self.bias = nn.Parameter(torch.tensor(-math.log((1 - prior_prob) / prior_prob)))
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec], classifier: nn.Module):
+        in_features = list(cfg.MODEL.GRIDCLIP.IN_FEATURES)
+        dense_levels = []
+        for name in cfg.MODEL.GRIDCLIP.DENSE_CLIP_LEVELS:
+            if name not in in_features:
+                raise ValueError(
+                    f"MODEL.GRIDCLIP.DENSE_CLIP_LEVELS names {name!r}, which is not one of "
+                    f"MODEL.GRIDCLIP.IN_FEATURES {in_features}"
+                )
+            dense_levels.append(in_features.index(name))
+        return {
+            "input_shape": input_shape,
+            "classifier": classifier,
+            "num_convs": cfg.MODEL.GRIDCLIP.NUM_CONVS,
+            "norm": cfg.MODEL.GRIDCLIP.HEAD_NORM,
+            "prior_prob": cfg.MODEL.GRIDCLIP.PRIOR_PROB,
+            "temperature": cfg.MODEL.GRIDCLIP.TEMPERATURE,
+            "learn_temperature": cfg.MODEL.GRIDCLIP.LEARN_TEMPERATURE,
+            "dense_clip_levels": dense_levels,
+        }
+
+    @property
+    def temperature(self) -> Tensor:
+        return self.log_temperature.exp()
+
+    @property
+    def embed_dim(self) -> int:
+        return self.embed.out_channels
+
+    def forward(self, features: List[Tensor], dense_embedding: Optional[Tensor] = None):
+        """
+        Args:
+            features: one N x Cin x Hi x Wi tensor per level.
+            dense_embedding: N x D x h x w dense CLIP embedding, required when the head has
+                ``dense_clip_levels``; resized bilinearly to each such level and added, L2-normalised,
+                to the projected embedding before the final normalisation.
+
+        Returns:
+            (logits, box_deltas, centerness, grid_embeddings), each a list over levels (see the
+            module docstring for shapes).
+        """
+        if len(features) != self.num_levels:
+            raise ValueError(f"GridCLIPHead was built for {self.num_levels} levels, got {len(features)}")
+        if self.dense_clip_levels and dense_embedding is None:
+            raise ValueError("GridCLIPHead has dense_clip_levels but no dense_embedding was given")
+        temperature = self.temperature
+        logits, box_deltas, centerness, grid_embeddings = [], [], [], []
+        for i, x in enumerate(features):
+            emb = self.embed(self.cls_subnet(x))  # N x D x Hi x Wi
+            if i in self.dense_clip_levels:
+                dense = F.interpolate(
+                    dense_embedding.to(emb.dtype), size=emb.shape[-2:], mode="bilinear", align_corners=False
+                )
+                emb = emb + F.normalize(dense, dim=1)
+            emb = F.normalize(emb, dim=1)
+            cos = self.classifier(emb.permute(0, 2, 3, 1))  # N x Hi x Wi x C
+            logits.append(cos.permute(0, 3, 1, 2) * temperature + self.bias)  # N x C x Hi x Wi
+            grid_embeddings.append(emb)
+
+            reg = self.bbox_subnet(x)
+            # exp of a clamped exponent: e^8 strides is far beyond any box, and exp cannot overflow.
+            box_deltas.append(torch.exp((self.bbox_pred(reg) * self.scales[i]).clamp(max=8.0)))  # N x 4 x Hi x Wi
+            centerness.append(self.ctrness(reg))  # N x 1 x Hi x Wi
+        return logits, box_deltas, centerness, grid_embeddings

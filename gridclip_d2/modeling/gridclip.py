@@ -1,0 +1,428 @@
+"""GridCLIP meta-architecture: an FCOS detector whose classifier is a frozen CLIP text-embedding matrix.
+
+Training losses (dict keys): ``loss_cls`` (sigmoid focal loss on the text logits: grid-level
+alignment), ``loss_box_reg`` (GIoU), ``loss_quality`` (centerness BCE) and, when
+``MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED``, ``loss_image_align`` (image-level alignment). Detection losses
+are divided by FCOS's moving average of the number of positive locations.
+
+Conventions: N images, R = sum over levels of Hi x Wi locations (one anchor point per location),
+C classes of the current vocabulary, D = CLIP embedding dim. Class ids are contiguous and index the
+vocabulary the model currently holds (the training set's ``thing_classes`` until
+:meth:`GridCLIP.set_vocabulary` replaces it).
+"""
+import functools
+import logging
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from fvcore.nn import sigmoid_focal_loss_jit
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.box_regression import _dense_box_regression_loss
+from detectron2.modeling.meta_arch.fcos import FCOS
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import get_event_storage
+
+from .alignment import ImageAlignment
+from .clip_text import text_embeddings_from_cfg
+from .fed_loss import fed_loss_class_weights, sample_fed_loss_classes
+from .grid_head import GridCLIPHead
+from .text_classifier import TextClassifier, load_text_embeddings
+
+__all__ = ["GridCLIP"]
+
+logger = logging.getLogger(__name__)
+
+
+def _training_metadata(cfg):
+    """Name and metadata of the data set whose ``thing_classes`` define the training vocabulary."""
+    names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
+    if not names:
+        raise ValueError(
+            "GridCLIP needs a data set to take its classes from: DATASETS.TRAIN and DATASETS.TEST are empty"
+        )
+    metadata = MetadataCatalog.get(names[0])
+    classes = metadata.get("thing_classes", None)
+    if not classes:
+        raise ValueError(
+            f"Data set {names[0]!r} (first of DATASETS.TRAIN, else DATASETS.TEST) has no 'thing_classes' "
+            "in its metadata: is it registered (import gridclip_d2) and spelled correctly?"
+        )
+    return names[0], metadata
+
+
+@META_ARCH_REGISTRY.register()
+class GridCLIP(FCOS):
+    """
+    FCOS (Detectron2's label assignment with centre sampling, GIoU box loss, centerness targets and
+    decoding) with :class:`GridCLIPHead`, an optional image-level alignment loss, class masks for the
+    classification loss (novel classes, federated loss) and a vocabulary that can be swapped at
+    inference (:meth:`set_vocabulary`).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        head: GridCLIPHead,
+        head_in_features: List[str],
+        num_classes: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        image_alignment: Optional[nn.Module] = None,
+        encode_vocabulary: Optional[Callable[[List[str]], Tensor]] = None,
+        novel_class_ids: Sequence[int] = (),
+        use_fed_loss: bool = False,
+        fed_loss_num_classes: int = 50,
+        class_image_count: Optional[Sequence[int]] = None,
+        fed_loss_freq_weight: float = 0.5,
+        input_format: str = "RGB",
+        **fcos_kwargs,
+    ):
+        """
+        Args:
+            backbone: a Detectron2 backbone giving ``head_in_features``; with
+                ``head.dense_clip_levels`` it must expose ``bottom_up`` (a ``CLIPResNet`` returning res5).
+            head: the :class:`GridCLIPHead`; its classifier holds the C x D text embeddings.
+            head_in_features: backbone outputs fed to the head, finest first.
+            num_classes: C, number of rows of the head's text embeddings.
+            image_alignment: ``ImageAlignment`` module (``loss_image_align``) or None.
+            encode_vocabulary: names -> C x D embeddings, used by :meth:`set_vocabulary` with names.
+            novel_class_ids: classes left out of the classification loss (never pushed down).
+            use_fed_loss: restrict the classification loss to the federated-loss classes.
+            fed_loss_num_classes: number of classes per batch in the federated loss.
+            class_image_count: C training-image counts (federated-loss sampling weights).
+            fed_loss_freq_weight: exponent of the counts.
+            input_format: "RGB"; only used to show training images.
+            fcos_kwargs: the remaining arguments of Detectron2's :class:`FCOS` (center_sampling_radius,
+                focal_loss_alpha/gamma, test_score_thresh, test_topk_candidates, test_nms_thresh,
+                max_detections_per_image, box2box_transform).
+        """
+        super().__init__(
+            backbone=backbone,
+            head=head,
+            head_in_features=head_in_features,
+            num_classes=num_classes,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            **fcos_kwargs,
+        )
+        if head.classifier.embeddings.shape[0] != num_classes:
+            raise ValueError(
+                f"num_classes={num_classes} but the head's classifier has "
+                f"{head.classifier.embeddings.shape[0]} text embeddings"
+            )
+        shapes = backbone.output_shape()
+        self.strides = [shapes[f].stride for f in self.head_in_features]
+        if head.dense_clip_levels:
+            bottom_up = getattr(backbone, "bottom_up", None)
+            if bottom_up is None or not hasattr(bottom_up, "dense_embedding"):
+                raise ValueError("MODEL.GRIDCLIP.DENSE_CLIP_LEVELS needs a backbone with a CLIPResNet `bottom_up`")
+            if "res5" not in bottom_up.output_shape():
+                raise ValueError("MODEL.GRIDCLIP.DENSE_CLIP_LEVELS needs 'res5' in MODEL.CLIP.OUT_FEATURES")
+        self.image_alignment = image_alignment
+        self.encode_vocabulary = encode_vocabulary
+        self.input_format = input_format
+        self.vocabulary: Optional[List[str]] = None
+
+        # Classification-loss columns: True = class takes part in loss_cls.
+        self.loss_num_classes = num_classes
+        allowed = torch.ones(num_classes, dtype=torch.bool)
+        for c in novel_class_ids:
+            if not 0 <= int(c) < num_classes:
+                raise ValueError(f"novel class id {c} out of range for {num_classes} classes")
+            allowed[int(c)] = False
+        self.register_buffer("loss_class_mask", allowed, persistent=False)
+        self.use_fed_loss = bool(use_fed_loss)
+        self.fed_loss_num_classes = int(fed_loss_num_classes)
+        if self.use_fed_loss:
+            if class_image_count is None or len(class_image_count) != num_classes:
+                raise ValueError(
+                    "MODEL.GRIDCLIP.USE_FED_LOSS needs the training set's metadata 'class_image_count' "
+                    f"with {num_classes} entries, got "
+                    f"{None if class_image_count is None else len(class_image_count)}"
+                )
+            weights = fed_loss_class_weights(class_image_count, fed_loss_freq_weight, allowed)
+            self.register_buffer("fed_loss_weights", weights, persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        if cfg.INPUT.FORMAT != "RGB":
+            raise ValueError(
+                f"GridCLIP's CLIP backbone takes RGB images: INPUT.FORMAT must be 'RGB', got {cfg.INPUT.FORMAT!r}"
+            )
+        g = cfg.MODEL.GRIDCLIP
+        dataset_name, metadata = _training_metadata(cfg)
+        num_classes = len(metadata.thing_classes)
+        class_image_count = metadata.get("class_image_count", None)
+        if g.USE_FED_LOSS and class_image_count is None:
+            raise ValueError(
+                f"MODEL.GRIDCLIP.USE_FED_LOSS needs the metadata 'class_image_count' of {dataset_name!r}, "
+                "which it does not have (for LVIS: run datasets/prepare_lvis_base.py, which writes the "
+                "per-category counts)"
+            )
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        in_features = list(cfg.MODEL.GRIDCLIP.IN_FEATURES)
+        missing = [f for f in in_features if f not in shapes]
+        if missing:
+            raise ValueError(
+                f"MODEL.GRIDCLIP.IN_FEATURES {in_features}: {missing} not produced by backbone "
+                f"{cfg.MODEL.BACKBONE.NAME} (it gives {sorted(shapes)})"
+            )
+        classifier = TextClassifier(cfg, num_classes=num_classes)
+        head = GridCLIPHead(cfg, [shapes[f] for f in in_features], classifier=classifier)
+        novel = list(metadata.get("novel_class_ids", [])) if g.IGNORE_NOVEL_CLASSES else []
+        logger.info(
+            "GridCLIP: %d classes of %r, %d novel left out of loss_cls, federated loss %s, image-level "
+            "alignment %s", num_classes, dataset_name, len(novel), "on" if g.USE_FED_LOSS else "off",
+            "on" if g.IMAGE_ALIGN.ENABLED else "off",
+        )
+        return {
+            "backbone": backbone,
+            "head": head,
+            "head_in_features": in_features,
+            "num_classes": num_classes,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "image_alignment": ImageAlignment(cfg) if g.IMAGE_ALIGN.ENABLED else None,
+            "encode_vocabulary": functools.partial(text_embeddings_from_cfg, cfg.clone()),
+            "novel_class_ids": novel,
+            "use_fed_loss": g.USE_FED_LOSS,
+            "fed_loss_num_classes": g.FED_LOSS_NUM_CLASSES,
+            "class_image_count": class_image_count,
+            "fed_loss_freq_weight": g.FED_LOSS_FREQ_WEIGHT,
+            "input_format": cfg.INPUT.FORMAT,
+            "center_sampling_radius": g.CENTER_SAMPLING_RADIUS,
+            "focal_loss_alpha": g.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": g.FOCAL_LOSS_GAMMA,
+            "test_score_thresh": g.SCORE_THRESH_TEST,
+            "test_topk_candidates": g.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": g.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+        }
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: List[Dict[str, Tensor]]):
+        """
+        The steps of ``DenseDetector.forward``, plus two things it cannot pass along: the dense CLIP
+        embedding of res5 goes to the head, and the batched inputs (``align_boxes``,
+        ``teacher_images``, ``image_id``) go to the image-level alignment loss.
+
+        Returns: a dict of losses in training; in inference, one ``{"instances": Instances}`` per
+        image, resized to the input's "height" x "width".
+        """
+        images = self.preprocess_image(batched_inputs)
+        features, dense_embedding = self._backbone_features(images.tensor)
+        features = [features[f] for f in self.head_in_features]
+        predictions = self.head(features, dense_embedding)
+
+        if self.training:
+            missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
+            if missing:
+                raise ValueError(f"GridCLIP training needs 'instances' in every input; inputs {missing} lack them")
+            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+            return self.forward_training(images, features, predictions, gt_instances, batched_inputs)
+
+        results = self.forward_inference(images, features, predictions[:3])
+        processed_results = []
+        for results_per_image, input_per_image, image_size in zip(results, batched_inputs, images.image_sizes):
+            height = input_per_image.get("height", image_size[0])
+            width = input_per_image.get("width", image_size[1])
+            processed_results.append({"instances": detector_postprocess(results_per_image, height, width)})
+        return processed_results
+
+    def _backbone_features(self, x: Tensor) -> Tuple[Dict[str, Tensor], Optional[Tensor]]:
+        """Backbone features; with dense CLIP levels also ``bottom_up.dense_embedding(res5)``
+        (N x D x h x w). The neck runs the CLIP ResNet inside its own forward, so res5 is captured by
+        a forward hook that lives only for this call."""
+        if not self.head.dense_clip_levels:
+            return self.backbone(x), None
+        captured = {}
+        bottom_up = self.backbone.bottom_up
+        handle = bottom_up.register_forward_hook(lambda module, inputs, output: captured.update(output))
+        try:
+            features = self.backbone(x)
+        finally:
+            handle.remove()
+        return features, bottom_up.dense_embedding(captured["res5"])
+
+    def forward_training(self, images, features, predictions, gt_instances, batched_inputs=None):
+        pred_logits, pred_deltas, pred_centerness = self._transpose_dense_predictions(
+            list(predictions[:3]), [self.num_classes, 4, 1]
+        )  # N x Ri x C, N x Ri x 4, N x Ri x 1 per level
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        losses = self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_centerness)
+        if self.image_alignment is not None:
+            if batched_inputs is None:
+                raise ValueError("the image-level alignment needs the batched inputs")
+            losses.update(self.image_alignment(predictions[3], self.strides, batched_inputs))
+        return losses
+
+    # ------------------------------------------------------------------ training targets and losses
+    @torch.no_grad()
+    def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
+        """FCOS's assignment; images without instances (where FCOS's matching fails on an empty
+        gt set) get background labels and zero boxes, which no loss reads."""
+        num_anchors = sum(len(a) for a in anchors)
+        non_empty = [g for g in gt_instances if len(g) > 0]
+        labels_ne, boxes_ne = super().label_anchors(anchors, non_empty) if non_empty else ([], [])
+        labels_ne, boxes_ne = iter(labels_ne), iter(boxes_ne)
+        device = anchors[0].tensor.device
+        gt_labels, gt_boxes = [], []
+        for g in gt_instances:
+            if len(g) > 0:
+                gt_labels.append(next(labels_ne))
+                gt_boxes.append(next(boxes_ne))
+            else:
+                gt_labels.append(torch.full((num_anchors,), self.num_classes, dtype=torch.int64, device=device))
+                gt_boxes.append(Boxes(torch.zeros((num_anchors, 4), device=device)))
+        return gt_labels, gt_boxes
+
+    def _loss_columns(self, pos_labels: Tensor) -> Optional[Tensor]:
+        """Class ids taking part in ``loss_cls`` for this batch (None = all classes)."""
+        if self.use_fed_loss:
+            columns = sample_fed_loss_classes(pos_labels, self.fed_loss_num_classes, self.fed_loss_weights)
+            return columns[self.loss_class_mask[columns]]
+        if bool(self.loss_class_mask.all()):
+            return None
+        return self.loss_class_mask.nonzero().squeeze(1)
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness):
+        """FCOS's losses, renamed, with the classification loss restricted to the loss columns."""
+        if self.num_classes != self.loss_num_classes:
+            raise RuntimeError(
+                f"the vocabulary was swapped ({self.loss_num_classes} -> {self.num_classes} classes) with "
+                "set_vocabulary, which is for inference; build a new model to train"
+            )
+        num_images = len(gt_labels)
+        gt_labels = torch.stack(gt_labels)  # N x R
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        num_pos_anchors = pos_mask.sum().item()
+        get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
+        normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 300)
+
+        logits = torch.cat(pred_logits, dim=1)  # N x R x C
+        pos_labels = gt_labels[pos_mask]  # P
+        columns = self._loss_columns(pos_labels)
+        column_of_class = torch.arange(self.num_classes, device=logits.device)
+        if columns is not None:
+            logits = logits[:, :, columns]  # N x R x C'
+            column_of_class = torch.full_like(column_of_class, -1)
+            column_of_class[columns] = torch.arange(len(columns), device=logits.device)
+        # One-hot targets built by scatter: F.one_hot over C + 1 int64 columns is ~8x the logits' memory.
+        targets = torch.zeros_like(logits)  # N x R x C'
+        img_idx, anchor_idx = pos_mask.nonzero(as_tuple=True)
+        cols = column_of_class[pos_labels]
+        keep = cols >= 0
+        targets[img_idx[keep], anchor_idx[keep], cols[keep]] = 1.0
+        loss_cls = sigmoid_focal_loss_jit(
+            logits, targets, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma, reduction="sum"
+        )
+
+        loss_box_reg = _dense_box_regression_loss(
+            anchors,
+            self.box2box_transform,
+            pred_anchor_deltas,
+            [x.tensor for x in gt_boxes],
+            pos_mask,
+            box_reg_loss_type="giou",
+        )
+        ctrness_targets = self.compute_ctrness_targets(anchors, gt_boxes)  # N x R
+        pred_centerness = torch.cat(pred_centerness, dim=1).squeeze(dim=2)  # N x R
+        loss_quality = F.binary_cross_entropy_with_logits(
+            pred_centerness[pos_mask], ctrness_targets[pos_mask], reduction="sum"
+        )
+        return {
+            "loss_cls": loss_cls / normalizer,
+            "loss_box_reg": loss_box_reg / normalizer,
+            "loss_quality": loss_quality / normalizer,
+        }
+
+    # ------------------------------------------------------------------ inference
+    def _decode_per_level_predictions(
+        self,
+        anchors: Boxes,
+        pred_scores: Tensor,
+        pred_deltas: Tensor,
+        score_thresh: float,
+        topk_candidates: int,
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        """
+        Same detections as ``DenseDetector._decode_per_level_predictions`` (the top
+        ``topk_candidates`` of the location x class scores above ``score_thresh``), boxes clipped to
+        the image. The base thresholds and sorts every score first (~10M per image with LVIS's
+        1203 classes and a 1e-4 threshold); a top-k over the flattened scores followed by the
+        threshold on the k survivors selects the same set.
+
+        Args:
+            anchors: Ri anchor boxes of the level.
+            pred_scores: Ri x C scores in [0, 1].
+            pred_deltas: Ri x 4 box deltas.
+        """
+        num_classes = pred_scores.shape[1]
+        flat = pred_scores.reshape(-1)
+        num_topk = min(topk_candidates, flat.numel())
+        scores, idxs = flat.topk(num_topk, sorted=True)  # descending
+        keep = scores > score_thresh
+        scores, idxs = scores[keep], idxs[keep]
+        anchor_idxs = torch.div(idxs, num_classes, rounding_mode="floor")
+        classes_idxs = idxs - anchor_idxs * num_classes
+        pred_boxes = self.box2box_transform.apply_deltas(pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs])
+        pred_boxes = Boxes(pred_boxes)
+        pred_boxes.clip(image_size)
+        return Instances(image_size, pred_boxes=pred_boxes, scores=scores, pred_classes=classes_idxs)
+
+    # ------------------------------------------------------------------ vocabulary
+    @torch.no_grad()
+    def set_vocabulary(
+        self,
+        names: Optional[Sequence[str]] = None,
+        embeddings: Union[None, str, os.PathLike, np.ndarray, Tensor] = None,
+    ) -> None:
+        """
+        Replace the classifier's vocabulary (inference): predicted class ids then index it.
+
+        Args:
+            names: category names, embedded with the CLIP text encoder of the weights (and prompt
+                settings) the model was built with; or
+            embeddings: a C x D array/tensor or the path of a ``.npy`` holding one.
+        """
+        if (names is None) == (embeddings is None):
+            raise ValueError("set_vocabulary needs exactly one of `names` or `embeddings`")
+        if names is not None:
+            if isinstance(names, str):
+                raise TypeError("set_vocabulary(names=...) takes a list of names, not one string")
+            names = [str(n) for n in names]
+            if not names:
+                raise ValueError("set_vocabulary: the vocabulary is empty (no names given)")
+            if self.encode_vocabulary is None:
+                raise ValueError("this model was built without a text encoder; pass `embeddings` instead")
+            emb = self.encode_vocabulary(names)
+        elif isinstance(embeddings, (str, os.PathLike)):
+            emb = load_text_embeddings(os.fspath(embeddings))
+        else:
+            emb = embeddings
+        emb = torch.as_tensor(np.asarray(emb) if not isinstance(emb, Tensor) else emb, dtype=torch.float32)
+        if emb.ndim != 2 or emb.shape[0] == 0:
+            raise ValueError(f"set_vocabulary: embeddings must be a non-empty C x D matrix, got shape {tuple(emb.shape)}")
+        if emb.shape[1] != self.head.embed_dim:
+            raise ValueError(
+                f"set_vocabulary: embeddings have dim {emb.shape[1]}, the model's CLIP embedding dim is "
+                f"{self.head.embed_dim}"
+            )
+        if names is not None and len(names) != emb.shape[0]:
+            raise ValueError(f"text encoder returned {emb.shape[0]} embeddings for {len(names)} names")
+        self.head.classifier.set_embeddings(F.normalize(emb, dim=1).to(self.device))
+        self.num_classes = int(emb.shape[0])
+        self.vocabulary = names

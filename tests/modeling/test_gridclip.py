@@ -1,0 +1,432 @@
+"""GridCLIP end to end: built from the shipped configs on a random CLIP checkpoint, one training step
+through the real mapper (images with and without instances), frozen parts, inference; the
+classification-loss masks (novel classes, federated loss), decoding, vocabulary swap, errors."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.layers import batched_nms
+from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.modeling.meta_arch.fcos import FCOS
+from detectron2.solver import build_optimizer
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+import gridclip_d2  # noqa: F401
+from gridclip_d2 import add_gridclip_config
+from gridclip_d2.data.lvis_v1 import lvis_v1_rare_class_ids
+from gridclip_d2.data.mapper import GridCLIPDatasetMapper
+from gridclip_d2.modeling.clip_text import text_embeddings_from_cfg
+from gridclip_d2.modeling.fed_loss import fed_loss_class_weights, sample_fed_loss_classes
+from gridclip_d2.modeling.gridclip import GridCLIP
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+LOSS_NAMES = {"loss_cls", "loss_box_reg", "loss_quality", "loss_image_align"}
+
+
+def _shipped_cfg(name, checkpoint):
+    cfg = get_cfg()
+    add_gridclip_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIGS, name))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.CLIP.ARCH = "RNtiny"
+    cfg.MODEL.CLIP.WEIGHTS = checkpoint
+    cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = ""
+    cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE = 64
+    cfg.INPUT.MIN_SIZE_TRAIN = (128,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 160
+    cfg.INPUT.RANDOM_FLIP = "none"
+    return cfg
+
+
+def _write_images(root, seed=0):
+    """Three small RGB files: two with boxes (XYWH), one without any annotation."""
+    rng = np.random.RandomState(seed)
+    dicts = []
+    specs = [
+        (128, 160, [([10, 12, 50, 60], 3), ([70, 30, 80, 90], 1000)]),
+        (144, 128, [([20, 20, 90, 100], 17)]),
+        (128, 128, []),
+    ]
+    for i, (h, w, objs) in enumerate(specs):
+        path = os.path.join(root, f"{i}.png")
+        Image.fromarray(rng.randint(0, 256, size=(h, w, 3), dtype=np.uint8)).save(path)
+        anns = [{"bbox": b, "bbox_mode": 1, "category_id": c, "iscrowd": 0} for b, c in objs]
+        dicts.append({"file_name": path, "image_id": i + 1, "height": h, "width": w, "annotations": anns})
+    return dicts
+
+
+def _frozen_state(model):
+    """Copies of what must never change: text embeddings, teacher, frozen backbone stages."""
+    bottom_up = model.backbone.bottom_up
+    frozen = {"text": model.head.classifier.embeddings.clone()}
+    frozen.update({f"teacher.{k}": v.clone() for k, v in model.image_alignment.teacher.state_dict().items()})
+    stem = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "layer1", "attnpool")  # FREEZE_AT 2
+    for k, v in bottom_up.visual.state_dict().items():
+        if k.split(".")[0] in stem:
+            frozen[f"bottom_up.{k}"] = v.clone()
+    return frozen
+
+
+def _frozen_now(model, keys):
+    now = {"text": model.head.classifier.embeddings}
+    now.update({f"teacher.{k}": v for k, v in model.image_alignment.teacher.state_dict().items()})
+    now.update({f"bottom_up.{k}": v for k, v in model.backbone.bottom_up.visual.state_dict().items()})
+    return {k: now[k] for k in keys}
+
+
+@pytest.fixture(scope="module", params=["GridCLIP_LVIS.yaml", "GridCLIP_LVIS_BiFPN.yaml"])
+def trained_step(request, clip_tiny_checkpoints, tmp_path_factory):
+    """Model from a shipped config after one optimiser step, with what the step produced."""
+    cfg = _shipped_cfg(request.param, clip_tiny_checkpoints.state_dict_path)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    mapper = GridCLIPDatasetMapper(cfg, is_train=True)
+    batch = [mapper(d) for d in _write_images(str(tmp_path_factory.mktemp("imgs")))]
+    optimizer = build_optimizer(cfg, model)
+    frozen = _frozen_state(model)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.train()
+    with EventStorage():
+        losses = model(batch)
+        sum(losses.values()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    return {"cfg": cfg, "model": model, "batch": batch, "losses": losses, "grads": grads,
+            "frozen": frozen, "trainable": trainable}
+
+
+def test_shipped_config_builds_gridclip(trained_step):
+    model, cfg = trained_step["model"], trained_step["cfg"]
+    assert type(model) is GridCLIP and isinstance(model, FCOS)
+    assert model.num_classes == 1203 == len(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes)
+    assert model.head.classifier.embeddings.shape == (1203, 128)
+    assert model.max_detections_per_image == 300 and model.test_score_thresh == pytest.approx(1e-4)
+    # lvis_v1_train_base: the rare classes are novel and left out of the classification loss.
+    rare = lvis_v1_rare_class_ids()
+    assert len(rare) == 337
+    assert not model.loss_class_mask[rare].any() and int(model.loss_class_mask.sum()) == 1203 - 337
+    assert model.image_alignment is not None
+
+
+def test_train_step_losses_named_and_finite(trained_step):
+    batch, losses = trained_step["batch"], trained_step["losses"]
+    assert len(batch[2]["instances"]) == 0 and len(batch[0]["instances"]) == 2
+    assert set(losses) == LOSS_NAMES
+    for name, value in losses.items():
+        assert value.dim() == 0 and torch.isfinite(value), name
+    assert losses["loss_box_reg"] > 0 and losses["loss_image_align"] > 0
+
+
+def test_gradients_reach_head_neck_and_unfrozen_backbone(trained_step):
+    grads = trained_step["grads"]
+
+    def reached(prefix):
+        return any(n.startswith(prefix) and g.abs().sum() > 0 for n, g in grads.items())
+
+    for prefix in ["head.cls_subnet", "head.bbox_subnet", "head.embed", "head.bbox_pred", "head.ctrness",
+                   "head.scales", "head.log_temperature", "head.bias",
+                   "backbone.bottom_up.visual.layer2", "backbone.bottom_up.visual.layer3",
+                   "backbone.bottom_up.visual.layer4"]:
+        assert reached(prefix), prefix
+    neck = [n for n in grads if n.startswith("backbone.") and not n.startswith("backbone.bottom_up")]
+    assert neck and all(grads[n].abs().sum() > 0 for n in neck if n.endswith("weight"))
+    for frozen in ["backbone.bottom_up.visual.conv1", "backbone.bottom_up.visual.layer1",
+                   "image_alignment.teacher"]:
+        assert not any(n.startswith(frozen) for n in grads), frozen
+
+
+def test_frozen_parts_bit_identical_and_trainable_parts_change(trained_step):
+    model, frozen = trained_step["model"], trained_step["frozen"]
+    assert len(frozen) > 20
+    for k, after in _frozen_now(model, frozen.keys()).items():
+        assert torch.equal(frozen[k], after), k
+    params = dict(model.named_parameters())
+    for prefix in ["head.embed.weight", "head.cls_subnet.0.weight", "backbone.bottom_up.visual.layer4"]:
+        names = [n for n in trained_step["trainable"] if n.startswith(prefix)]
+        assert names and any(not torch.equal(trained_step["trainable"][n], params[n]) for n in names), prefix
+
+
+def test_inference_at_most_300_boxes_inside_the_image(trained_step):
+    model, cfg = trained_step["model"], trained_step["cfg"]
+    model.eval()
+    image = torch.randint(0, 256, (3, 128, 160), dtype=torch.uint8)
+    inputs = [{"image": image, "height": 256, "width": 320}, {"image": image[:, :96, :128]}]
+    with torch.no_grad():
+        out = model(inputs)
+    assert len(out) == 2
+    for o, (h, w) in zip(out, [(256, 320), (96, 128)]):
+        inst = o["instances"]
+        assert inst.image_size == (h, w)
+        assert 0 < len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE == 300
+        b = inst.pred_boxes.tensor
+        assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
+        assert (inst.scores >= cfg.MODEL.GRIDCLIP.SCORE_THRESH_TEST).all() and (inst.scores <= 1).all()
+        assert inst.pred_classes.max() < 1203
+    model.train()
+
+
+# ---------------------------------------------------------------------------------- small models
+def _synthetic_cfg():
+    cfg = get_cfg()
+    add_gridclip_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIGS, "GridCLIP_synthetic.yaml"))
+    cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED = False
+    cfg.MODEL.GRIDCLIP.IN_FEATURES = ["p3", "p4", "p5"]
+    return cfg
+
+
+def _small_model(cfg=None, **overrides):
+    torch.manual_seed(0)
+    args = GridCLIP.from_config(cfg or _synthetic_cfg())
+    args.update(overrides)
+    return GridCLIP(**args)
+
+
+def _gt(boxes, classes, size=(96, 96)):
+    inst = Instances(size)
+    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
+    return inst
+
+
+def _loss_inputs(model, gts, size=96, seed=0):
+    """Random dense predictions (requiring grad) for ``len(gts)`` images of size x size."""
+    g = torch.Generator().manual_seed(seed)
+    feats = [torch.zeros(len(gts), 1, size // s, size // s) for s in model.strides]
+    anchors = model.anchor_generator(feats)
+    r = sum(len(a) for a in anchors)
+    logits = torch.randn(len(gts), r, model.num_classes, generator=g).requires_grad_()
+    deltas = [torch.rand(len(gts), len(a), 4, generator=g) * 3 for a in anchors]
+    ctr = [torch.randn(len(gts), len(a), 1, generator=g) for a in anchors]
+    labels, boxes = model.label_anchors(anchors, gts)
+    split = list(logits.split([len(a) for a in anchors], dim=1))
+    return anchors, logits, split, labels, deltas, boxes, ctr
+
+
+def test_label_anchors_handles_empty_images_like_fcos_on_the_rest():
+    model = _small_model()
+    gts = [_gt([[8, 8, 60, 70], [40, 10, 90, 50]], [2, 5]), _gt([], []), _gt([[0, 0, 96, 96]], [1])]
+    feats = [torch.zeros(3, 1, 96 // s, 96 // s) for s in model.strides]
+    anchors = model.anchor_generator(feats)
+    labels, boxes = model.label_anchors(anchors, gts)
+    ref_labels, ref_boxes = FCOS.label_anchors(model, anchors, [gts[0], gts[2]])
+    assert torch.equal(labels[0], ref_labels[0]) and torch.equal(labels[2], ref_labels[1])
+    assert torch.equal(boxes[0].tensor, ref_boxes[0].tensor)
+    assert (labels[1] == model.num_classes).all() and boxes[1].tensor.shape == (len(labels[1]), 4)
+    assert (labels[0] == 2).any() and (labels[0] == 5).any()
+
+
+def test_perfect_box_predictions_give_zero_box_loss():
+    model = _small_model()
+    gts = [_gt([[8, 8, 60, 70], [40, 10, 90, 50]], [2, 5])]
+    anchors, _, split, labels, _, boxes, ctr = _loss_inputs(model, gts)
+    all_anchors = Boxes.cat(anchors).tensor
+    exact = model.box2box_transform.get_deltas(all_anchors, boxes[0].tensor)[None]  # 1 x R x 4
+    deltas = list(exact.split([len(a) for a in anchors], dim=1))
+    with EventStorage():
+        losses = model.losses(anchors, split, labels, deltas, boxes, ctr)
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_quality"}
+    assert losses["loss_box_reg"].item() == pytest.approx(0.0, abs=1e-5)
+    assert losses["loss_quality"] > 0 and losses["loss_cls"] > 0
+
+
+def test_only_empty_images_give_finite_losses():
+    model = _small_model()
+    anchors, logits, split, labels, deltas, boxes, ctr = _loss_inputs(model, [_gt([], []), _gt([], [])])
+    with EventStorage():
+        losses = model.losses(anchors, split, labels, deltas, boxes, ctr)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_box_reg"] == 0 and losses["loss_quality"] == 0 and losses["loss_cls"] > 0
+    losses["loss_cls"].backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def _column_grads(model, gts):
+    anchors, logits, split, labels, deltas, boxes, ctr = _loss_inputs(model, gts)
+    with EventStorage():
+        model.losses(anchors, split, labels, deltas, boxes, ctr)["loss_cls"].backward()
+    return logits.grad.abs().sum(dim=(0, 1))  # C
+
+
+def test_novel_classes_left_out_of_the_classification_loss():
+    gts = [_gt([[8, 8, 60, 70]], [2])]
+    grads = _column_grads(_small_model(novel_class_ids=[6, 7]), gts)
+    assert (grads[[6, 7]] == 0).all() and (grads[:6] > 0).all()
+    grads = _column_grads(_small_model(novel_class_ids=[]), gts)
+    assert (grads > 0).all()
+
+
+def test_fed_loss_restricts_columns_to_gt_plus_sampled_classes():
+    counts = [100, 50, 20, 10, 5, 1, 0, 30]
+    model = _small_model(use_fed_loss=True, fed_loss_num_classes=4, class_image_count=counts,
+                         novel_class_ids=[7])
+    for seed in range(5):
+        torch.manual_seed(seed)
+        # gt classes 2 and 7 (novel): 2 + two classes sampled among those with images, 7 masked out.
+        grads = _column_grads(model, [_gt([[8, 8, 60, 70], [40, 10, 90, 50]], [2, 7])])
+        used = set(grads.nonzero().squeeze(1).tolist())
+        assert len(used) == 3 and 2 in used, used
+        assert used - {2} <= {0, 1, 3, 4, 5}, used  # never 6 (no image) nor 7 (novel)
+    with pytest.raises(ValueError, match="class_image_count"):
+        _small_model(use_fed_loss=True, class_image_count=None)
+
+
+def test_fed_loss_sampling():
+    weights = fed_loss_class_weights([100, 25, 0, 4, 1], 0.5, allowed=torch.tensor([1, 1, 1, 1, 0]).bool())
+    torch.testing.assert_close(weights, torch.tensor([10.0, 5.0, 0.0, 2.0, 0.0]))
+    g = torch.Generator().manual_seed(0)
+    picks = torch.zeros(5)
+    for _ in range(2000):
+        cls = sample_fed_loss_classes(torch.tensor([3]), 2, weights, generator=g)
+        assert cls.tolist() == sorted(set(cls.tolist())) and 3 in cls.tolist() and len(cls) == 2
+        picks[cls] += 1
+    assert picks[2] == 0 and picks[4] == 0  # zero weight: never drawn
+    assert picks[0] / picks[1] == pytest.approx(2.0, rel=0.15)  # proportional to the weights
+    # More gt classes than num_sample: all kept, none added; too few drawable classes: all of them.
+    assert sample_fed_loss_classes(torch.tensor([0, 1, 3]), 2, weights).tolist() == [0, 1, 3]
+    assert sample_fed_loss_classes(torch.tensor([], dtype=torch.long), 50, weights).tolist() == [0, 1, 3]
+    with pytest.raises(ValueError, match="gt class ids"):
+        sample_fed_loss_classes(torch.tensor([5]), 2, weights)
+
+
+def test_fast_decode_equals_detectron2_decode():
+    model = _small_model()
+    g = torch.Generator().manual_seed(0)
+    for num_classes, thresh, k in [(1203, 1e-4, 1000), (8, 0.3, 50), (30, 0.999, 100)]:
+        anchors = Boxes(torch.rand(400, 2, generator=g).repeat(1, 2) * 100 + torch.tensor([-8, -8, 8, 8.0]))
+        # distinct scores (no ties, whose order sorting leaves open)
+        scores = (torch.randperm(400 * num_classes, generator=g).float() / (400 * num_classes)).view(400, -1)
+        deltas = torch.rand(400, 4, generator=g) * 4
+        ours = model._decode_per_level_predictions(anchors, scores, deltas, thresh, k, (90, 110))
+        ref = DenseDetector._decode_per_level_predictions(model, anchors, scores, deltas, thresh, k, (90, 110))
+        ref.pred_boxes.clip((90, 110))
+        assert len(ours) == len(ref) > 0
+        assert torch.equal(ours.scores, ref.scores) and torch.equal(ours.pred_classes, ref.pred_classes)
+        assert torch.equal(ours.pred_boxes.tensor, ref.pred_boxes.tensor)
+
+
+def test_inference_single_image_equals_reference_pipeline():
+    model = _small_model()
+    model.test_topk_candidates, model.max_detections_per_image = 200, 50
+    g = torch.Generator().manual_seed(1)
+    feats = [torch.zeros(1, 1, 128 // s, 128 // s) for s in model.strides]
+    anchors = model.anchor_generator(feats)
+    total = sum(len(a) for a in anchors) * 8
+    scores = list((torch.randperm(total, generator=g).float() / total).view(-1, 8).split([len(a) for a in anchors]))
+    deltas = [torch.rand(len(a), 4, generator=g) * 3 for a in anchors]
+    ours = model.inference_single_image(anchors, scores, deltas, (120, 128))
+    per_level = [DenseDetector._decode_per_level_predictions(model, a, s, d, model.test_score_thresh,
+                                                             200, (120, 128))
+                 for a, s, d in zip(anchors, scores, deltas)]
+    ref = Instances.cat(per_level)
+    ref.pred_boxes.clip((120, 128))
+    ref = ref[batched_nms(ref.pred_boxes.tensor, ref.scores, ref.pred_classes, model.test_nms_thresh)[:50]]
+    assert len(ours) == 50
+    assert torch.equal(ours.scores, ref.scores) and torch.equal(ours.pred_classes, ref.pred_classes)
+    assert torch.equal(ours.pred_boxes.tensor, ref.pred_boxes.tensor)
+
+
+def _predict(model, image):
+    model.eval()
+    with torch.no_grad():
+        images = model.preprocess_image([{"image": image}])
+        features, dense = model._backbone_features(images.tensor)
+        logits = model.head([features[f] for f in model.head_in_features], dense)[0]
+        return logits, model([{"image": image}])[0]["instances"]
+
+
+def test_set_vocabulary_swaps_classes():
+    cfg = _synthetic_cfg()
+    model = _small_model(cfg)
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    old = model.head.classifier.embeddings.clone()
+    logits8, _ = _predict(model, image)
+    assert logits8[0].shape[1] == 8
+
+    names = ["zebra", "traffic cone", "kite"]
+    model.set_vocabulary(names)
+    assert model.num_classes == 3 and model.vocabulary == names
+    torch.testing.assert_close(model.head.classifier.embeddings, text_embeddings_from_cfg(cfg, names))
+    logits3, inst = _predict(model, image)
+    assert logits3[0].shape[1] == 3 and len(inst) > 0
+    assert set(inst.pred_classes.tolist()) <= {0, 1, 2}
+    assert {names[c] for c in inst.pred_classes.tolist()} <= set(names)
+
+    # Rows taken from the old vocabulary reproduce the old logits of those classes.
+    rows = [6, 1]
+    model.set_vocabulary(embeddings=old[rows].numpy())
+    logits2, inst = _predict(model, image)
+    for a, b in zip(logits2, logits8):
+        torch.testing.assert_close(a, b[:, rows])
+    assert model.num_classes == 2 and set(inst.pred_classes.tolist()) <= {0, 1}
+
+    model.train()
+    with pytest.raises(RuntimeError, match="set_vocabulary"):
+        model([{"image": image, "instances": _gt([], [], (96, 128))}])
+
+
+def test_set_vocabulary_from_npy_and_bad_vocabularies(tmp_path):
+    model = _small_model()
+    emb = np.random.RandomState(0).randn(4, 128).astype(np.float32)
+    np.save(tmp_path / "v.npy", emb)
+    model.set_vocabulary(embeddings=str(tmp_path / "v.npy"))
+    assert model.num_classes == 4
+    torch.testing.assert_close(model.head.classifier.embeddings,
+                               torch.nn.functional.normalize(torch.from_numpy(emb), dim=1))
+    with pytest.raises(ValueError, match="empty"):
+        model.set_vocabulary([])
+    with pytest.raises(ValueError, match="non-empty"):
+        model.set_vocabulary(embeddings=np.zeros((0, 128), np.float32))
+    with pytest.raises(ValueError, match="dim 64"):
+        model.set_vocabulary(embeddings=np.ones((3, 64), np.float32))
+    with pytest.raises(ValueError, match="exactly one"):
+        model.set_vocabulary()
+    with pytest.raises(TypeError, match="list of names"):
+        model.set_vocabulary("zebra")
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        model.set_vocabulary(embeddings=str(tmp_path / "missing.npy"))
+    assert model.num_classes == 4  # failed swaps change nothing
+
+
+def test_dense_clip_levels_through_the_model():
+    cfg = _synthetic_cfg()
+    cfg.MODEL.GRIDCLIP.DENSE_CLIP_LEVELS = ["p5"]
+    model = _small_model(cfg)
+    assert model.head.dense_clip_levels == [2]
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
+    model.train()
+    with EventStorage():
+        losses = model([{"image": image, "instances": _gt([[10, 10, 60, 80]], [3], (96, 128))}])
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert not model.backbone.bottom_up._forward_hooks  # the res5 hook lives for one call only
+    sum(losses.values()).backward()
+    layer4 = model.backbone.bottom_up.visual.layer4
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in layer4.parameters())
+
+
+def test_configuration_errors():
+    cfg = _synthetic_cfg()
+    cfg.INPUT.FORMAT = "BGR"
+    with pytest.raises(ValueError, match="INPUT.FORMAT"):
+        build_model(cfg)
+    cfg = _synthetic_cfg()
+    cfg.MODEL.GRIDCLIP.IN_FEATURES = ["p3", "p9"]
+    with pytest.raises(ValueError, match=r"IN_FEATURES.*p9"):
+        build_model(cfg)
+    cfg = _synthetic_cfg()
+    cfg.DATASETS.TRAIN = ("no_such_dataset_xyz",)
+    with pytest.raises(ValueError, match="no_such_dataset_xyz"):
+        build_model(cfg)
+    cfg = _synthetic_cfg()
+    cfg.MODEL.GRIDCLIP.USE_FED_LOSS = True
+    MetadataCatalog.get("gridclip_test_no_counts").set(thing_classes=["a", "b"])
+    cfg.DATASETS.TRAIN = ("gridclip_test_no_counts",)
+    with pytest.raises(ValueError, match="class_image_count"):
+        build_model(cfg)
