@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""GridCLIP demo: detect the classes of any vocabulary in images, folders, a video or a webcam.
+
+    python demo/demo.py --config-file configs/GridCLIP_LVIS.yaml --input a.jpg b.jpg --output out/ \
+        --vocabulary custom --custom-vocabulary "zebra,traffic cone,kite" --opts MODEL.WEIGHTS m.pth
+    python demo/demo.py --config-file CFG --input photos/ --output out/ --vocabulary lvis --opts ...
+    python demo/demo.py --config-file CFG --video-input v.mp4 --output out/ --opts ...
+    python demo/demo.py --config-file CFG --webcam --opts ...
+
+``--input`` takes image files, folders (their images, sorted) and glob patterns. Drawn images are
+written to ``--output`` (a folder, or a file name for a single input) under the input's file name;
+without ``--output`` they are shown in a window. Inputs are never overwritten.
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+import time
+
+import cv2
+import tqdm
+from detectron2.config import get_cfg
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.logger import setup_logger
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `predictor` next to this file
+from predictor import VisualizationDemo  # noqa: E402
+
+from gridclip_d2 import add_gridclip_config  # noqa: E402
+from gridclip_d2.data import register_from_cfg  # noqa: E402
+from gridclip_d2.data.vocabulary import get_vocabulary  # noqa: E402
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
+FILE_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+WINDOW_NAME = "GridCLIP detections"
+logger = logging.getLogger("gridclip_d2.demo")
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description="GridCLIP demo (open-vocabulary detection)")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
+    parser.add_argument("--input", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("--video-input", help="path to a video file")
+    parser.add_argument("--webcam", action="store_true", help="take frames from webcam 0")
+    parser.add_argument(
+        "--output", help="folder to write results to (or an image / .mp4 file name for a single "
+        "input); shown in a window when absent")
+    parser.add_argument(
+        "--vocabulary", choices=["lvis", "synthetic", "custom"], default=None,
+        help="classes to detect; default: the classes of the config's test set")
+    parser.add_argument(
+        "--custom-vocabulary", default="",
+        help="for --vocabulary custom: comma-separated class names, or a text file with one a line")
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.3, help="minimum score of drawn detections")
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
+    return parser
+
+
+def setup_cfg(args):
+    if not os.path.isfile(args.config_file):
+        raise FileNotFoundError(f"--config-file: no such file: {args.config_file}")
+    cfg = get_cfg()
+    add_gridclip_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    # The model keeps only what the demo draws (the LVIS evaluation threshold is far lower).
+    cfg.MODEL.GRIDCLIP.SCORE_THRESH_TEST = args.confidence_threshold
+    register_from_cfg(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def vocabulary_names(args):
+    """Class names of the chosen vocabulary, or None to keep the model's training classes."""
+    if args.custom_vocabulary and args.vocabulary not in (None, "custom"):
+        raise ValueError(f"--custom-vocabulary is only used with --vocabulary custom, "
+                         f"not --vocabulary {args.vocabulary}")
+    if args.vocabulary is None and args.custom_vocabulary:
+        args.vocabulary = "custom"
+    if args.vocabulary is None:
+        return None
+    if args.vocabulary == "custom":
+        if not args.custom_vocabulary.strip(" ,"):
+            raise ValueError('--vocabulary custom needs --custom-vocabulary "name1,name2,..." '
+                             "or a text file with one name per line")
+        if os.path.isfile(args.custom_vocabulary):
+            return [c["name"] for c in get_vocabulary("custom", file=args.custom_vocabulary)]
+        return [c["name"] for c in get_vocabulary("custom", custom=args.custom_vocabulary)]
+    return [c["name"] for c in get_vocabulary(args.vocabulary)]
+
+
+def collect_inputs(patterns):
+    """Image paths from files, folders and glob patterns; an error names every one that matches
+    nothing."""
+    paths, missing = [], []
+    for pattern in patterns:
+        pattern = os.path.expanduser(pattern)
+        if os.path.isdir(pattern):
+            found = sorted(
+                os.path.join(pattern, f) for f in os.listdir(pattern)
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+                and os.path.isfile(os.path.join(pattern, f))
+            )
+            if not found:
+                missing.append(f"{pattern} (folder without images)")
+            paths += found
+        elif os.path.isfile(pattern):
+            paths.append(pattern)
+        elif glob.has_magic(pattern) and sorted(glob.glob(pattern)):
+            paths += [p for p in sorted(glob.glob(pattern)) if os.path.isfile(p)]
+        else:
+            missing.append(pattern)
+    if missing:
+        raise FileNotFoundError("--input: not found: " + ", ".join(missing))
+    return list(dict.fromkeys(paths))  # drop repeats, keep order
+
+
+def output_paths(inputs, output):
+    """Where each input's result goes; refuses to overwrite an input or write two results to one
+    file."""
+    as_folder = (
+        os.path.isdir(output) or len(inputs) > 1 or not output.lower().endswith(FILE_EXTENSIONS)
+    )
+    outs = [os.path.join(output, os.path.basename(p)) for p in inputs] if as_folder else [output]
+    seen = {}
+    for src, dst in zip(inputs, outs):
+        if os.path.realpath(dst) in seen:
+            raise ValueError(f"--output: {seen[os.path.realpath(dst)]} and {src} would both be "
+                             f"written to {dst}; give them distinct file names")
+        seen[os.path.realpath(dst)] = src
+    input_set = {os.path.realpath(p) for p in inputs}
+    clash = [d for d in outs if os.path.realpath(d) in input_set]
+    if clash:
+        raise ValueError(f"--output: refusing to overwrite input file(s): {', '.join(clash)}; "
+                         "choose another output folder")
+    os.makedirs(output if as_folder else os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    return outs
+
+
+def run_images(demo, inputs, output):
+    outs = output_paths(inputs, output) if output else [None] * len(inputs)
+    for path, out in zip(tqdm.tqdm(inputs, desc="images", disable=len(inputs) < 2), outs):
+        try:
+            image = read_image(path, format="BGR")
+        except Exception as e:  # unreadable / corrupt file: skip it, as a batch tool should
+            logger.warning(f"{path}: cannot read image ({type(e).__name__}: {e}); skipped")
+            continue
+        start = time.time()
+        predictions, vis = demo.run_on_image(image)
+        shown = int((predictions["instances"].scores >= demo.confidence_threshold).sum())
+        logger.info(f"{path}: {shown} detections in {time.time() - start:.2f}s")
+        if out:
+            vis.save(out)
+        else:
+            cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
+            cv2.imshow(WINDOW_NAME, vis.get_image()[:, :, ::-1])
+            if cv2.waitKey(0) == 27:
+                break  # esc to quit
+
+
+def run_video(demo, video_path, output):
+    video = cv2.VideoCapture(video_path)
+    if not video.isOpened():
+        raise OSError(f"--video-input: cannot open video {video_path}")
+    width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    fps, num_frames = video.get(cv2.CAP_PROP_FPS) or 25.0, int(video.get(cv2.CAP_PROP_FRAME_COUNT))
+    writer = None
+    if output:
+        if not output.lower().endswith(".mp4"):  # a folder: <video name>.mp4 in it
+            stem = os.path.splitext(os.path.basename(video_path))[0]
+            output = os.path.join(output, stem + ".mp4")
+        (out,) = output_paths([video_path], output)
+        writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height), True)
+        if not writer.isOpened():
+            raise OSError(f"--output: cannot write video {out}")
+    for frame in tqdm.tqdm(demo.run_on_video(video), total=num_frames or None, desc="frames"):
+        if writer is not None:
+            writer.write(frame)
+        else:
+            cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
+            cv2.imshow(WINDOW_NAME, frame)
+            if cv2.waitKey(1) == 27:
+                break
+    video.release()
+    if writer is not None:
+        writer.release()
+        logger.info(f"Video written to {out}")
+
+
+def run_webcam(demo):
+    cam = cv2.VideoCapture(0)
+    if not cam.isOpened():
+        raise OSError("--webcam: cannot open camera 0")
+    for frame in tqdm.tqdm(demo.run_on_video(cam), desc="webcam frames"):
+        cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
+        cv2.imshow(WINDOW_NAME, frame)
+        if cv2.waitKey(1) == 27:
+            break  # esc to quit
+    cam.release()
+    cv2.destroyAllWindows()
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="fvcore")
+    setup_logger(name="gridclip_d2")
+    setup_logger()
+    logger.info("Arguments: " + str(args))
+    sources = sum(bool(x) for x in (args.input, args.video_input, args.webcam))
+    if sources != 1:
+        raise SystemExit("give exactly one of --input, --video-input or --webcam")
+    inputs = collect_inputs(args.input) if args.input else None  # fail early on missing files
+    if args.video_input and not os.path.isfile(args.video_input):
+        raise FileNotFoundError(f"--video-input: not found: {args.video_input}")
+    cfg = setup_cfg(args)
+    demo = VisualizationDemo(cfg, vocabulary_names(args), args.confidence_threshold)
+    logger.info(f"Vocabulary: {len(demo.class_names)} classes ({', '.join(demo.class_names[:8])}"
+                f"{', ...' if len(demo.class_names) > 8 else ''})")
+    if inputs is not None:
+        run_images(demo, inputs, args.output)
+    elif args.video_input:
+        run_video(demo, args.video_input, args.output)
+    else:
+        run_webcam(demo)
+
+
+if __name__ == "__main__":
+    main()

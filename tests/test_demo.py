@@ -1,0 +1,146 @@
+"""demo/demo.py and demo/predictor.py: images, folders and video through a saved GridCLIP model,
+with a custom vocabulary swapped in at inference."""
+import hashlib
+import importlib.util
+import os
+
+import cv2
+import numpy as np
+import pytest
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from PIL import Image
+
+from gridclip_d2 import add_gridclip_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
+SMALL = ["INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "TEST.DETECTIONS_PER_IMAGE", "5"]
+
+
+def _load_demo():
+    spec = importlib.util.spec_from_file_location("gridclip_demo", os.path.join(REPO, "demo", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A GridCLIP checkpoint as training writes it (random weights; fixed seed)."""
+    cfg = get_cfg()
+    add_gridclip_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    model = build_model(cfg)
+    root = tmp_path_factory.mktemp("demo_weights")
+    DetectionCheckpointer(model, save_dir=str(root)).save("model")
+    return str(root / "model.pth")
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.RandomState(0)
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    paths = []
+    for i, (h, w) in enumerate([(120, 160), (150, 100)]):
+        img = (rng.rand(h, w, 3) * 80 + 100).astype(np.uint8)
+        img[20:70, 30:80] = (230, 30, 30)
+        paths.append(str(folder / f"photo{i}.png"))
+        Image.fromarray(img).save(paths[-1])
+    (folder / "notes.txt").write_text("not an image")
+    return paths
+
+
+def _digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
+def test_custom_vocabulary_images_written(weights, images, tmp_path):
+    before = [_digest(p) for p in images]
+    out = tmp_path / "out"
+    demo.main(["--config-file", CONFIG, "--input", os.path.dirname(images[0]), "--output", str(out),
+               "--vocabulary", "custom", "--custom-vocabulary", "zebra,traffic cone",
+               "--confidence-threshold", "0", "--opts", "MODEL.WEIGHTS", weights, *SMALL])
+    assert sorted(os.listdir(out)) == ["photo0.png", "photo1.png"]
+    for src in images:
+        drawn = np.asarray(Image.open(out / os.path.basename(src)).convert("RGB"))
+        original = np.asarray(Image.open(src).convert("RGB"))
+        assert drawn.shape == original.shape
+        assert np.abs(drawn.astype(int) - original).mean() > 0.5  # boxes and labels drawn
+    assert [_digest(p) for p in images] == before  # inputs untouched
+
+
+def test_predictor_swaps_vocabulary(weights, images):
+    cfg = demo.setup_cfg(demo.get_parser().parse_args(
+        ["--config-file", CONFIG, "--confidence-threshold", "0", "--opts", "MODEL.WEIGHTS", weights,
+         *SMALL]))
+    vis_demo = demo.VisualizationDemo(cfg, ["zebra", "traffic cone", "kite"], confidence_threshold=0)
+    assert vis_demo.class_names == ["zebra", "traffic cone", "kite"]
+    assert vis_demo.predictor.model.head.classifier.num_classes == 3
+    image = cv2.imread(images[0])
+    predictions, vis = vis_demo.run_on_image(image)
+    classes = predictions["instances"].pred_classes
+    assert len(classes) == 5 and int(classes.max()) < 3
+    assert vis.get_image().shape == image.shape
+    # Without a vocabulary, the test set's classes name the boxes.
+    assert demo.VisualizationDemo(cfg).class_names[0] == "red_circle"
+    with pytest.raises(ValueError, match="empty"):
+        demo.VisualizationDemo(cfg, [])
+
+
+def test_video(weights, tmp_path):
+    video = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5, (96, 64), True)
+    for i in range(3):
+        writer.write(np.full((64, 96, 3), 60 * i, np.uint8))
+    writer.release()
+    out = tmp_path / "video_out"
+    out.mkdir()
+    demo.main(["--config-file", CONFIG, "--video-input", video, "--output", str(out),
+               "--vocabulary", "synthetic", "--confidence-threshold", "0",
+               "--opts", "MODEL.WEIGHTS", weights, *SMALL])
+    result = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(result.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert int(result.get(cv2.CAP_PROP_FRAME_WIDTH)) == 96
+
+
+def test_inputs_and_outputs_checked(images, tmp_path):
+    folder = os.path.dirname(images[0])
+    assert demo.collect_inputs([folder]) == images  # images only, sorted
+    assert demo.collect_inputs([os.path.join(folder, "*.png"), images[0]]) == images
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        demo.collect_inputs([images[0], str(tmp_path / "missing.jpg")])
+    with pytest.raises(ValueError, match="refusing to overwrite input"):
+        demo.output_paths(images, folder)
+    with pytest.raises(ValueError, match="refusing to overwrite input"):
+        demo.output_paths(images[:1], images[0])
+    assert demo.output_paths(images[:1], str(tmp_path / "drawn.jpg")) == [str(tmp_path / "drawn.jpg")]
+    assert demo.output_paths(images, str(tmp_path / "o")) == [
+        str(tmp_path / "o" / "photo0.png"), str(tmp_path / "o" / "photo1.png")]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "photo0.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="would both be written"):
+        demo.output_paths([images[0], str(other / "photo0.png")], str(tmp_path / "o"))
+
+
+def test_vocabulary_arguments(tmp_path):
+    parse = demo.get_parser().parse_args
+    base = ["--config-file", CONFIG, "--input", "x.jpg"]
+    assert demo.vocabulary_names(parse(base)) is None
+    assert demo.vocabulary_names(parse(base + ["--custom-vocabulary", "zebra, kite"])) == ["zebra", "kite"]
+    assert len(demo.vocabulary_names(parse(base + ["--vocabulary", "lvis"]))) == 1203
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("zebra\n# comment\ntraffic cone, pylon\n")
+    args = parse(base + ["--vocabulary", "custom", "--custom-vocabulary", str(vocab_file)])
+    assert demo.vocabulary_names(args) == ["zebra", "traffic cone"]
+    with pytest.raises(ValueError, match="--custom-vocabulary"):
+        demo.vocabulary_names(parse(base + ["--vocabulary", "custom"]))
+    with pytest.raises(ValueError, match="only used with --vocabulary custom"):
+        demo.vocabulary_names(parse(base + ["--vocabulary", "lvis", "--custom-vocabulary", "a"]))

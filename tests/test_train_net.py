@@ -1,0 +1,271 @@
+"""train_net.py end to end on the embedded synthetic data: training, evaluation, --eval-only,
+--resume after a kill, two gloo workers on CPU, and a user's own LVIS-format data set.
+
+Runs are tiny (128 px images, 2 images per batch, a few iterations); AP after so few steps is near 0,
+so reproductions are checked on the detections themselves, not only on AP.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+import train_net  # noqa: E402
+
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.evaluation import COCOEvaluator  # noqa: E402
+
+from gridclip_d2.engine import OpenVocabLVISEvaluator, Trainer, adapt_cfg_to_hardware  # noqa: E402
+
+CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
+TINY = [
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "2",
+    "SOLVER.STEPS", "(3,)", "SOLVER.CHECKPOINT_PERIOD", "1000",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+]
+
+
+def _args(out_dir, *opts, flags=()):
+    argv = ["--config-file", CONFIG, *flags, *TINY, "OUTPUT_DIR", str(out_dir), *opts]
+    return train_net.default_argument_parser().parse_args(argv)
+
+
+def _cli(out_dir, *opts, flags=(), **kwargs):
+    """``python train_net.py ...`` in a subprocess (as a user runs it); output goes to a file
+    (a pipe nobody reads would block the run once full)."""
+    cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG, *flags,
+           *TINY, "OUTPUT_DIR", str(out_dir), *opts]
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    os.makedirs(out_dir, exist_ok=True)
+    console = open(os.path.join(out_dir, "console.txt"), "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=console, stderr=subprocess.STDOUT,
+                            start_new_session=True, **kwargs)
+    proc.console = console.name
+    return proc
+
+
+def _console(proc):
+    with open(proc.console) as f:
+        return f.read()
+
+
+def _kill(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and the workers it spawned
+    proc.wait()
+
+
+def _finish(proc, timeout=600):
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        _kill(proc)
+    out = _console(proc)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _detections(out_dir, dataset="synthetic_val"):
+    path = os.path.join(out_dir, "inference", dataset, "lvis_instances_results.json")
+    with open(path) as f:
+        dets = json.load(f)
+    return sorted((d["image_id"], d["category_id"], round(d["score"], 5),
+                   tuple(round(v, 2) for v in d["bbox"])) for d in dets)
+
+
+# ---------------------------------------------------------------------------------- fast checks
+def test_setup_merges_overrides_and_writes_config(tmp_path):
+    args = _args(tmp_path, "SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cuda",
+                 flags=["--num-gpus", "1", "--num-machines", "1", "--machine-rank", "0"])
+    cfg = train_net.setup(args)
+    assert cfg.MODEL.META_ARCHITECTURE == "GridCLIP" and cfg.MODEL.CLIP.ARCH == "RNtiny"
+    assert cfg.SOLVER.MAX_ITER == 4 and cfg.INPUT.MIN_SIZE_TRAIN == (128,)
+    assert cfg.DATASETS.TRAIN == ("synthetic_train",)
+    assert (tmp_path / "config.yaml").is_file()  # Detectron2's default_setup ran
+    if not torch.cuda.is_available():  # AMP and CUDA turned off, with a warning
+        assert cfg.MODEL.DEVICE == "cpu" and cfg.SOLVER.AMP.ENABLED is False
+    assert cfg.is_frozen()
+
+
+def test_adapt_cfg_to_hardware_leaves_runnable_config_alone():
+    args = _args("unused")
+    cfg = train_net.get_cfg()
+    train_net.add_gridclip_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    assert adapt_cfg_to_hardware(cfg) is cfg  # cpu, no AMP: nothing to change
+
+
+def test_missing_config_file_is_named(tmp_path):
+    args = train_net.default_argument_parser().parse_args(["--config-file", "no/such.yaml"])
+    with pytest.raises(FileNotFoundError, match="no/such.yaml"):
+        train_net.setup(args)
+
+
+def test_build_evaluator(tmp_path):
+    cfg = train_net.setup(_args(tmp_path))
+    ev = Trainer.build_evaluator(cfg, "synthetic_val")
+    assert isinstance(ev, OpenVocabLVISEvaluator)
+    assert ev._max_dets_per_image == 300 and ev._tasks == ("bbox",)
+    assert ev._output_dir == os.path.join(str(tmp_path), "inference", "synthetic_val")
+    coco_json = tmp_path / "coco.json"
+    coco_json.write_text(json.dumps({"images": [], "annotations": [],
+                                     "categories": [{"id": 1, "name": "a"}]}))
+    MetadataCatalog.get("test_train_net_coco").set(evaluator_type="coco", json_file=str(coco_json))
+    coco = Trainer.build_evaluator(cfg, "test_train_net_coco", output_folder=str(tmp_path))
+    assert isinstance(coco, COCOEvaluator) and coco._use_fast_impl is False
+    MetadataCatalog.get("test_train_net_no_evaluator").set(thing_classes=["a"])
+    with pytest.raises(NotImplementedError, match="'test_train_net_no_evaluator'"):
+        Trainer.build_evaluator(cfg, "test_train_net_no_evaluator")
+
+
+# ---------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_train_evaluate_and_eval_only_reproduces(tmp_path):
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    results = train_net.main(_args(train_dir))
+    # Results of the final evaluation, with the open-vocabulary summary.
+    assert set(results) >= {"bbox", "open_vocabulary"}
+    summary = results["open_vocabulary"]
+    assert summary["AP"] == pytest.approx(results["bbox"]["AP"])
+    assert summary["num_base_classes"] + summary["num_novel_classes"] == 8
+    # Detectron2's outputs: checkpoint, metrics.json (with the final AP), TensorBoard, log, plot.
+    final = torch.load(train_dir / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == 3
+    records = _metrics(train_dir)
+    assert records[-1]["bbox/AP"] == pytest.approx(results["bbox"]["AP"])
+    assert any("total_loss" in r and "lr" in r for r in records)
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(train_dir))
+    log = (train_dir / "log.txt").read_text()
+    assert "eta:" in log and "Open-vocabulary summary on synthetic_val" in log
+    png = np.asarray(Image.open(train_dir / "training_curves.png"))
+    assert png.shape[0] > 100 and png.std() > 5
+
+    eval_results = train_net.main(
+        _args(eval_dir, "MODEL.WEIGHTS", str(train_dir / "model_final.pth"), flags=["--eval-only"])
+    )
+    assert eval_results["bbox"] == pytest.approx(results["bbox"], nan_ok=True)
+    assert _detections(eval_dir) == _detections(train_dir)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
+    # A long run with a checkpoint every 2 iterations, killed once a few checkpoints exist.
+    proc = _cli(tmp_path, "SOLVER.MAX_ITER", "1000", "SOLVER.CHECKPOINT_PERIOD", "2",
+                "DATASETS.TEST", "()")
+    try:
+        deadline = time.time() + 600
+        while len(list(tmp_path.glob("model_*.pth"))) < 2:  # iterations 1 and 3 saved
+            assert proc.poll() is None, _console(proc)[-4000:]
+            assert time.time() < deadline, "no checkpoint after 600 s"
+            time.sleep(0.5)
+        time.sleep(1.0)  # killed some time after a checkpoint, not right at it
+    finally:
+        _kill(proc)
+    last = (tmp_path / "last_checkpoint").read_text().strip()
+    done = torch.load(tmp_path / last, map_location="cpu", weights_only=False)["iteration"]
+    assert done >= 3 and not (tmp_path / "model_final.pth").exists()
+
+    max_iter = done + 4
+    resume_args = _args(tmp_path, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "2",
+                        flags=["--resume"])
+    # The trainer restores iteration, LR schedule and optimizer (SGD momentum) from the checkpoint.
+    saved = torch.load(tmp_path / last, map_location="cpu", weights_only=False)["trainer"]
+    trainer = Trainer(train_net.setup(resume_args))
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == done + 1
+    assert trainer.scheduler.last_epoch == saved["hooks"]["LRScheduler"]["last_epoch"] == done + 1
+    momentum = trainer._trainer.optimizer.state_dict()["state"]
+    assert len(momentum) == len(saved["_trainer"]["optimizer"]["state"]) > 0
+    for k, v in saved["_trainer"]["optimizer"]["state"].items():
+        torch.testing.assert_close(momentum[k]["momentum_buffer"], v["momentum_buffer"])
+    del trainer
+
+    results = train_net.main(resume_args)
+    assert "bbox" in results
+    log = (tmp_path / "log.txt").read_text()
+    assert f"Starting training from iteration {done + 1}" in log
+    final = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == max_iter - 1
+    assert final["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == max_iter
+    trained = sorted({r["iteration"] for r in _metrics(tmp_path) if "total_loss" in r})
+    assert trained[-1] == max_iter - 1 and all(it > done for it in trained[-3:])
+
+
+@pytest.mark.slow
+def test_two_cpu_workers_train_a_model_that_evaluates(tmp_path):
+    out = _finish(_cli(tmp_path, flags=["--num-gpus", "2", "--dist-url", "auto"]))
+    log = (tmp_path / "log.txt").read_text()
+    assert "World size: 2" in log and "Open-vocabulary summary on synthetic_val" in log
+    assert "1 intra-op thread(s)" in out or os.cpu_count() > 2
+    ap_distributed = _metrics(tmp_path)[-1]["bbox/AP"]
+    assert (tmp_path / "model_final.pth").is_file()
+    results = train_net.main(_args(tmp_path / "eval", "MODEL.WEIGHTS",
+                                   str(tmp_path / "model_final.pth"), flags=["--eval-only"]))
+    # One process with 2 threads vs two with 1: float sums differ in the last bits, which may move
+    # a few near-threshold detections; everything else must match.
+    single, distributed = _detections(tmp_path / "eval"), _detections(tmp_path)
+    assert len(distributed) > 0
+    assert len(set(single) & set(distributed)) >= 0.99 * max(len(single), len(distributed))
+    assert results["bbox"]["AP"] == pytest.approx(ap_distributed, rel=0.05, abs=1e-3)
+
+
+def _write_user_dataset(root):
+    """A user's LVIS-format set: json with file_name relative to the image folder, non-contiguous
+    category ids, no frequency / neg_category_ids (filled in by the registration)."""
+    rng = np.random.RandomState(0)
+    (root / "images").mkdir(parents=True)
+    cats = [{"id": 10, "name": "red box"}, {"id": 20, "name": "blue box"}]
+    images, anns = [], []
+    for i in range(6):
+        img = np.full((96, 128, 3), 200, np.uint8)
+        for cat_id, colour in ((10, (220, 20, 20)), (20, (20, 20, 220))):
+            x, y = int(rng.randint(0, 80)), int(rng.randint(0, 50))
+            img[y:y + 40, x:x + 40] = colour
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat_id,
+                         "bbox": [x, y, 40, 40], "area": 1600})
+        Image.fromarray(img).save(root / "images" / f"img{i}.png")
+        images.append({"id": i + 1, "file_name": f"img{i}.png", "height": 96, "width": 128})
+    json_file = root / "user.json"
+    json_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return str(json_file), str(root / "images")
+
+
+@pytest.mark.slow
+def test_user_lvis_data_from_a_script(tmp_path):
+    from gridclip_d2.data import register_lvis_format
+
+    json_file, images = _write_user_dataset(tmp_path / "data")
+    register_lvis_format("test_user_script_data", json_file, images)
+    results = train_net.main(_args(tmp_path / "out", "DATASETS.TRAIN", "('test_user_script_data',)",
+                                   "DATASETS.TEST", "('test_user_script_data',)"))
+    assert 0.0 <= results["bbox"]["AP"] <= 100.0
+    assert results["open_vocabulary"]["num_base_classes"] == 2
+    assert _detections(tmp_path / "out", "test_user_script_data")  # the model predicted boxes
+
+
+@pytest.mark.slow
+def test_user_lvis_data_from_the_command_line(tmp_path):
+    json_file, images = _write_user_dataset(tmp_path / "data")
+    _finish(_cli(tmp_path / "out", "DATASETS.GRIDCLIP.NAME", "mydata",
+                 "DATASETS.GRIDCLIP.TRAIN_JSON", json_file, "DATASETS.GRIDCLIP.TRAIN_IMAGES", images,
+                 "DATASETS.GRIDCLIP.TEST_JSON", json_file, "DATASETS.GRIDCLIP.TEST_IMAGES", images))
+    cfg_text = (tmp_path / "out" / "config.yaml").read_text()
+    assert "mydata_train" in cfg_text and "mydata_test" in cfg_text
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "Open-vocabulary summary on mydata_test (trained on mydata_train" in log
+    assert "bbox/AP" in _metrics(tmp_path / "out")[-1]
