@@ -28,7 +28,7 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .clip_arch import CLIPArch, arch_name, get_arch
-from .clip_weights import clip_state_dict_from_cfg
+from .clip_weights import clip_state_dict_from_cfg, load_exact
 
 __all__ = [
     "CLIPResNet",
@@ -151,25 +151,9 @@ class CLIPResNet(Backbone):
         module is a FrozenBatchNorm2d (which has none).
         """
         prefix = "visual."
-        own = self.visual.state_dict()
         given = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        missing = sorted(prefix + k for k in own if k not in given)
-        unexpected = sorted(
-            prefix + k for k in given if k not in own and not k.endswith("num_batches_tracked")
-        )
-        if missing or unexpected:
-            raise KeyError(
-                f"CLIP visual weights do not fit the {self._arch_label()} ModifiedResNet: "
-                f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}; "
-                f"unexpected keys {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
-            )
-        for k, v in own.items():
-            if tuple(given[k].shape) != tuple(v.shape):
-                raise ValueError(
-                    f"CLIP weight {prefix + k} has shape {tuple(given[k].shape)}, the "
-                    f"{self._arch_label()} model expects {tuple(v.shape)}"
-                )
-        self.visual.load_state_dict({k: given[k] for k in own}, strict=True)
+        load_exact(self.visual, given, f"visual ({self._arch_label()} ModifiedResNet)", prefix,
+                   ignore_unexpected=("num_batches_tracked",))
 
     def _arch_label(self) -> str:
         return arch_name(self.arch)

@@ -22,7 +22,7 @@ import clip
 from clip.model import LayerNorm, Transformer
 
 from .clip_arch import CLIPArch, arch_name, get_arch, infer_arch
-from .clip_weights import clip_state_dict_from_cfg, load_clip_state_dict
+from .clip_weights import clip_state_dict_from_cfg, load_clip_state_dict, load_exact
 
 __all__ = [
     "CLIPTextEncoder",
@@ -179,21 +179,8 @@ class CLIPTextEncoder(nn.Module):
 
         The text entries are every key except ``visual.*`` and ``logit_scale``.
         """
-        own = self.state_dict()
         given = {k: v for k, v in state_dict.items() if not k.startswith("visual.") and k != "logit_scale"}
-        missing = sorted(k for k in own if k not in given)
-        unexpected = sorted(k for k in given if k not in own)
-        if missing or unexpected:
-            raise KeyError(
-                f"CLIP text weights do not fit the text encoder: missing keys {missing[:20]}; "
-                f"unexpected keys {unexpected[:20]}"
-            )
-        for k, v in own.items():
-            if tuple(given[k].shape) != tuple(v.shape):
-                raise ValueError(
-                    f"CLIP weight {k} has shape {tuple(given[k].shape)}, expected {tuple(v.shape)}"
-                )
-        self.load_state_dict(given, strict=True)
+        load_exact(self, given, "text encoder")
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: N x L (clip.tokenize, L <= context_length) -> N x D, exactly clip's encode_text."""

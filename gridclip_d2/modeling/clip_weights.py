@@ -16,9 +16,10 @@ Results are cached per process: callers must treat the returned tensors as read-
 """
 import logging
 import os
-from typing import Dict, Optional
+from typing import Dict, Iterable, Mapping, Optional
 
 import torch
+from torch import nn
 
 import clip
 from clip.model import CLIP
@@ -158,3 +159,29 @@ def clip_state_dict_from_cfg(cfg) -> Dict[str, torch.Tensor]:
     """``load_clip_state_dict`` with MODEL.CLIP.WEIGHTS / ARCH / DOWNLOAD_ROOT / INIT_SEED."""
     c = cfg.MODEL.CLIP
     return load_clip_state_dict(c.WEIGHTS, c.ARCH, c.DOWNLOAD_ROOT, c.INIT_SEED)
+
+
+def load_exact(module: nn.Module, given: Mapping[str, torch.Tensor], what: str, prefix: str = "",
+               ignore_unexpected: Iterable[str] = ()) -> None:
+    """Load ``given`` (keys relative to ``module``) only if keys and shapes match one for one.
+
+    Errors name every missing or unexpected key (with ``prefix``, as they appear in the checkpoint)
+    and any shape that differs. ``ignore_unexpected``: key suffixes the module may lack (e.g.
+    BatchNorm's ``num_batches_tracked``, which FrozenBatchNorm2d has no slot for).
+    """
+    own = module.state_dict()
+    ignore = tuple(ignore_unexpected)
+    missing = sorted(prefix + k for k in own if k not in given)
+    unexpected = sorted(prefix + k for k in given if k not in own and not (ignore and k.endswith(ignore)))
+    if missing or unexpected:
+        raise KeyError(
+            f"CLIP {what} weights do not fit: "
+            f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}; "
+            f"unexpected keys {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
+        )
+    for k, v in own.items():
+        if tuple(given[k].shape) != tuple(v.shape):
+            raise ValueError(
+                f"CLIP weight {prefix + k} has shape {tuple(given[k].shape)}, the {what} expects {tuple(v.shape)}"
+            )
+    module.load_state_dict({k: given[k] for k in own}, strict=True)
