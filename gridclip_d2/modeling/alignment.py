@@ -83,6 +83,20 @@ def encode_teacher_images(
     return torch.cat(out)
 
 
+def _drop_teacher_entries(module, state_dict, prefix, local_metadata):
+    for k in [k for k in state_dict if k.startswith(prefix + "teacher.")]:
+        del state_dict[k]
+
+
+def _keep_own_teacher(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    # Whatever a checkpoint holds under teacher.*, the teacher keeps its own tensors.
+    for k in [k for k in state_dict if k.startswith(prefix + "teacher.")]:
+        del state_dict[k]
+    if module.teacher is not None:
+        for k, v in module.teacher.state_dict(keep_vars=True).items():
+            state_dict[prefix + "teacher." + k] = v.detach()
+
+
 class ImageAlignment(nn.Module):
     """The image-level alignment loss (see module docstring)."""
 
@@ -121,6 +135,10 @@ class ImageAlignment(nn.Module):
                 p.requires_grad_(False)
             teacher.eval()
         self.cache = cache  # plain attribute: not a module, not in the state dict
+        # The teacher is a fixed function of MODEL.CLIP.WEIGHTS, rebuilt with the model: keep it out
+        # of checkpoints (it would double an RN50 checkpoint) and never load it from one.
+        self.register_state_dict_post_hook(_drop_teacher_entries)
+        self.register_load_state_dict_pre_hook(_keep_own_teacher)
 
     @classmethod
     def from_config(cls, cfg):

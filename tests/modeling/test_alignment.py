@@ -99,6 +99,24 @@ def test_loss_finite_and_gradient_reaches_grid_embeddings_only(align_cfg):
     assert get_default_optimizer_params(align) == []
 
 
+def test_teacher_stays_out_of_checkpoints_and_is_never_loaded(align_cfg, tmp_path):
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    align = ImageAlignment(align_cfg)
+    own = {k: v.clone() for k, v in align.teacher.state_dict().items()}
+    assert own and not any(k.startswith("teacher.") for k in align.state_dict())
+    # a checkpoint without teacher entries loads with no missing keys
+    assert align.load_state_dict({}, strict=True) is not None
+    # one that carries different teacher tensors leaves the teacher as built
+    altered = {"teacher." + k: v + 1 for k, v in own.items() if v.is_floating_point()}
+    align.load_state_dict(altered, strict=False)
+    assert all(torch.equal(own[k], v) for k, v in align.teacher.state_dict().items())
+    # Detectron2's checkpointer round trip: the file holds no teacher
+    DetectionCheckpointer(align, str(tmp_path)).save("model")
+    saved = torch.load(str(tmp_path / "model.pth"), weights_only=False)["model"]
+    assert not any(k.startswith("teacher.") for k in saved)
+
+
 def test_loss_weight_and_zero_when_student_equals_teacher(align_cfg):
     align_cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.GRIDS = [1]
     align_cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.LOSS_WEIGHT = 3.0
