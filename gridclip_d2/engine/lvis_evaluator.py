@@ -75,12 +75,15 @@ class OpenVocabLVISEvaluator(LVISEvaluator):
                 f"'{dataset_name}' (train and test sets must share one class list)"
             )
         self._novel_class_ids = sorted(int(i) for i in novel_class_ids)
+        # contiguous id -> json category id (built once: it is looked up for every detection)
+        mapping = self._metadata.get("thing_dataset_id_to_contiguous_id", None)
+        self._json_ids = (
+            {v: k for k, v in mapping.items()} if mapping
+            else {i: i + 1 for i in range(num_classes)}  # LVIS: json ids are the 1-based contiguous ids
+        )
 
     def _json_category_id(self, contiguous_id: int) -> int:
-        if hasattr(self._metadata, "thing_dataset_id_to_contiguous_id"):
-            reverse = {v: k for k, v in self._metadata.thing_dataset_id_to_contiguous_id.items()}
-            return reverse[contiguous_id]
-        return contiguous_id + 1  # LVIS: json ids are the 1-based contiguous ids
+        return self._json_ids[contiguous_id]
 
     def _eval_predictions(self, predictions):
         # As LVISEvaluator._eval_predictions, with lvis-api called here so that its per-category
