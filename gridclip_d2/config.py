@@ -69,6 +69,9 @@ def add_gridclip_config(cfg):
     # Levels (e.g. ["p5"]) whose grid embeddings also receive the backbone's dense CLIP embedding
     # (attention-pool value+output projections at every res5 location); [] = off.
     _C.MODEL.GRIDCLIP.DENSE_CLIP_LEVELS = []
+    # Grid-embedding projection: "random" (one 3x3 conv to D) or "clip" (1x1 conv to res5's width,
+    # then a 1x1 conv to D initialised with CLIP's attention-pool value + output projections).
+    _C.MODEL.GRIDCLIP.EMBED_INIT = "random"
     # Frozen classifier: a C x D .npy of text embeddings (tools/dump_text_embeddings.py) whose rows
     # follow the training set's classes; "" = compute them at build time with CLIP's text encoder.
     _C.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = ""

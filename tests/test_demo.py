@@ -89,7 +89,7 @@ def test_predictor_swaps_vocabulary(weights, images):
     assert len(classes) == 5 and int(classes.max()) < 3
     assert vis.get_image().shape == image.shape
     # Without a vocabulary, the test set's classes name the boxes.
-    assert demo.VisualizationDemo(cfg).class_names[0] == "red_circle"
+    assert demo.VisualizationDemo(cfg).class_names[0] == "red circle"
     with pytest.raises(ValueError, match="empty"):
         demo.VisualizationDemo(cfg, [])
 

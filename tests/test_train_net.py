@@ -93,7 +93,7 @@ def test_setup_merges_overrides_and_writes_config(tmp_path):
     args = _args(tmp_path, "SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cuda",
                  flags=["--num-gpus", "1", "--num-machines", "1", "--machine-rank", "0"])
     cfg = train_net.setup(args)
-    assert cfg.MODEL.META_ARCHITECTURE == "GridCLIP" and cfg.MODEL.CLIP.ARCH == "RNtiny"
+    assert cfg.MODEL.META_ARCHITECTURE == "GridCLIP" and cfg.MODEL.CLIP.ARCH == "RNtiny96"
     assert cfg.SOLVER.MAX_ITER == 4 and cfg.INPUT.MIN_SIZE_TRAIN == (128,)
     assert cfg.DATASETS.TRAIN == ("synthetic_train",)
     assert (tmp_path / "config.yaml").is_file()  # Detectron2's default_setup ran
@@ -142,7 +142,9 @@ def test_train_evaluate_and_eval_only_reproduces(tmp_path):
     assert set(results) >= {"bbox", "open_vocabulary"}
     summary = results["open_vocabulary"]
     assert summary["AP"] == pytest.approx(results["bbox"]["AP"])
-    assert summary["num_base_classes"] + summary["num_novel_classes"] == 8
+    assert summary["num_base_classes"] == 18 and summary["num_novel_classes"] == 6
+    assert summary["APnovel"] == pytest.approx(results["bbox"]["APnovel"])
+    assert summary["APbase"] == pytest.approx(results["bbox"]["APbase"])
     # Detectron2's outputs: checkpoint, metrics.json (with the final AP), TensorBoard, log, plot.
     final = torch.load(train_dir / "model_final.pth", map_location="cpu", weights_only=False)
     assert final["iteration"] == 3

@@ -71,17 +71,24 @@ def category_info(dataset: dict) -> List[dict]:
     ]
 
 
-def make_base_split(dataset: dict, source: str = "the json") -> dict:
-    """The base split of an LVIS-format dict: every annotation of a rare category (``frequency``
-    'r' in its ``categories``) removed, and rare ids dropped from the images' ``neg_category_ids``
-    and ``not_exhaustive_category_ids`` (no information about novel classes is left). All
+def make_base_split(dataset: dict, source: str = "the json", novel_ids=None) -> dict:
+    """The base split of an LVIS-format dict: every annotation of a novel category removed, and
+    novel ids dropped from the images' ``neg_category_ids`` and ``not_exhaustive_category_ids`` (no
+    information about novel classes is left). Novel categories are ``novel_ids`` (json category ids)
+    or, when None, the rare ones (``frequency`` 'r' in its ``categories``: LVIS's base split). All
     categories stay, so class ids line up with the full vocabulary; their ``image_count`` and
     ``instance_count`` are recounted, their ``frequency`` kept. ``dataset`` is not modified."""
     for cat in dataset["categories"]:
         if cat.get("frequency") not in ("r", "c", "f"):
             raise ValueError(f"{source}: category {cat.get('id')} has frequency "
                              f"{cat.get('frequency')!r}; expected r, c or f")
-    rare = {c["id"] for c in dataset["categories"] if c["frequency"] == "r"}
+    if novel_ids is None:
+        rare = {c["id"] for c in dataset["categories"] if c["frequency"] == "r"}
+    else:
+        rare = set(novel_ids)
+        unknown = rare - {c["id"] for c in dataset["categories"]}
+        if unknown:
+            raise ValueError(f"{source}: novel category ids {sorted(unknown)} are not categories")
     out = dict(dataset)  # same keys, in the same order
     out["annotations"] = [a for a in dataset["annotations"] if a["category_id"] not in rare]
     out["images"] = [

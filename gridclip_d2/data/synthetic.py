@@ -1,25 +1,38 @@
-"""The embedded default data set: coloured shapes in LVIS format, made on first use.
+"""The embedded default data set: an open-vocabulary world of coloured shapes in LVIS format.
+
+24 categories named in plain words, a colour and a shape ("red circle", "blue cross"; see
+:mod:`.synthetic_shapes`). Six of them are **novel**: they appear in the training images, but their
+boxes are removed from the training json exactly as LVIS's base split removes the rare
+categories' annotations (``make_base_split``, the same function ``datasets/prepare_lvis_base.py``
+runs on LVIS). The validation json keeps every category. The other 18 (base) categories have
+long-tailed frequencies, two of them rare (8 training images).
 
 ``SYNTHETIC_CATEGORIES`` has the layout of Detectron2's ``LVIS_CATEGORIES`` (1-based ``id``,
-``name``, ``synonyms``, ``def``, ``frequency``) plus the train split's ``image_count`` and
-``instance_count``. Frequencies follow LVIS's rule on the train split (r: fewer than 10 images,
-c: 10-99, f: 100 or more); the generator asserts that the table matches what it drew.
+``name``, ``synonyms``, ``def``, ``frequency``) plus ``novel`` and the full train split's
+``image_count`` and ``instance_count`` (before the novel boxes are removed). Frequencies follow
+LVIS's rule on the full train split (r: fewer than 10 images, c: 10-99, f: 100 or more); the
+generator asserts that the table matches what it drew.
 
 Files, under ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``)::
 
-    train/000001.jpg ...                  240 images, image ids 1..240
-    val/100001.jpg ...                    64 images, image ids 100001..100064
-    annotations/synthetic_{train,val}.json
+    train/000001.jpg ...                  600 images, image ids 1..600
+    val/100001.jpg ...                    150 images, image ids 100001..100150
+    annotations/synthetic_train_full.json every box (as lvis_v1_train.json)
+    annotations/synthetic_train.json      the base split: novel boxes removed (registered)
+    annotations/synthetic_val.json        every box, every category
     STAMP                                 format version and image counts
+
+Metadata of ``synthetic_train`` / ``synthetic_val``: ``novel_class_ids`` (contiguous ids of the six
+novel categories, on the training set as on LVIS's base split), ``class_frequency``,
+``class_image_count`` (of the base split: 0 for novel classes).
 
 The set is written into a temporary folder and renamed into place, so a folder with a valid
 ``STAMP`` is complete; any other folder at that path is regenerated. Generation is deterministic
 (numpy ``RandomState`` seeded per split and per image) and takes a few seconds.
 
-Images are RGB JPEGs of 224-288 px per side: muted backgrounds (gradients, smooth noise, stripes,
-checkers) with 1-8 saturated shapes each (3 on average), circumradius 12-48 px, overlapping
-little. Boxes are XYWH, tight around the drawn pixels; ``segmentation`` is the box polygon (the
-detector has no mask head).
+Images are RGB JPEGs of 224-288 px per side: muted backgrounds with 1-8 saturated shapes each
+(about 4 on average), circumradius 12-48 px, overlapping little. Boxes are XYWH, tight around the
+drawn pixels; ``segmentation`` is the box polygon (the detector has no mask head).
 Every image is exhaustively annotated: ``neg_category_ids`` lists every category absent from it.
 """
 import contextlib
@@ -34,12 +47,16 @@ from collections import Counter
 from typing import Dict, List, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .lvis_v1 import make_base_split
+from .synthetic_shapes import CATEGORY_NAMES, category_index, render_objects
+
 __all__ = [
     "SYNTHETIC_CATEGORIES",
+    "SYNTHETIC_NOVEL_CLASS_IDS",
     "SYNTHETIC_SPLITS",
     "synthetic_dir",
     "generate_synthetic_dataset",
@@ -51,168 +68,72 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump when the generator's output changes: older sets on disk are then regenerated.
-SYNTHETIC_VERSION = "1"
+SYNTHETIC_VERSION = "2"
 
-# name (colour_shape), synonym, RGB colour, definition, presence: the fraction of images holding
-# the category, or (rare ones) the exact number of images per split.
-_SPEC = (
-    ("red_circle", "red_disc", (220, 30, 30), "a filled red disk", 0.55),
-    ("green_square", "green_tile", (30, 170, 50), "a filled green square, nearly upright", 0.5),
-    ("blue_triangle", "blue_trigon", (40, 70, 230),
-     "a filled blue triangle pointing roughly upwards", 0.5),
-    ("yellow_star", "yellow_pentagram", (245, 215, 20), "a filled yellow five-pointed star", 0.25),
-    ("magenta_ring", "magenta_hoop", (215, 40, 200),
-     "a magenta ring with a round hole in the middle", 0.2),
-    ("orange_cross", "orange_plus_sign", (250, 130, 10),
-     "a filled orange plus-shaped cross with four equal arms", 0.15),
-    ("cyan_diamond", "cyan_rhombus", (20, 210, 215),
-     "a filled cyan rhombus, taller than it is wide", 7),
-    ("purple_hexagon", "purple_hex", (120, 40, 190),
-     "a filled purple regular six-sided polygon", 5),
+# Novel categories: every colour once, every shape at least once, so each novel name combines a
+# colour and a shape that base categories show separately.
+_NOVEL = ("red triangle", "green cross", "blue square", "yellow circle", "purple cross",
+          "orange square")
+# Base categories that are rare (an exact number of images per split).
+_RARE = {"purple triangle": 8, "orange cross": 8}
+_NOVEL_PRESENCE = 0.12  # fraction of images holding each novel category
+
+
+def _presence() -> List[float]:
+    """Per category: the fraction of images holding it, or (rare ones) the exact image count."""
+    base = [n for n in CATEGORY_NAMES if n not in _NOVEL and n not in _RARE]
+    # long tail over the other base categories, 0.30 of the images down to 0.05 geometrically, in
+    # a fixed shuffled order so that frequency does not follow colour or shape
+    base = [base[i] for i in np.random.RandomState(0).permutation(len(base))]
+    tail = {n: round(0.30 * (0.05 / 0.30) ** (i / (len(base) - 1)), 4) for i, n in enumerate(base)}
+    return [_RARE[n] if n in _RARE else (_NOVEL_PRESENCE if n in _NOVEL else tail[n])
+            for n in CATEGORY_NAMES]
+
+
+_PRESENCE = _presence()
+# frequency, image_count, instance_count of the full train split as generated (the generator
+# checks it)
+_TRAIN_COUNTS = (
+    ("c", 48, 62), ("f", 163, 220), ("c", 70, 92), ("c", 91, 120), ("c", 46, 61), ("f", 102, 142),
+    ("c", 31, 45), ("c", 77, 97), ("f", 180, 243), ("c", 68, 89), ("c", 54, 73), ("f", 161, 205),
+    ("c", 80, 101), ("f", 136, 173), ("c", 73, 93), ("c", 46, 64), ("c", 35, 44), ("f", 118, 150),
+    ("r", 8, 9), ("c", 76, 105), ("c", 72, 94), ("c", 65, 87), ("c", 60, 75), ("r", 8, 9),
 )
-# frequency, image_count, instance_count of the train split as generated (the generator checks it)
-_TRAIN_COUNTS = (("f", 136, 170), ("f", 118, 160), ("f", 138, 186), ("c", 44, 53), ("c", 49, 63),
-                 ("c", 39, 52), ("r", 7, 10), ("r", 5, 6))
-SYNTHETIC_CATEGORIES: List[dict] = [
-    {"id": k + 1, "name": name, "synonyms": [name, synonym], "def": definition,
-     "frequency": freq, "image_count": images, "instance_count": instances}
-    for k, ((name, synonym, _, definition, _), (freq, images, instances))
-    in enumerate(zip(_SPEC, _TRAIN_COUNTS))
-]
+SYNTHETIC_NOVEL_CLASS_IDS: List[int] = sorted(category_index(n) for n in _NOVEL)
+
+
+def _categories(counts) -> List[dict]:
+    return [
+        {"id": k + 1, "name": name, "synonyms": [name], "def": f"a {name} drawn on a plain background",
+         "frequency": freq, "image_count": images, "instance_count": instances,
+         "novel": k in SYNTHETIC_NOVEL_CLASS_IDS}
+        for k, (name, (freq, images, instances)) in enumerate(zip(CATEGORY_NAMES, counts))
+    ]
+
+
+SYNTHETIC_CATEGORIES: List[dict] = _categories(_TRAIN_COUNTS)
 
 # split -> (number of images, first image id, seed)
 SYNTHETIC_SPLITS: Dict[str, Tuple[int, int, int]] = {
-    "train": (240, 1, 20230316),
-    "val": (64, 100001, 20230317),
+    "train": (600, 1, 20230316),
+    "val": (150, 100001, 20230317),
 }
 _IMAGE_SIZES = ((256, 256), (224, 288), (288, 224))  # (height, width)
 _RADIUS_RANGE = (12.0, 48.0)  # circumradius in px, drawn log-uniformly
-_MAX_OVERLAP = 0.15  # intersection / smaller circumscribing square
 _JPEG_QUALITY = 92
 
 
-# ------------------------------------------------------------------------------------ drawing
-def _polygon(shape: str, cx: float, cy: float, r: float, rng) -> List[Tuple[float, float]]:
-    """Vertices of a polygonal shape of circumradius ``r`` centred at (cx, cy), randomly turned."""
-    if shape == "square":
-        angles, radii = np.deg2rad(45 + 90 * np.arange(4) + rng.uniform(-15, 15)), [r] * 4
-    elif shape == "triangle":
-        angles, radii = np.deg2rad(-90 + 120 * np.arange(3) + rng.uniform(-20, 20)), [r] * 3
-    elif shape == "star":
-        angles = np.deg2rad(-90 + 36 * np.arange(10) + rng.uniform(-36, 36))
-        radii = [r, 0.45 * r] * 5
-    elif shape == "hexagon":
-        angles, radii = np.deg2rad(60 * np.arange(6) + rng.uniform(0, 60)), [r] * 6
-    elif shape == "diamond":
-        # rhombus: tall axis r, short axis 0.6 r
-        pts = np.array([(0, -r), (0.6 * r, 0), (0, r), (-0.6 * r, 0)])
-        return _turn(pts, rng.uniform(-10, 10), cx, cy)
-    elif shape == "cross":
-        a = 0.3 * r  # half width of an arm
-        s = r / np.sqrt(1 + 0.09)  # arm length so that the corners lie on the circumcircle
-        pts = np.array([(-a, -s), (a, -s), (a, -a), (s, -a), (s, a), (a, a),
-                        (a, s), (-a, s), (-a, a), (-s, a), (-s, -a), (-a, -a)])
-        return _turn(pts, rng.uniform(-20, 20), cx, cy)
-    else:
-        raise ValueError(f"Unknown synthetic shape '{shape}'")
-    radii = np.asarray(radii)
-    return list(zip(cx + radii * np.cos(angles), cy + radii * np.sin(angles)))
-
-
-def _turn(pts: np.ndarray, degrees: float, cx: float, cy: float) -> List[Tuple[float, float]]:
-    t = np.deg2rad(degrees)
-    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
-    pts = pts @ rot.T + (cx, cy)
-    return [tuple(p) for p in pts]
-
-
-def _shape_mask(shape: str, cx: float, cy: float, r: float, width: int, height: int, rng):
-    """H x W bool mask of one shape."""
-    mask = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(mask)
-    if shape in ("circle", "ring"):
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-        if shape == "ring":
-            ri = 0.55 * r
-            draw.ellipse([cx - ri, cy - ri, cx + ri, cy + ri], fill=0)
-    else:
-        draw.polygon(_polygon(shape, cx, cy, r, rng), fill=255)
-    return np.asarray(mask) > 0
-
-
-def _muted_colour(rng) -> np.ndarray:
-    return rng.uniform(70, 190) + rng.uniform(-25, 25, size=3)
-
-
-def _background(height: int, width: int, rng) -> np.ndarray:
-    """H x W x 3 float background: gradient, smooth noise, stripes or checkers, in muted colours."""
-    kind = rng.randint(4)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    c1, c2 = _muted_colour(rng), _muted_colour(rng)
-    if kind == 0:  # linear gradient at a random angle
-        t = rng.uniform(0, 2 * np.pi)
-        proj = xs * np.cos(t) + ys * np.sin(t)
-        w = (proj - proj.min()) / max(float(np.ptp(proj)), 1.0)
-    elif kind == 1:  # smooth noise: a coarse random grid upsampled bicubically
-        cell = rng.randint(16, 48)
-        coarse = rng.uniform(0, 255, size=(height // cell + 2, width // cell + 2)).astype(np.uint8)
-        w = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC)) / 255.0
-    elif kind == 2:  # stripes
-        t, period = rng.uniform(0, np.pi), rng.uniform(8, 32)
-        w = 0.5 + 0.5 * np.sin(2 * np.pi * (xs * np.cos(t) + ys * np.sin(t)) / period)
-    else:  # checkers
-        cell = rng.randint(8, 33)
-        w = ((xs // cell + ys // cell) % 2).astype(np.float32)
-    w = np.asarray(w, dtype=np.float32)[..., None]
-    return c1 * (1 - w) + c2 * w
-
-
-def _render_image(height, width, cat_ids, rng):
-    """Draw the categories ``cat_ids`` (one entry per instance). Returns HWC uint8 RGB and the
-    placed objects as (category id, [x, y, w, h])."""
-    image = _background(height, width, rng)
-    placed, squares = [], []
-    for cat_id in cat_ids:
-        name, _, colour, _, _ = _SPEC[cat_id - 1]
-        shape = name.split("_")[1]
-        for _ in range(50):
-            r = float(np.exp(rng.uniform(*np.log(_RADIUS_RANGE))))
-            cx, cy = rng.uniform(r + 1, width - r - 1), rng.uniform(r + 1, height - r - 1)
-            sq = np.array([cx - r, cy - r, cx + r, cy + r])
-            if all(_overlap(sq, other) <= _MAX_OVERLAP for other in squares):
-                break
-        else:
-            continue  # no room left in this image: the instance is dropped
-        mask = _shape_mask(shape, cx, cy, r, width, height, rng)
-        fill = np.clip(np.asarray(colour) + rng.uniform(-20, 20, size=3), 0, 255)
-        image[mask] = fill
-        ys, xs = np.nonzero(mask)
-        x0, y0 = int(xs.min()), int(ys.min())
-        box = [float(x0), float(y0), float(xs.max() + 1 - x0), float(ys.max() + 1 - y0)]
-        placed.append((cat_id, box))
-        squares.append(sq)
-    image = image + rng.normal(0, rng.uniform(3, 9), size=image.shape)
-    return np.clip(np.round(image), 0, 255).astype(np.uint8), placed
-
-
-def _overlap(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return iw * ih / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-
-
-# ------------------------------------------------------------------------------------ the set
 def _instances_per_image(num_images: int, rng) -> List[List[int]]:
-    """Category id of every instance to draw, per image; rare categories first (never dropped)."""
-    present = np.zeros((num_images, len(_SPEC)), dtype=bool)
-    presences = [spec[4] for spec in _SPEC]
-    for k, presence in enumerate(presences):
+    """Category index of every instance to draw, per image; rare categories first (never dropped)."""
+    num = len(CATEGORY_NAMES)
+    present = np.zeros((num_images, num), dtype=bool)
+    for k, presence in enumerate(_PRESENCE):
         if isinstance(presence, int):
             present[rng.choice(num_images, presence, replace=False), k] = True
         else:
             present[:, k] = rng.uniform(size=num_images) < presence
-    frequent = [k for k, p in enumerate(presences) if not isinstance(p, int) and p >= 0.5]
-    order = sorted(range(len(_SPEC)), key=lambda k: (not isinstance(presences[k], int), k))
+    frequent = [k for k, p in enumerate(_PRESENCE) if not isinstance(p, int) and p >= 0.2]
+    order = sorted(range(num), key=lambda k: (not isinstance(_PRESENCE[k], int), k))
     out = []
     for i in range(num_images):
         if not present[i].any():
@@ -220,7 +141,7 @@ def _instances_per_image(num_images: int, rng) -> List[List[int]]:
         ids = []
         for k in order:
             if present[i, k]:
-                ids += [k + 1] * (1 + int(rng.uniform() < 0.3))
+                ids += [k] * (1 + int(rng.uniform() < 0.3))
         out.append(ids)
     return out
 
@@ -229,21 +150,28 @@ def _frequency(image_count: int) -> str:
     return "r" if image_count < 10 else ("c" if image_count < 100 else "f")
 
 
+def _write_json(data: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
 def _write_split(out_dir: str, split: str) -> Dict[int, Tuple[int, int]]:
-    """Write one split's images and json; returns category id -> (image count, instance count)."""
+    """Write one split's images and json(s); returns category id -> (image count, instance count)
+    of every drawn box."""
     num_images, first_id, seed = SYNTHETIC_SPLITS[split]
     rng = np.random.RandomState(seed)
     os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+    num_cats = len(CATEGORY_NAMES)
     images, annotations = [], []
     image_counts, instance_counts = Counter(), Counter()
-    for i, cat_ids in enumerate(_instances_per_image(num_images, rng)):
+    for i, cats in enumerate(_instances_per_image(num_images, rng)):
         image_rng = np.random.RandomState([seed, i])
         height, width = _IMAGE_SIZES[image_rng.randint(len(_IMAGE_SIZES))]
-        pixels, objects = _render_image(height, width, cat_ids, image_rng)
+        pixels, objects = render_objects(height, width, cats, image_rng, _RADIUS_RANGE)
         image_id = first_id + i
         file_name = f"{split}/{image_id:06d}.jpg"
         Image.fromarray(pixels).save(os.path.join(out_dir, file_name), quality=_JPEG_QUALITY)
-        present = {c for c, _ in objects}
+        present = {k + 1 for k, _ in objects}
         image_counts.update(present)
         images.append({
             "id": image_id,
@@ -251,22 +179,26 @@ def _write_split(out_dir: str, split: str) -> Dict[int, Tuple[int, int]]:
             "coco_url": f"https://synthetic.invalid/{file_name}",
             "height": height,
             "width": width,
-            "neg_category_ids": [c for c in range(1, len(_SPEC) + 1) if c not in present],
+            "neg_category_ids": [c for c in range(1, num_cats + 1) if c not in present],
             "not_exhaustive_category_ids": [],
         })
-        for cat_id, (x, y, w, h) in objects:
-            instance_counts[cat_id] += 1
+        for k, (x, y, w, h) in objects:
+            instance_counts[k + 1] += 1
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": image_id,
-                "category_id": cat_id,
+                "category_id": k + 1,
                 "bbox": [x, y, w, h],
                 "area": w * h,
                 "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
             })
-    counts = {c: (image_counts[c], instance_counts[c]) for c in range(1, len(_SPEC) + 1)}
-    categories = [dict(cat, image_count=counts[cat["id"]][0], instance_count=counts[cat["id"]][1])
-                  for cat in SYNTHETIC_CATEGORIES]
+    counts = {c: (image_counts[c], instance_counts[c]) for c in range(1, num_cats + 1)}
+    categories = [
+        {k: v for k, v in cat.items() if k != "novel"} | {
+            "image_count": counts[cat["id"]][0], "instance_count": counts[cat["id"]][1],
+            "frequency": _frequency(counts[cat["id"]][0]) if split == "train" else cat["frequency"]}
+        for cat in SYNTHETIC_CATEGORIES
+    ]
     data = {
         "info": {"description": f"gridclip_d2 synthetic shapes, {split} split",
                  "version": SYNTHETIC_VERSION},
@@ -275,9 +207,13 @@ def _write_split(out_dir: str, split: str) -> Dict[int, Tuple[int, int]]:
         "annotations": annotations,
         "categories": categories,
     }
-    os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
-    with open(os.path.join(out_dir, "annotations", f"synthetic_{split}.json"), "w") as f:
-        json.dump(data, f)
+    ann_dir = os.path.join(out_dir, "annotations")
+    os.makedirs(ann_dir, exist_ok=True)
+    if split == "train":
+        _write_json(data, os.path.join(ann_dir, "synthetic_train_full.json"))
+        novel_ids = [k + 1 for k in SYNTHETIC_NOVEL_CLASS_IDS]
+        data = make_base_split(data, source="synthetic_train_full.json", novel_ids=novel_ids)
+    _write_json(data, os.path.join(ann_dir, f"synthetic_{split}.json"))
     return counts
 
 
@@ -385,10 +321,12 @@ def load_synthetic(split: str, datasets_root: str = None) -> List[dict]:
 
 
 def register_synthetic(datasets_root: str = None, prefix: str = "synthetic") -> None:
-    """Register ``<prefix>_train`` and ``<prefix>_val`` (lazy: generated on first load)."""
+    """Register ``<prefix>_train`` (the base split) and ``<prefix>_val`` (lazy: generated on first
+    load)."""
     datasets_root = os.path.abspath(datasets_root or os.getenv("DETECTRON2_DATASETS", "datasets"))
     root = synthetic_dir(datasets_root)
     cats = sorted(SYNTHETIC_CATEGORIES, key=lambda c: c["id"])
+    base_image_count = [0 if c["novel"] else c["image_count"] for c in cats]
     for split in SYNTHETIC_SPLITS:
         name = f"{prefix}_{split}"
         DatasetCatalog.register(name, functools.partial(load_synthetic, split, datasets_root))
@@ -396,8 +334,8 @@ def register_synthetic(datasets_root: str = None, prefix: str = "synthetic") -> 
             thing_classes=[c["name"] for c in cats],
             thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(cats)},
             class_frequency=[c["frequency"] for c in cats],
-            class_image_count=[c["image_count"] for c in cats],
-            novel_class_ids=[],
+            class_image_count=base_image_count,
+            novel_class_ids=list(SYNTHETIC_NOVEL_CLASS_IDS) if split == "train" else [],
             json_file=os.path.join(root, "annotations", f"synthetic_{split}.json"),
             image_root=root,
             evaluator_type="lvis",

@@ -17,6 +17,7 @@ from detectron2.data import (
 )
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 
 from ..data.mapper import GridCLIPDatasetMapper
@@ -109,6 +110,26 @@ class Trainer(DefaultTrainer):
             self._trainer.load_state_dict(state_dict["_trainer"])
         else:
             logger.warning("The checkpoint has no optimizer state: resuming with a fresh optimizer")
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's SGD, with no weight decay on the head's learned temperature and logit bias:
+        decay would pull the temperature towards 1 and the bias towards a 50% prior."""
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+            overrides={"log_temperature": {"weight_decay": 0.0}, "logit_bias": {"weight_decay": 0.0}},
+        )
+        return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+            params,
+            lr=cfg.SOLVER.BASE_LR,
+            momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        )
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -3,8 +3,8 @@
 ``CLIPArch`` holds exactly the arguments of ``clip.model.CLIP.__init__`` so that
 ``clip.model.CLIP(**dataclasses.asdict(arch))`` builds the reference model. ``CLIP_ARCHS`` names the
 OpenAI ResNet models (the values ``clip.build_model`` infers from their checkpoints) and the reduced
-``RNtiny`` (the same ModifiedResNet class with one block per stage and narrow channels) used by the
-embedded CPU default. ``infer_arch`` reads an architecture off an OpenAI-layout state dict the way
+``RNtiny`` / ``RNtiny96`` (the same ModifiedResNet class with one block per stage and narrow
+channels; the second is the small CLIP pretrained for the embedded CPU default). ``infer_arch`` reads an architecture off an OpenAI-layout state dict the way
 ``clip.model.build_model`` does.
 """
 import dataclasses
@@ -72,6 +72,20 @@ CLIP_ARCHS: Dict[str, CLIPArch] = {
         vision_width=16,
         vision_patch_size=None,
         context_length=77,
+        vocab_size=49408,
+        transformer_width=128,
+        transformer_heads=2,
+        transformer_layers=2,
+    ),
+    # RNtiny at its pretraining resolution (96 px, a 3 x 3 attention-pool grid) with a 32-token
+    # context: the small CLIP that tools/pretrain_clip.py trains on synthetic image-caption pairs.
+    "RNtiny96": CLIPArch(
+        embed_dim=128,
+        image_resolution=96,
+        vision_layers=(1, 1, 1, 1),
+        vision_width=16,
+        vision_patch_size=None,
+        context_length=32,
         vocab_size=49408,
         transformer_width=128,
         transformer_heads=2,

@@ -6,6 +6,9 @@
   basename is looked up in ``MODEL.CLIP.DOWNLOAD_ROOT`` (or clip's default ``~/.cache/clip``) and
   downloaded there by ``clip._download`` when absent and online;
 - a path to a TorchScript archive (the format OpenAI distributes) or to a plain state dict;
+- ``"synthetic"``: the small CLIP (``RNtiny96``) pretrained on the synthetic image-caption pairs,
+  made by ``tools/pretrain_clip.py``'s default run on first use and cached (see
+  :mod:`gridclip_d2.pretrain.synthetic_clip`);
 - ``""``: the state dict of ``clip.model.CLIP(**CLIP_ARCHS[arch])`` initialised under
   ``torch.manual_seed(seed)`` (inside ``torch.random.fork_rng``, so the caller's RNG is untouched):
   the same "random CLIP" in every process and every run.
@@ -124,6 +127,11 @@ def load_clip_state_dict(
 
     if weights in clip.clip._MODELS:
         path = openai_checkpoint_path(weights, download_root)
+    elif weights == "synthetic":
+        # the small CLIP of the embedded default: pretrained on first use, then cached
+        from ..pretrain.synthetic_clip import ensure_synthetic_clip
+
+        path = ensure_synthetic_clip()
     else:
         path = os.path.expanduser(weights)
         if not os.path.isfile(path):

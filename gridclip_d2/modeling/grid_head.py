@@ -16,7 +16,7 @@ The towers are written here instead of using Detectron2's ``RetinaNetHead``/``FC
 output per class, whereas GridCLIP's classifier is the frozen text-embedding matrix.
 """
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,15 @@ def _tower(channels: int, num_convs: int, norm: str) -> nn.Sequential:
             layers.append(get_norm(norm, channels))
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def _attnpool_projection(cfg):
+    """(v_proj.weight, v_proj.bias, c_proj.weight, c_proj.bias) of MODEL.CLIP.WEIGHTS' attention pool."""
+    from .clip_weights import clip_state_dict_from_cfg
+
+    sd = clip_state_dict_from_cfg(cfg)
+    p = "visual.attnpool."
+    return tuple(sd[p + k] for k in ("v_proj.weight", "v_proj.bias", "c_proj.weight", "c_proj.bias"))
 
 
 class GridCLIPHead(nn.Module):
@@ -58,6 +67,7 @@ class GridCLIPHead(nn.Module):
         temperature: float = 50.0,
         learn_temperature: bool = True,
         dense_clip_levels: Sequence[int] = (),
+        clip_projection: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None,
     ):
         """
         Args:
@@ -71,6 +81,11 @@ class GridCLIPHead(nn.Module):
             learn_temperature: learn the temperature (log-parametrised) or keep it fixed.
             dense_clip_levels: indices of the levels whose grid embedding also receives the
                 backbone's dense CLIP embedding (``forward(..., dense_embedding=...)``).
+            clip_projection: CLIP's attention-pool ``(v_proj.weight, v_proj.bias, c_proj.weight,
+                c_proj.bias)``. When given, the grid-embedding projection is a 1x1 conv to res5's
+                width (random) followed by a 1x1 conv to D initialised with ``c_proj o v_proj``
+                (the map from res5 features into CLIP's joint space); otherwise it is one random
+                3x3 conv to D.
         """
         super().__init__()
         channels = {s.channels for s in input_shape}
@@ -97,7 +112,18 @@ class GridCLIPHead(nn.Module):
 
         self.cls_subnet = _tower(in_channels, num_convs, norm)
         self.bbox_subnet = _tower(in_channels, num_convs, norm)
-        self.embed = nn.Conv2d(in_channels, embed_dim, kernel_size=3, stride=1, padding=1)
+        if clip_projection is None:
+            self.embed = nn.Conv2d(in_channels, embed_dim, kernel_size=3, stride=1, padding=1)
+        else:
+            v_w, v_b, c_w, c_b = (t.detach().float() for t in clip_projection)
+            if c_w.shape[0] != embed_dim or v_w.shape[0] != c_w.shape[1]:
+                raise ValueError(
+                    f"CLIP attention-pool projections of shapes {tuple(v_w.shape)}, {tuple(c_w.shape)} "
+                    f"do not map res5 into the classifier's {embed_dim}-d space"
+                )
+            width = v_w.shape[0]
+            self.embed = nn.Sequential(nn.Conv2d(in_channels, width, kernel_size=1),
+                                       nn.Conv2d(width, embed_dim, kernel_size=1))
         self.bbox_pred = nn.Conv2d(in_channels, 4, kernel_size=3, stride=1, padding=1)
         self.ctrness = nn.Conv2d(in_channels, 1, kernel_size=3, stride=1, padding=1)
         for module in [self.cls_subnet, self.bbox_subnet, self.embed, self.bbox_pred, self.ctrness]:
@@ -105,6 +131,11 @@ class GridCLIPHead(nn.Module):
                 if isinstance(layer, nn.Conv2d):
                     nn.init.normal_(layer.weight, mean=0, std=0.01)
                     nn.init.constant_(layer.bias, 0)
+        if clip_projection is not None:
+            # c_proj(v_proj(x)) = (Wc Wv) x + (Wc bv + bc): one linear map, as a 1x1 conv
+            out = self.embed[1]
+            out.weight.data.copy_((c_w @ v_w)[:, :, None, None])
+            out.bias.data.copy_(c_w @ v_b + c_b)
         # Per-level learnable scale of the box regression (FCOS).
         self.scales = nn.Parameter(torch.ones(self.num_levels))
 
@@ -114,11 +145,15 @@ class GridCLIPHead(nn.Module):
         else:
             self.register_buffer("log_temperature", log_t)
         # One scalar bias for every class (RetinaNet's prior), so the vocabulary can change.
-        self.bias = nn.Parameter(torch.tensor(-math.log((1 - prior_prob) / prior_prob)))
+        self.logit_bias = nn.Parameter(torch.tensor(-math.log((1 - prior_prob) / prior_prob)))
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec], classifier: nn.Module):
         in_features = list(cfg.MODEL.GRIDCLIP.IN_FEATURES)
+        if cfg.MODEL.GRIDCLIP.EMBED_INIT not in ("random", "clip"):
+            raise ValueError(
+                f"MODEL.GRIDCLIP.EMBED_INIT must be 'random' or 'clip', got {cfg.MODEL.GRIDCLIP.EMBED_INIT!r}"
+            )
         dense_levels = []
         for name in cfg.MODEL.GRIDCLIP.DENSE_CLIP_LEVELS:
             if name not in in_features:
@@ -136,15 +171,17 @@ class GridCLIPHead(nn.Module):
             "temperature": cfg.MODEL.GRIDCLIP.TEMPERATURE,
             "learn_temperature": cfg.MODEL.GRIDCLIP.LEARN_TEMPERATURE,
             "dense_clip_levels": dense_levels,
+            "clip_projection": _attnpool_projection(cfg) if cfg.MODEL.GRIDCLIP.EMBED_INIT == "clip" else None,
         }
 
     @property
     def temperature(self) -> Tensor:
-        return self.log_temperature.exp()
+        # clamped at 100, as CLIP clamps its logit scale: a learned temperature cannot run away
+        return self.log_temperature.clamp(max=math.log(100.0)).exp()
 
     @property
     def embed_dim(self) -> int:
-        return self.embed.out_channels
+        return self.classifier.embeddings.shape[1]
 
     def forward(self, features: List[Tensor], dense_embedding: Optional[Tensor] = None):
         """
@@ -173,7 +210,7 @@ class GridCLIPHead(nn.Module):
                 emb = emb + F.normalize(dense, dim=1)
             emb = F.normalize(emb, dim=1)
             cos = self.classifier(emb.permute(0, 2, 3, 1))  # N x Hi x Wi x C
-            logits.append(cos.permute(0, 3, 1, 2) * temperature + self.bias)  # N x C x Hi x Wi
+            logits.append(cos.permute(0, 3, 1, 2) * temperature + self.logit_bias)  # N x C x Hi x Wi
             grid_embeddings.append(emb)
 
             reg = self.bbox_subnet(x)

@@ -13,8 +13,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from lvis import LVIS
 
 from gridclip_d2.data import synthetic
+from gridclip_d2.data.synthetic_shapes import COLOURS
 from gridclip_d2.data.synthetic import (
     SYNTHETIC_CATEGORIES,
+    SYNTHETIC_NOVEL_CLASS_IDS,
     SYNTHETIC_SPLITS,
     ensure_synthetic_dataset,
     generate_synthetic_dataset,
@@ -33,6 +35,9 @@ def _json(root, split):
         return json.load(f)
 
 
+NOVEL_IDS = {k + 1 for k in SYNTHETIC_NOVEL_CLASS_IDS}  # json category ids
+
+
 def _all_files(root):
     return sorted(os.path.relpath(os.path.join(d, f), root)
                   for d, _, files in os.walk(root) for f in files)
@@ -43,7 +48,7 @@ def test_generation_is_deterministic(generated, tmp_path):
     generate_synthetic_dataset(again)
     files = _all_files(generated)
     assert files == _all_files(again)
-    assert len(files) == sum(n for n, _, _ in SYNTHETIC_SPLITS.values()) + 3  # + 2 jsons + STAMP
+    assert len(files) == sum(n for n, _, _ in SYNTHETIC_SPLITS.values()) + 4  # + 3 jsons + STAMP
     match, mismatch, errors = filecmp.cmpfiles(generated, again, files, shallow=False)
     assert mismatch == [] and errors == []
 
@@ -63,9 +68,10 @@ def test_json_loads_in_lvis_api_with_every_field(generated, split):
         with Image.open(os.path.join(generated, img["file_name"])) as im:
             assert im.size == (img["width"], img["height"]) and im.mode == "RGB"
         present = {a["category_id"] for a in api.img_ann_map[img["id"]]}
-        assert present, "every image has objects"
-        # exhaustively annotated: every absent category is a negative
-        assert set(img["neg_category_ids"]) == cat_ids - present
+        # exhaustively annotated: every absent category is a negative (the base split says
+        # nothing about novel categories, as LVIS's base split says nothing about rare ones)
+        known = cat_ids - NOVEL_IDS if split == "train" else cat_ids
+        assert set(img["neg_category_ids"]) == known - present
     for ann in api.anns.values():
         assert {"id", "image_id", "category_id", "bbox", "area", "segmentation"} <= set(ann)
         x, y, w, h = ann["bbox"]
@@ -79,11 +85,14 @@ def test_json_loads_in_lvis_api_with_every_field(generated, split):
                 "instance_count"} <= set(cat)
         assert cat["image_count"] == len(set(api.cat_img_map[cat["id"]]))
         assert cat["instance_count"] == len(api.cat_img_map[cat["id"]])
-        assert cat["image_count"] > 0, f"{split} has every category"
+        if split == "train" and cat["id"] in NOVEL_IDS:
+            assert cat["image_count"] == 0, "no novel box in the base split"
+        else:
+            assert cat["image_count"] > 0, f"{split} has every (base) category"
 
 
 def test_frequencies_are_honest(generated):
-    train = _json(generated, "train")
+    train = _json(generated, "train_full")
     images_per_cat = {c["id"]: set() for c in train["categories"]}
     for ann in train["annotations"]:
         images_per_cat[ann["category_id"]].add(ann["image_id"])
@@ -97,18 +106,20 @@ def test_frequencies_are_honest(generated):
         cats = _json(generated, split)["categories"]
         assert [(c["id"], c["name"], c["frequency"]) for c in cats] == \
             [(c["id"], c["name"], c["frequency"]) for c in SYNTHETIC_CATEGORIES]
-    assert train["categories"] == SYNTHETIC_CATEGORIES
+    assert train["categories"] == [{k: v for k, v in c.items() if k != "novel"}
+                                   for c in SYNTHETIC_CATEGORIES]
 
 
 def test_boxes_are_tight_around_the_drawn_shapes(generated):
     """Inside a box, many pixels have the category's colour; just outside it, almost none."""
-    data = _json(generated, "train")
+    data = _json(generated, "train_full")
     images = {img["id"]: img for img in data["images"]}
     inside, outside = [], []
     for ann in data["annotations"]:
         file_name = os.path.join(generated, images[ann["image_id"]]["file_name"])
         pixels = np.asarray(Image.open(file_name))  # H x W x 3 RGB
-        colour = np.array(synthetic._SPEC[ann["category_id"] - 1][2], dtype=float)
+        name = SYNTHETIC_CATEGORIES[ann["category_id"] - 1]["name"]
+        colour = np.array(COLOURS[name.split()[0]], dtype=float)
         close = np.linalg.norm(pixels.astype(float) - colour, axis=2) < 60  # H x W
         x, y, w, h = (int(v) for v in ann["bbox"])
         inside.append(close[y:y + h, x:x + w].mean())
@@ -167,10 +178,30 @@ def test_registered_splits_load_with_metadata():
         assert len(records) == num_images
         assert records[0]["image_id"] == first_id
         assert all(os.path.isfile(r["file_name"]) for r in records)
-        assert {o["category_id"] for r in records for o in r["annotations"]} == set(range(8))
+        seen = {o["category_id"] for r in records for o in r["annotations"]}
+        novel = set(SYNTHETIC_NOVEL_CLASS_IDS)
+        assert seen == (set(range(24)) - novel if split == "train" else set(range(24)))
         assert meta.thing_classes == [c["name"] for c in SYNTHETIC_CATEGORIES]
         assert meta.class_frequency == [c["frequency"] for c in SYNTHETIC_CATEGORIES]
-        assert meta.class_image_count == [c["image_count"] for c in SYNTHETIC_CATEGORIES]
-        assert meta.novel_class_ids == []
+        assert meta.class_image_count == [0 if c["novel"] else c["image_count"]
+                                          for c in SYNTHETIC_CATEGORIES]
+        assert meta.novel_class_ids == (sorted(novel) if split == "train" else [])
         assert meta.evaluator_type == "lvis"
         assert os.path.isfile(meta.json_file) and os.path.isdir(meta.image_root)
+
+
+def test_open_vocabulary_split(generated):
+    """Novel categories are drawn in training images but have no box in the training json (the
+    LVIS base-split rule); base frequencies vary; names are plain words."""
+    full, base, val = (_json(generated, s) for s in ("train_full", "train", "val"))
+    assert len(SYNTHETIC_CATEGORIES) >= 24 and len(NOVEL_IDS) >= 6
+    assert all(" " in c["name"] and "_" not in c["name"] for c in SYNTHETIC_CATEGORIES)
+    assert not any(a["category_id"] in NOVEL_IDS for a in base["annotations"])
+    in_full = {a["category_id"] for a in full["annotations"]}
+    assert NOVEL_IDS <= in_full, "novel objects appear in the training images"
+    novel_images = {a["image_id"] for a in full["annotations"] if a["category_id"] in NOVEL_IDS}
+    assert len(novel_images) > 100
+    assert [a for a in full["annotations"] if a["category_id"] not in NOVEL_IDS] == base["annotations"]
+    assert {a["category_id"] for a in val["annotations"]} == set(range(1, 25))
+    counts = sorted(c["image_count"] for c in base["categories"] if c["id"] not in NOVEL_IDS)
+    assert counts[0] < 10 and counts[-1] > 100, "base categories keep a long tail"

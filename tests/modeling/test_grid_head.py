@@ -54,7 +54,7 @@ def test_logits_are_temperature_times_cosine_plus_bias():
     # Perturb the parameters so the check does not rest on the initial values.
     with torch.no_grad():
         head.log_temperature.fill_(math.log(17.0))
-        head.bias.fill_(-1.25)
+        head.logit_bias.fill_(-1.25)
     logits, _, _, emb = head(_features())
     text = head.classifier.embeddings  # C x D, unit rows
     for lg, em in zip(logits, emb):
@@ -64,9 +64,9 @@ def test_logits_are_temperature_times_cosine_plus_bias():
 
 def test_initial_bias_and_temperature():
     head = _head(temperature=50.0, prior_prob=0.01)
-    assert torch.sigmoid(head.bias).item() == pytest.approx(0.01, rel=1e-5)
+    assert torch.sigmoid(head.logit_bias).item() == pytest.approx(0.01, rel=1e-5)
     assert head.temperature.item() == pytest.approx(50.0, rel=1e-6)
-    assert head.bias.numel() == 1  # one bias for every class: the vocabulary can change
+    assert head.logit_bias.numel() == 1  # one bias for every class: the vocabulary can change
 
 
 def test_learnable_or_fixed_temperature():
@@ -79,7 +79,7 @@ def test_learnable_or_fixed_temperature():
     logits, deltas, ctr, _ = learned(_features())
     sum(x.sum() for x in logits + deltas + ctr).backward()
     assert learned.log_temperature.grad is not None and learned.log_temperature.grad != 0
-    assert learned.bias.grad is not None and learned.bias.grad != 0
+    assert learned.logit_bias.grad is not None and learned.logit_bias.grad != 0
 
 
 def test_text_embeddings_get_no_gradient_and_gradients_reach_towers():
@@ -171,7 +171,7 @@ def test_from_config():
     assert sum(isinstance(m, torch.nn.Conv2d) for m in head.cls_subnet) == 3
     assert head.temperature.item() == pytest.approx(20.0)
     assert "log_temperature" not in dict(head.named_parameters())
-    assert torch.sigmoid(head.bias).item() == pytest.approx(0.02, rel=1e-5)
+    assert torch.sigmoid(head.logit_bias).item() == pytest.approx(0.02, rel=1e-5)
 
     cfg.MODEL.GRIDCLIP.DENSE_CLIP_LEVELS = ["p6"]
     with pytest.raises(ValueError, match="DENSE_CLIP_LEVELS.*p6"):

@@ -131,7 +131,7 @@ def test_gradients_reach_head_neck_and_unfrozen_backbone(trained_step):
         return any(n.startswith(prefix) and g.abs().sum() > 0 for n, g in grads.items())
 
     for prefix in ["head.cls_subnet", "head.bbox_subnet", "head.embed", "head.bbox_pred", "head.ctrness",
-                   "head.scales", "head.log_temperature", "head.bias",
+                   "head.scales", "head.log_temperature", "head.logit_bias",
                    "backbone.bottom_up.visual.layer2", "backbone.bottom_up.visual.layer3",
                    "backbone.bottom_up.visual.layer4"]:
         assert reached(prefix), prefix

@@ -1,0 +1,195 @@
+"""CLIP's contrastive pretraining of a reduced ``clip.model.CLIP`` on synthetic image-caption pairs.
+
+The model is the ``clip`` package's own ``CLIP`` class (ModifiedResNet vision tower, text
+transformer) built from ``CLIP_ARCHS[arch]``; captions go through the real BPE tokenizer
+(``clip.tokenize``). The loss is CLIP's: symmetric cross-entropy over the batch's image-text cosine
+similarities times the learned ``logit_scale`` (clamped at 100, as CLIP). AdamW, linear warm-up then
+cosine decay.
+
+Output folder::
+
+    last_checkpoint.pth   model + optimizer + step, every ``checkpoint_period`` steps (--resume)
+    <arch>_synthetic.pt   the final weights: ``CLIP.state_dict()`` after ``clip.model.convert_weights``,
+                          i.e. OpenAI's layout and dtypes; ``clip.model.build_model`` accepts it and
+                          ``MODEL.CLIP.WEIGHTS`` loads it like ``RN50.pt``
+    zero_shot.json        zero-shot accuracy on single-object crops of synthetic_val
+
+Deterministic: the batches of step ``i`` are drawn from a generator seeded with ``(seed, i)``, so a
+resumed run sees the batches an uninterrupted run would (same machine and thread count give the
+same weights).
+"""
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import clip
+from clip.model import CLIP, convert_weights
+
+from ..data.synthetic_captions import NUM_PAIRS, load_caption_dataset
+from ..modeling.clip_arch import get_arch
+from ..modeling.clip_resnet import normalize_clip_input
+
+__all__ = ["PretrainConfig", "pretrain_clip", "final_weights_name"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    arch: str = "RNtiny96"
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 40
+    seed: int = 0
+    num_pairs: int = NUM_PAIRS
+    checkpoint_period: int = 100
+
+
+def final_weights_name(arch: str) -> str:
+    return f"{arch}_synthetic.pt"
+
+
+def _atomic_save(obj, path: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _lr_at(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _optimizer(model: CLIP, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
+    )
+
+
+def _colour_pools(named) -> list:
+    """Per colour, the indices of the captions that name an object of that colour."""
+    from ..data.synthetic_shapes import SHAPES, COLOURS
+
+    pools = [[] for _ in COLOURS]
+    for i, cats in enumerate(named):
+        for c in {k // len(SHAPES) for k in cats}:
+            pools[c].append(i)
+    return [torch.tensor(p) for p in pools]
+
+
+def _batch_indices(step: int, cfg: PretrainConfig, num: int, colour_pools) -> torch.Tensor:
+    """Half the batch at random, half from captions that name one colour (drawn per step): colour
+    alone then cannot tell those pairs apart, so the loss also teaches shapes (with random
+    batches only, colour nearly identifies every caption and shape gets little gradient)."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    focused = cfg.batch_size // 2
+    pool = colour_pools[int(torch.randint(len(colour_pools), (1,), generator=g))]
+    same = pool[torch.randperm(len(pool), generator=g)[:focused]]
+    rest = torch.randperm(num, generator=g)
+    rest = rest[~torch.isin(rest, same)][: cfg.batch_size - len(same)]
+    return torch.cat([same, rest])
+
+
+def contrastive_loss(model: CLIP, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE loss of a batch (images B x 3 x S x S normalised, tokens B x L)."""
+    logits_per_image, logits_per_text = model(images, tokens)
+    labels = torch.arange(images.shape[0])
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def pretrain_clip(
+    output_dir: str,
+    cfg: Optional[PretrainConfig] = None,
+    resume: bool = False,
+    datasets_root: Optional[str] = None,
+    evaluate: bool = True,
+    progress: bool = True,
+) -> str:
+    """Train (or resume) and write the final weights; returns their path (see module docstring)."""
+    cfg = cfg or PretrainConfig()
+    arch = get_arch(cfg.arch)
+    if cfg.steps <= 0 or cfg.batch_size <= 1:
+        raise ValueError(f"pretraining needs steps > 0 and batch size > 1, got {cfg.steps}, {cfg.batch_size}")
+    os.makedirs(output_dir, exist_ok=True)
+    images, captions, named = load_caption_dataset(datasets_root, cfg.num_pairs)
+    colour_pools = _colour_pools(named)
+    if arch.image_resolution != images.shape[-1]:
+        raise ValueError(
+            f"CLIP {cfg.arch} takes {arch.image_resolution} px images; the caption pairs are "
+            f"{images.shape[-1]} px"
+        )
+    tokens = clip.tokenize(captions, context_length=arch.context_length)  # N x L
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = CLIP(**arch.as_kwargs())
+    # channels-last convolutions: ~25% faster training steps on the CPU here
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(model, cfg)
+    start = 0
+    ckpt_path = os.path.join(output_dir, "last_checkpoint.pth")
+    if resume and os.path.isfile(ckpt_path):
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state.get("config") != dataclasses.asdict(cfg):
+            raise ValueError(
+                f"{ckpt_path} was written with settings {state.get('config')}, not {dataclasses.asdict(cfg)}; "
+                "resume with the same settings or choose another --output"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        logger.info(f"Resuming CLIP pretraining from {ckpt_path} at step {start}")
+    elif resume:
+        logger.info(f"--resume: no {ckpt_path}; starting from step 0")
+
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), desc=f"pretraining CLIP {cfg.arch}", unit="step",
+               initial=start, total=cfg.steps, disable=not progress, mininterval=2.0)
+    for step in bar:
+        idx = _batch_indices(step, cfg, images.shape[0], colour_pools)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        batch = normalize_clip_input(images[idx]).contiguous(memory_format=torch.channels_last)
+        loss = contrastive_loss(model, batch, tokens[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}",
+                        refresh=False)
+        if (step + 1) % cfg.checkpoint_period == 0 and step + 1 < cfg.steps:
+            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "step": step + 1, "config": dataclasses.asdict(cfg)}, ckpt_path)
+    logger.info(f"CLIP pretraining: {cfg.steps - start} steps in {time.perf_counter() - t0:.0f} s")
+
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    convert_weights(model)  # OpenAI's layout: fp16 conv / linear / projection weights
+    final = os.path.join(output_dir, final_weights_name(cfg.arch))
+    _atomic_save(model.state_dict(), final)
+    logger.info(f"Wrote {final}")
+    if evaluate:
+        from .zero_shot import zero_shot_report
+
+        report = zero_shot_report(final, cfg.arch, datasets_root)
+        tmp = os.path.join(output_dir, f"zero_shot.json.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(tmp, os.path.join(output_dir, "zero_shot.json"))
+    return final

@@ -1,0 +1,96 @@
+"""Zero-shot classification of single-object crops: does a CLIP know the synthetic categories?
+
+For every box of the synthetic validation set, a square crop centred on the box (side twice its
+longer side, shifted to stay inside the image) is resized to the CLIP's resolution and classified
+among all 24 category names by cosine similarity with their text embeddings, with one prompt
+("a {}", the detector's ``MODEL.GRIDCLIP.PROMPT``) and with the prompt ensemble. Images go through
+the detector's own ``CLIPResNet.encode_image`` and names through ``encode_names``: the same code that
+builds the detector's backbone, teacher and classifier from ``MODEL.CLIP.WEIGHTS``.
+"""
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..data.synthetic import SYNTHETIC_NOVEL_CLASS_IDS, ensure_synthetic_dataset
+from ..data.synthetic_shapes import CATEGORY_NAMES
+from ..modeling.clip_arch import get_arch
+from ..modeling.clip_resnet import CLIPResNet, normalize_clip_input
+from ..modeling.clip_text import PROMPT_ENSEMBLE, CLIPTextEncoder, encode_names
+from ..modeling.clip_weights import load_clip_state_dict
+
+__all__ = ["box_crops", "zero_shot_accuracy", "zero_shot_report"]
+
+
+def box_crops(datasets_root: Optional[str], size: int):
+    """(crops M x 3 x size x size uint8, labels M) of every box of synthetic_val."""
+    root = ensure_synthetic_dataset(datasets_root)
+    with open(os.path.join(root, "annotations", "synthetic_val.json")) as f:
+        data = json.load(f)
+    images = {img["id"]: img for img in data["images"]}
+    by_image: Dict[int, List[dict]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    crops, labels = [], []
+    for image_id, anns in sorted(by_image.items()):
+        img = images[image_id]
+        pil = Image.open(os.path.join(root, img["file_name"])).convert("RGB")
+        width, height = pil.size
+        for ann in anns:
+            x, y, w, h = ann["bbox"]
+            side = min(max(w, h) * 2.0, width, height)
+            x0 = min(max(x + w / 2 - side / 2, 0), width - side)
+            y0 = min(max(y + h / 2 - side / 2, 0), height - side)
+            crop = pil.resize((size, size), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side))
+            crops.append(np.asarray(crop))
+            labels.append(ann["category_id"] - 1)
+    crops = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+    return crops, torch.tensor(labels)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    image_encoder: CLIPResNet,
+    text_encoder: CLIPTextEncoder,
+    crops: torch.Tensor,
+    labels: torch.Tensor,
+    names: Sequence[str],
+    templates: Sequence[str],
+    classes: Optional[Sequence[int]] = None,
+) -> float:
+    """Top-1 accuracy (%) over the crops whose label is in ``classes`` (all when None)."""
+    text = encode_names(text_encoder, names, templates)  # C x D
+    emb = torch.cat([
+        F.normalize(image_encoder.encode_image(normalize_clip_input(crops[i:i + 256])), dim=-1)
+        for i in range(0, len(crops), 256)
+    ])
+    pred = (emb @ text.t()).argmax(dim=1)
+    keep = torch.ones_like(labels, dtype=torch.bool)
+    if classes is not None:
+        keep = torch.isin(labels, torch.as_tensor(list(classes)))
+    if not keep.any():
+        return float("nan")
+    return 100.0 * (pred[keep] == labels[keep]).float().mean().item()
+
+
+def zero_shot_report(weights: str, arch: str, datasets_root: Optional[str] = None) -> dict:
+    """Accuracy on base / novel / all crops with one prompt and with the ensemble."""
+    state_dict = load_clip_state_dict(weights, arch)
+    image_encoder = CLIPResNet(arch, out_features=("res5",), norm="FrozenBN", state_dict=state_dict).eval()
+    text_encoder = CLIPTextEncoder.from_state_dict(state_dict)
+    crops, labels = box_crops(datasets_root, get_arch(arch).image_resolution)
+    novel = list(SYNTHETIC_NOVEL_CLASS_IDS)
+    base = [k for k in range(len(CATEGORY_NAMES)) if k not in novel]
+    report = {"weights": weights, "arch": arch, "num_crops": int(len(labels)),
+              "num_novel_crops": int(torch.isin(labels, torch.tensor(novel)).sum())}
+    for key, templates in (("one_prompt", ["a {}"]), ("ensemble", PROMPT_ENSEMBLE)):
+        report[key] = {
+            split: zero_shot_accuracy(image_encoder, text_encoder, crops, labels, CATEGORY_NAMES,
+                                      templates, classes)
+            for split, classes in (("base", base), ("novel", novel), ("all", None))
+        }
+    return report
