@@ -110,6 +110,19 @@ def test_adapt_cfg_to_hardware_leaves_runnable_config_alone():
     assert adapt_cfg_to_hardware(cfg) is cfg  # cpu, no AMP: nothing to change
 
 
+def test_optimizer_does_not_decay_temperature_or_logit_bias(tmp_path):
+    cfg = train_net.setup(_args(tmp_path))
+    model = Trainer.build_model(cfg)
+    optimizer = Trainer.build_optimizer(cfg, model)
+    decay = {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            decay[names[id(p)]] = group["weight_decay"]
+    assert decay["head.log_temperature"] == 0.0 and decay["head.logit_bias"] == 0.0
+    assert decay["head.embed.weight"] == cfg.SOLVER.WEIGHT_DECAY > 0
+
+
 def test_missing_config_file_is_named(tmp_path):
     args = train_net.default_argument_parser().parse_args(["--config-file", "no/such.yaml"])
     with pytest.raises(FileNotFoundError, match="no/such.yaml"):

@@ -30,18 +30,20 @@ CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
 
 # name -> (description, overrides relative to configs/GridCLIP_synthetic.yaml)
 ROWS: Dict[str, Tuple[str, List[str]]] = {
-    "full": ("full model (the default config)", []),
+    "full": ("full model (the default config; image-level alignment weight 0.1)", []),
     "no_align": ("without image-level alignment", ["MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED", "False"]),
-    "align_w05": ("image-level alignment weight 0.5 (default 1.0)",
+    "align_w05": ("image-level alignment weight 0.5",
                   ["MODEL.GRIDCLIP.IMAGE_ALIGN.LOSS_WEIGHT", "0.5"]),
+    "align_w1": ("image-level alignment weight 1.0",
+                 ["MODEL.GRIDCLIP.IMAGE_ALIGN.LOSS_WEIGHT", "1.0"]),
     "dense_clip": ("dense CLIP embedding added on p3-p5 (default off)",
                    ["MODEL.GRIDCLIP.DENSE_CLIP_LEVELS", "['p3','p4','p5']"]),
     "embed_clip": ("grid-embedding projection initialised from CLIP's attention-pool v/c "
                    "projections (default random)", ["MODEL.GRIDCLIP.EMBED_INIT", "clip"]),
     "fixed_temp": ("temperature fixed at 50 (default learned)",
                    ["MODEL.GRIDCLIP.LEARN_TEMPERATURE", "False"]),
-    "one_prompt": ('one prompt "a {}" at training and inference (default: the ensemble)',
-                   ["MODEL.GRIDCLIP.PROMPT_ENSEMBLE", "False"]),
+    "ensemble": ('prompt ensemble at training and inference (default: one prompt "a {}")',
+                 ["MODEL.GRIDCLIP.PROMPT_ENSEMBLE", "True"]),
     "random_clip": ("random CLIP, no pretraining (trainable BN; the floor)",
                     ["MODEL.CLIP.WEIGHTS", "", "MODEL.CLIP.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0"]),
 }

@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-only", metavar="WEIGHTS", default="",
                         help="only report the zero-shot accuracy of a CLIP checkpoint")
     parser.add_argument("--arch", default=defaults.arch, help="architecture name in CLIP_ARCHS")
-    for field in ("steps", "batch_size", "lr", "weight_decay", "warmup", "seed", "num_pairs"):
+    for field in ("steps", "batch_size", "lr", "weight_decay", "warmup", "seed", "num_pairs",
+                  "checkpoint_period"):
         default = getattr(defaults, field)
         parser.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -58,39 +58,30 @@ def _openai(embed_dim, resolution, layers, width, text_width):
     )
 
 
+# Reduced model of the embedded default: res2..res5 channels 64/128/256/512, 8 pool heads.
+_RNTINY = CLIPArch(
+    embed_dim=128,
+    image_resolution=224,
+    vision_layers=(1, 1, 1, 1),
+    vision_width=16,
+    vision_patch_size=None,
+    context_length=77,
+    vocab_size=49408,
+    transformer_width=128,
+    transformer_heads=2,
+    transformer_layers=2,
+)
+
 CLIP_ARCHS: Dict[str, CLIPArch] = {
     "RN50": _openai(1024, 224, (3, 4, 6, 3), 64, 512),
     "RN101": _openai(512, 224, (3, 4, 23, 3), 64, 512),
     "RN50x4": _openai(640, 288, (4, 6, 10, 6), 80, 640),
     "RN50x16": _openai(768, 384, (6, 8, 18, 8), 96, 768),
     "RN50x64": _openai(1024, 448, (3, 15, 36, 10), 128, 1024),
-    # Reduced model of the embedded default: res2..res5 channels 64/128/256/512, 8 pool heads.
-    "RNtiny": CLIPArch(
-        embed_dim=128,
-        image_resolution=224,
-        vision_layers=(1, 1, 1, 1),
-        vision_width=16,
-        vision_patch_size=None,
-        context_length=77,
-        vocab_size=49408,
-        transformer_width=128,
-        transformer_heads=2,
-        transformer_layers=2,
-    ),
+    "RNtiny": _RNTINY,
     # RNtiny at its pretraining resolution (96 px, a 3 x 3 attention-pool grid) with a 32-token
     # context: the small CLIP that tools/pretrain_clip.py trains on synthetic image-caption pairs.
-    "RNtiny96": CLIPArch(
-        embed_dim=128,
-        image_resolution=96,
-        vision_layers=(1, 1, 1, 1),
-        vision_width=16,
-        vision_patch_size=None,
-        context_length=32,
-        vocab_size=49408,
-        transformer_width=128,
-        transformer_heads=2,
-        transformer_layers=2,
-    ),
+    "RNtiny96": dataclasses.replace(_RNTINY, image_resolution=96, context_length=32),
 }
 
 

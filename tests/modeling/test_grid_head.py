@@ -176,3 +176,31 @@ def test_from_config():
     cfg.MODEL.GRIDCLIP.DENSE_CLIP_LEVELS = ["p6"]
     with pytest.raises(ValueError, match="DENSE_CLIP_LEVELS.*p6"):
         GridCLIPHead(cfg, _shapes(), classifier=classifier)
+
+
+def test_projection_initialised_from_clip_attention_pool():
+    """EMBED_INIT "clip": a 1x1 conv to res5's width, then c_proj o v_proj as one 1x1 conv; on
+    features that the first conv passes through unchanged, the grid embedding is CLIP's dense one."""
+    width = CH  # the first conv maps CH -> width
+    g = torch.Generator().manual_seed(3)
+    v_w, v_b = torch.randn(width, width, generator=g), torch.randn(width, generator=g)
+    c_w, c_b = torch.randn(D, width, generator=g), torch.randn(D, generator=g)
+    head = _head(clip_projection=(v_w, v_b, c_w, c_b))
+    first, second = head.embed[0], head.embed[1]
+    torch.testing.assert_close(second.weight[:, :, 0, 0], c_w @ v_w)
+    torch.testing.assert_close(second.bias, c_w @ v_b + c_b)
+    with torch.no_grad():
+        first.weight.copy_(torch.eye(width)[:, :, None, None])
+        first.bias.zero_()
+    x = torch.randn(2, width, 3, 3, generator=g)
+    expected = F.linear(F.linear(x.permute(0, 2, 3, 1), v_w, v_b), c_w, c_b).permute(0, 3, 1, 2)
+    torch.testing.assert_close(head.embed(x), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="do not map res5"):
+        _head(clip_projection=(v_w, v_b, torch.randn(D + 1, width), c_b))
+
+
+def test_temperature_is_clamped_at_100():
+    head = _head()
+    with torch.no_grad():
+        head.log_temperature.fill_(math.log(1e4))
+    assert head.temperature.item() == pytest.approx(100.0)

@@ -38,6 +38,10 @@ def _shipped_cfg(name, checkpoint):
     cfg.MODEL.CLIP.ARCH = "RNtiny"
     cfg.MODEL.CLIP.WEIGHTS = checkpoint
     cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = ""
+    # one prompt: 1203 names x 63 ensemble prompts would dominate the test's time
+    cfg.MODEL.GRIDCLIP.PROMPT_ENSEMBLE = False
+    # the federated loss needs LVIS's class counts (prepare_lvis_base.py); it has a test of its own
+    cfg.MODEL.GRIDCLIP.USE_FED_LOSS = False
     cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE = 64
     cfg.INPUT.MIN_SIZE_TRAIN = (128,)
     cfg.INPUT.MAX_SIZE_TRAIN = 160
