@@ -23,7 +23,7 @@ def _outputs(record, shift=0.0, class_offset=0):
     inst = Instances((record["height"], record["width"]))
     inst.pred_boxes = Boxes(boxes)
     inst.scores = torch.linspace(0.9, 0.5, len(boxes))
-    inst.pred_classes = (classes + class_offset) % 8
+    inst.pred_classes = (classes + class_offset) % 24
     return [{"instances": inst}]
 
 
@@ -43,6 +43,8 @@ def val_records():
 def test_ground_truth_scores_ap_100(val_records):
     results = _evaluate(val_records)
     for metric in METRICS:
+        if metric == "APl" and results[metric] == -100.0:
+            continue  # lvis-api's "no ground truth in this group": no box is larger than 96 x 96
         assert results[metric] == pytest.approx(100.0, abs=1e-6), metric
 
 

@@ -268,7 +268,7 @@ def test_novel_classes_left_out_of_the_classification_loss():
 
 
 def test_fed_loss_restricts_columns_to_gt_plus_sampled_classes():
-    counts = [100, 50, 20, 10, 5, 1, 0, 30]
+    counts = [100, 50, 20, 10, 5, 1, 0, 30] + [0] * 16  # 24 synthetic classes
     model = _small_model(use_fed_loss=True, fed_loss_num_classes=4, class_image_count=counts,
                          novel_class_ids=[7])
     for seed in range(5):
@@ -351,8 +351,8 @@ def test_set_vocabulary_swaps_classes():
     model = _small_model(cfg)
     image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     old = model.head.classifier.embeddings.clone()
-    logits8, _ = _predict(model, image)
-    assert logits8[0].shape[1] == 8
+    logits24, _ = _predict(model, image)
+    assert logits24[0].shape[1] == 24
 
     names = ["zebra", "traffic cone", "kite"]
     model.set_vocabulary(names)
@@ -367,7 +367,7 @@ def test_set_vocabulary_swaps_classes():
     rows = [6, 1]
     model.set_vocabulary(embeddings=old[rows].numpy())
     logits2, inst = _predict(model, image)
-    for a, b in zip(logits2, logits8):
+    for a, b in zip(logits2, logits24):
         torch.testing.assert_close(a, b[:, rows])
     assert model.num_classes == 2 and set(inst.pred_classes.tolist()) <= {0, 1}
 
