@@ -14,11 +14,13 @@ def add_gridclip_config(cfg):
 
     # ---------------------------------------------------------------- CLIP backbone and weights
     _C.MODEL.CLIP = CN()
-    # CLIP ResNet architecture: RN50, RN101, RN50x4, RN50x16, RN50x64, or the reduced RNtiny
-    # (same ModifiedResNet class, fewer blocks and channels) used by the embedded default.
+    # CLIP ResNet architecture: RN50, RN101, RN50x4, RN50x16, RN50x64, or the reduced RNtiny /
+    # RNtiny96 (same ModifiedResNet class, fewer blocks and channels; RNtiny96 is the embedded
+    # default's small CLIP).
     _C.MODEL.CLIP.ARCH = "RN50"
-    # OpenAI model name (looked up in the clip package's cache dir) or a checkpoint path
-    # (TorchScript archive or plain state dict). "" = random initialisation from INIT_SEED.
+    # OpenAI model name (looked up in the clip package's cache dir), a checkpoint path (TorchScript
+    # archive or plain state dict), "synthetic" (the small RNtiny96 CLIP pretrained on synthetic
+    # image-caption pairs, made on first use) or "" (random initialisation from INIT_SEED).
     _C.MODEL.CLIP.WEIGHTS = ""
     # Folder where OpenAI model names are looked up / downloaded; "" = the clip package default.
     _C.MODEL.CLIP.DOWNLOAD_ROOT = ""
