@@ -20,16 +20,15 @@ import time
 
 import cv2
 import tqdm
-from detectron2.config import get_cfg
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `predictor` next to this file
 from predictor import VisualizationDemo  # noqa: E402
 
-from gridclip_d2 import add_gridclip_config  # noqa: E402
-from gridclip_d2.data import register_from_cfg  # noqa: E402
 from gridclip_d2.data.vocabulary import get_vocabulary  # noqa: E402
+from gridclip_d2.engine import setup_cfg as setup_cfg_for  # noqa: E402
+from gridclip_d2.modeling.model_vocabulary import read_sidecar  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
@@ -49,7 +48,8 @@ def get_parser():
         "input); shown in a window when absent")
     parser.add_argument(
         "--vocabulary", choices=["lvis", "synthetic", "custom"], default=None,
-        help="classes to detect; default: the classes of the config's test set")
+        help="classes to detect; default: the model's vocabulary (MODEL.GRIDCLIP.CLASS_NAMES / "
+        "VOCABULARY / the TEXT_EMBEDDINGS sidecar / the training set's classes)")
     parser.add_argument(
         "--custom-vocabulary", default="",
         help="for --vocabulary custom: comma-separated class names, or a text file with one a line")
@@ -61,15 +61,21 @@ def get_parser():
 
 
 def setup_cfg(args):
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"--config-file: no such file: {args.config_file}")
-    cfg = get_cfg()
-    add_gridclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    """The config for inference (``gridclip_d2.engine.setup_cfg``: no training data, no teacher, CPU
+    when there is no CUDA). A vocabulary given on the command line becomes the model's
+    (MODEL.GRIDCLIP.CLASS_NAMES): it is embedded once when the model is built, and the config's
+    TEXT_EMBEDDINGS file is only used when its sidecar lists exactly these names."""
+    vocabulary = vocabulary_names(args)
+    cfg = setup_cfg_for(args.config_file, args.opts, mode="inference", freeze=False)
     # The model keeps only what the demo draws (the LVIS evaluation threshold is far lower).
     cfg.MODEL.GRIDCLIP.SCORE_THRESH_TEST = args.confidence_threshold
-    register_from_cfg(cfg)
+    if vocabulary is not None:
+        cfg.MODEL.GRIDCLIP.VOCABULARY = ""
+        cfg.MODEL.GRIDCLIP.CLASS_NAMES = list(vocabulary)
+        path = cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS
+        sidecar = read_sidecar(path) if path and os.path.isfile(path) else None
+        if sidecar is None or list(sidecar["names"]) != list(vocabulary):
+            cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = ""
     cfg.freeze()
     return cfg
 
@@ -218,7 +224,7 @@ def main(argv=None):
     if args.video_input and not os.path.isfile(args.video_input):
         raise FileNotFoundError(f"--video-input: not found: {args.video_input}")
     cfg = setup_cfg(args)
-    demo = VisualizationDemo(cfg, vocabulary_names(args), args.confidence_threshold)
+    demo = VisualizationDemo(cfg, confidence_threshold=args.confidence_threshold)
     logger.info(f"Vocabulary: {len(demo.class_names)} classes ({', '.join(demo.class_names[:8])}"
                 f"{', ...' if len(demo.class_names) > 8 else ''})")
     if inputs is not None:

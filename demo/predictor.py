@@ -1,9 +1,10 @@
 """Visualisation of GridCLIP predictions on images and videos, with an optional custom vocabulary.
 
 :class:`VisualizationDemo` wraps Detectron2's ``DefaultPredictor`` (weights from MODEL.WEIGHTS,
-test-time resize, BGR input) and draws with Detectron2's ``Visualizer``. When a vocabulary is given,
-the model's classifier is replaced with ``model.set_vocabulary(names=...)`` and the names become the
-``thing_classes`` the Visualizer labels boxes with; otherwise the test set's classes are used.
+test-time resize, BGR input) and draws with Detectron2's ``Visualizer``, labelling boxes with the
+model's own vocabulary (``model.vocabulary``: what its class ids index). A vocabulary given here
+replaces the model's with ``model.set_vocabulary(names=...)``; building the model with it
+(MODEL.GRIDCLIP.CLASS_NAMES, as demo.py does) embeds it only once.
 """
 import hashlib
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -34,7 +35,7 @@ class VisualizationDemo:
 
     Args:
         cfg: a frozen Detectron2 config (MODEL.WEIGHTS is loaded by ``DefaultPredictor``).
-        vocabulary: class names to detect instead of the training classes; None = keep them.
+        vocabulary: class names to detect instead of the model's vocabulary; None = keep it.
         confidence_threshold: detections below this score are not drawn.
         instance_mode: Detectron2's ``ColorMode`` for the Visualizer.
     """
@@ -47,18 +48,17 @@ class VisualizationDemo:
         instance_mode=ColorMode.IMAGE,
     ):
         self.predictor = DefaultPredictor(cfg)
+        model = self.predictor.model
         if vocabulary is not None:
             names = [str(n) for n in vocabulary]
             if not names:
                 raise ValueError("the vocabulary is empty: give at least one class name")
-            self.predictor.model.set_vocabulary(names=names)
-            self.metadata = vocabulary_metadata(names)
-        elif len(cfg.DATASETS.TEST):
-            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        else:
-            raise ValueError(
-                "no vocabulary given and DATASETS.TEST is empty: nothing names the classes"
-            )
+            if names != model.vocabulary:
+                model.set_vocabulary(names=names)
+        if not model.vocabulary:
+            raise ValueError("the model's vocabulary has no names (set_vocabulary with embeddings only): "
+                             "give the names to label boxes with")
+        self.metadata = vocabulary_metadata(model.vocabulary)
         self.confidence_threshold = float(confidence_threshold)
         self.instance_mode = instance_mode
 

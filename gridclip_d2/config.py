@@ -75,8 +75,16 @@ def add_gridclip_config(cfg):
     # then a 1x1 conv to D initialised with CLIP's attention-pool value + output projections).
     _C.MODEL.GRIDCLIP.EMBED_INIT = "random"
     # Frozen classifier: a C x D .npy of text embeddings (tools/dump_text_embeddings.py) whose rows
-    # follow the training set's classes; "" = compute them at build time with CLIP's text encoder.
+    # follow the vocabulary; its .json sidecar is checked against the vocabulary, MODEL.CLIP and the
+    # prompts. "" = compute them at build time with CLIP's text encoder.
     _C.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = ""
+    # The model's vocabulary (class names, in class-id order), so that a model builds from its config
+    # alone: "lvis" / "synthetic" (built-in), or a .txt (one name per line) / .json (list of names, or
+    # a text-embedding sidecar) file. "" with CLASS_NAMES [] = the names in TEXT_EMBEDDINGS' sidecar,
+    # else the training set's thing_classes (training writes them into the saved config.yaml).
+    _C.MODEL.GRIDCLIP.VOCABULARY = ""
+    # The vocabulary as a list of names (exclusive with VOCABULARY).
+    _C.MODEL.GRIDCLIP.CLASS_NAMES = []
     # Prompt used when embeddings are computed at build time ("{}" is the category name).
     _C.MODEL.GRIDCLIP.PROMPT = "a {}"
     # Average over the ViLD/CLIP photo-template ensemble instead of the single PROMPT.
@@ -110,12 +118,18 @@ def add_gridclip_config(cfg):
     # ---------------------------------------------------------------- data
     _C.DATASETS.GRIDCLIP = CN()
     # A user's own LVIS-format data set, with no code: name, json and image folder for train and
-    # test. When NAME is set, it is registered and used as DATASETS.TRAIN/TEST.
+    # test. When NAME is set, <NAME>_train / <NAME>_test are registered and become DATASETS.TRAIN /
+    # DATASETS.TEST; without TEST_JSON, DATASETS.TEST is emptied (nothing is evaluated, and the log
+    # says so).
     _C.DATASETS.GRIDCLIP.NAME = ""
     _C.DATASETS.GRIDCLIP.TRAIN_JSON = ""
     _C.DATASETS.GRIDCLIP.TRAIN_IMAGES = ""
     _C.DATASETS.GRIDCLIP.TEST_JSON = ""
     _C.DATASETS.GRIDCLIP.TEST_IMAGES = ""
+    # The open-vocabulary split of that data set: names of its novel categories (their training
+    # boxes are dropped, they are left out of the classification loss, and the evaluation reports
+    # AP novel / AP base), or ["auto"]: the categories without training annotations. [] = no split.
+    _C.DATASETS.GRIDCLIP.NOVEL_CLASSES = []
 
     # ---------------------------------------------------------------- training extras
     # Save a PNG of the training curves next to metrics.json at the end of training.

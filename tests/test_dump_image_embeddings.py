@@ -78,6 +78,7 @@ def test_cached_embeddings_give_the_on_the_fly_loss(dump_cfg, tiny_dataset, tmp_
 
     cached_cfg = dump_cfg.clone()
     cached_cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE = out
+    cached_cfg.DATASETS.TRAIN = (name,)
     cached = ImageAlignment(cached_cfg)
     assert cached.teacher is None and len(cached.cache) == 3
     inputs_b = _map(GridCLIPDatasetMapper(cached_cfg, True), dicts)
@@ -96,6 +97,12 @@ def test_cached_embeddings_give_the_on_the_fly_loss(dump_cfg, tiny_dataset, tmp_
     assert torch.isfinite(loss_a) and loss_a > 0
     assert (loss_a - loss_b).abs() < 1e-6
 
+    # The cache records the data set it embeds and refuses to serve another.
+    other_cfg = cached_cfg.clone()
+    other_cfg.DATASETS.TRAIN = ("synthetic_train",)
+    with pytest.raises(ValueError, match=rf"datasets=.*'{name}'.*config needs datasets=.*'synthetic_train'"):
+        ImageAlignment(other_cfg)
+
 
 def test_command_line(dump_cfg, tiny_dataset, tmp_path):
     name, _ = tiny_dataset
@@ -108,7 +115,9 @@ def test_command_line(dump_cfg, tiny_dataset, tmp_path):
     assert cache.image_ids == [10, 11, 12]  # the repeated data set is not dumped twice
     assert cache.meta["init_seed"] == 5 and cache.meta["grids"] == [1, 2]
     assert torch.allclose(cache.embeddings.norm(dim=-1), torch.ones(3, 5), atol=1e-5)
+    assert [d["name"] for d in cache.meta["datasets"]] == [name]
     dump_cfg.MODEL.CLIP.INIT_SEED = 5
+    dump_cfg.DATASETS.TRAIN = (name,)
     cache.check_meta(cache_meta_from_cfg(dump_cfg))
 
     with pytest.raises(SystemExit):

@@ -19,13 +19,12 @@ from typing import Iterable, List, Optional
 import torch
 import tqdm
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
-from gridclip_d2 import add_gridclip_config
 from gridclip_d2.data.alignment_crops import crop_and_resize, crop_boxes, num_regions
 from gridclip_d2.data.mapper import read_image_checked
+from gridclip_d2.engine import setup_cfg
 from gridclip_d2.modeling.alignment import encode_teacher_images
 from gridclip_d2.modeling.clip_resnet import build_clip_teacher
 from gridclip_d2.modeling.teacher_cache import TeacherCache, cache_meta_from_cfg
@@ -68,7 +67,8 @@ def dump_image_embeddings(
     """
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    meta = cache_meta_from_cfg(cfg)
+    dataset_names = list(dataset_names)
+    meta = cache_meta_from_cfg(cfg, dataset_names)
     grids, size = meta["grids"], meta["size"]
     K = num_regions(grids)
     if teacher is None:
@@ -120,11 +120,8 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="gridclip_d2")
-    cfg = get_cfg()
-    add_gridclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    # registers a data set given by DATASETS.GRIDCLIP.* (then DATASETS.TRAIN names it)
+    cfg = setup_cfg(args.config_file, args.opts, mode="data")
     out = args.out or cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE
     if not out:
         raise SystemExit("no output file: pass --out or set MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE")

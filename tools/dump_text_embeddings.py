@@ -8,7 +8,9 @@
     python tools/dump_text_embeddings.py --clip "" --arch RNtiny --vocabulary synthetic --out s.npy
 
 Writes FILE.npy (float32, C x D, one L2-normalised row per category in vocabulary order) and
-FILE.json beside it (names, prompts, CLIP weights and architecture). ``--clip`` takes an OpenAI model
+FILE.json beside it, its sidecar (names, prompts, CLIP weights, architecture and text-tower
+fingerprint): a model loading FILE.npy (MODEL.GRIDCLIP.TEXT_EMBEDDINGS) checks them against its
+vocabulary and MODEL.CLIP.*, and takes its vocabulary from the names when the config gives none. ``--clip`` takes an OpenAI model
 name, a checkpoint path, or "" for the seeded random CLIP of ``--arch`` (MODEL.CLIP.WEIGHTS rules).
 Both files are written to temporary names and renamed, so an interrupted run leaves any previous
 output whole.
@@ -29,7 +31,7 @@ from detectron2.utils.logger import setup_logger
 from gridclip_d2.data.vocabulary import VOCABULARY_KINDS, get_vocabulary
 from gridclip_d2.modeling.clip_arch import CLIP_ARCHS, arch_name, infer_arch
 from gridclip_d2.modeling.clip_text import PROMPT_ENSEMBLE, CLIPTextEncoder, check_prompt, encode_names
-from gridclip_d2.modeling.clip_weights import load_clip_state_dict
+from gridclip_d2.modeling.clip_weights import load_clip_state_dict, text_fingerprint
 
 logger = logging.getLogger("gridclip_d2.dump_text_embeddings")
 
@@ -114,6 +116,7 @@ def dump_text_embeddings(args: argparse.Namespace) -> np.ndarray:
         "prompts": templates,
         "clip_weights": args.clip,
         "arch": arch,
+        "text_fingerprint": text_fingerprint(state_dict),
         "seed": args.seed if args.clip == "" else None,
         "shape": list(embeddings.shape),
         "normalized": True,

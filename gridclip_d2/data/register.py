@@ -34,7 +34,7 @@ import math
 import os
 import tempfile
 from collections import Counter, defaultdict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
@@ -139,7 +139,7 @@ def _image_path(img: dict, image_root: str) -> str:
     return in_folder if PathManager.exists(in_folder) or not PathManager.exists(flat) else flat
 
 
-def _build(api, json_file: str, image_root: str):
+def _build(api, json_file: str, image_root: str, check_images: bool = True):
     """Dataset dicts plus {status: [annotation ids]} of the boxes that were not "ok"."""
     cat_ids = sorted(api.cats)
     contiguous = {c: i for i, c in enumerate(cat_ids)}
@@ -148,7 +148,7 @@ def _build(api, json_file: str, image_root: str):
         img = api.imgs[image_id]
         path = _image_path(img, image_root)
         height, width = int(img["height"]), int(img["width"])
-        if not PathManager.exists(path):
+        if check_images and not PathManager.exists(path):
             missing.append(path)
         objs = []
         for ann in api.img_ann_map[image_id]:
@@ -202,7 +202,10 @@ def load_lvis_format_json(json_file: str, image_root: str, dataset_name: Optiona
     return records
 
 
-def _category_metadata(api, json_file: str) -> dict:
+def _category_metadata(api, json_file: str, train_image_count: Optional[Dict[str, int]] = None) -> dict:
+    """Class metadata of the json. ``train_image_count`` (name -> images of the training split) sets
+    the r/c/f frequencies when the json has none: a test split's own counts would make every class
+    of a small test set "rare"."""
     cats = [api.cats[c] for c in sorted(api.cats)]
     if all(isinstance(c.get("image_count"), int) for c in cats):
         image_count = [c["image_count"] for c in cats]
@@ -216,6 +219,10 @@ def _category_metadata(api, json_file: str) -> dict:
         logger.warning(f"{json_file}: categories lack 'image_count'; counted from the annotations")
     if all(c.get("frequency") in _FREQUENCIES for c in cats):
         frequency = [c["frequency"] for c in cats]
+    elif train_image_count is not None:
+        frequency = [c.get("frequency") or _frequency(train_image_count.get(c["name"], 0)) for c in cats]
+        logger.info(f"{json_file}: category frequencies set from the training split's image counts "
+                    "(LVIS rule: r < 10 images, c 10-99, f >= 100; a class it lacks is r)")
     else:
         frequency = [c.get("frequency") or _frequency(n) for c, n in zip(cats, image_count)]
         logger.warning(f"{json_file}: categories lack 'frequency'; set from the image counts "
@@ -226,6 +233,34 @@ def _category_metadata(api, json_file: str) -> dict:
         "class_frequency": frequency,
         "class_image_count": image_count,
     }
+
+
+def _novel_ids(novel_classes: Sequence[str], classes: List[str], image_count: List[int],
+               json_file: str, option: str) -> List[int]:
+    """Contiguous ids of the novel classes: names, or ["auto"] = classes without training images."""
+    novel_classes = [str(n) for n in novel_classes]
+    if not novel_classes:
+        return []
+    if novel_classes == ["auto"]:
+        return [i for i, n in enumerate(image_count) if n == 0]
+    if "auto" in novel_classes:
+        raise ValueError(f"{option}: \"auto\" cannot be combined with class names ({novel_classes})")
+    unknown = [n for n in novel_classes if n not in classes]
+    if unknown:
+        raise ValueError(f"{option}: {unknown} are not categories of '{json_file}' "
+                         f"(it has {len(classes)}: {classes[:10]}{' ...' if len(classes) > 10 else ''})")
+    return sorted(classes.index(n) for n in set(novel_classes))
+
+
+def _without_novel(records: List[dict], novel_ids: Sequence[int], name: str) -> List[dict]:
+    """The training dicts of a user's open-vocabulary split: novel classes' boxes dropped."""
+    novel, dropped = set(novel_ids), 0
+    for r in records:
+        kept = [a for a in r["annotations"] if a["category_id"] not in novel]
+        dropped += len(r["annotations"]) - len(kept)
+        r["annotations"] = kept
+    logger.info(f"Dataset '{name}': dropped {dropped} boxes of its {len(novel)} novel classes")
+    return records
 
 
 def _evaluation_json(name: str, json_file: str, api, issues, frequency: List[str]) -> str:
@@ -279,43 +314,85 @@ def _evaluation_json(name: str, json_file: str, api, issues, frequency: List[str
     return out
 
 
-def register_lvis_format(name: str, json_file: str, image_root: str, metadata: dict = None):
+def register_lvis_format(
+    name: str,
+    json_file: str,
+    image_root: str,
+    metadata: dict = None,
+    *,
+    novel_classes: Sequence[str] = (),
+    train_image_count: Optional[Dict[str, int]] = None,
+    check_images: bool = True,
+):
     """Register a user's LVIS-format data set as ``name`` (DatasetCatalog + MetadataCatalog).
 
     The json is read and checked now (categories give ``thing_classes``; missing json, unknown
     category ids and missing image files raise, naming them); the dataset dicts are built when the
-    data set is first loaded. ``metadata`` adds or overrides keys (e.g. ``novel_class_ids``).
+    data set is first loaded. ``metadata`` adds or overrides keys.
     Registering the same name again with the same json and image root does nothing.
+
+    Args:
+        novel_classes: the open-vocabulary split of a training set: novel category names, or
+            ``["auto"]`` (categories without annotations). Their boxes are dropped from the loaded
+            dicts, their ids go to the metadata's ``novel_class_ids`` (left out of the classification
+            loss; AP novel / AP base at evaluation).
+        train_image_count: for a test set, name -> training images per class; sets the r/c/f
+            frequencies when the json has none (see ``_category_metadata``).
+        check_images: False registers the metadata without checking that the images exist (a
+            training set needed only for its classes and split, e.g. at evaluation).
     """
-    key = (os.path.abspath(json_file), os.path.abspath(image_root))
+    key = (os.path.abspath(json_file), os.path.abspath(image_root), tuple(str(n) for n in novel_classes))
     if name in DatasetCatalog.list():
         if _REGISTERED.get(name) == key:
             return
         raise ValueError(
             f"Dataset '{name}' is already registered"
             + (f" from '{_REGISTERED[name][0]}'" if name in _REGISTERED else "")
-            + f"; cannot register it again from '{json_file}'. Choose another name."
+            + f"; cannot register it again from '{json_file}'"
+            + (f" with novel classes {list(novel_classes)}" if novel_classes else "") + ". Choose another name."
         )
     api = _load_api(json_file)
-    _, issues = _build(api, json_file, image_root)
-    meta = _category_metadata(api, json_file)
+    issues = _build(api, json_file, image_root, check_images=check_images)[1]
+    meta = _category_metadata(api, json_file, train_image_count)
     eval_json = _evaluation_json(name, json_file, api, issues, meta["class_frequency"])
-    meta.update(novel_class_ids=[], json_file=eval_json, image_root=image_root,
-                evaluator_type="lvis")
+    novel = _novel_ids(novel_classes, meta["thing_classes"], meta["class_image_count"], json_file,
+                       f"novel classes of '{name}'")
+    if novel:
+        meta["class_image_count"] = [0 if i in novel else n for i, n in enumerate(meta["class_image_count"])]
+    meta.update(novel_class_ids=novel, json_file=eval_json, source_json_file=os.path.abspath(json_file),
+                image_root=image_root, evaluator_type="lvis")
     meta.update(metadata or {})
-    DatasetCatalog.register(name, lambda: load_lvis_format_json(json_file, image_root, name))
+
+    def load():
+        records = load_lvis_format_json(json_file, image_root, name)
+        return _without_novel(records, novel, name) if novel else records
+
+    DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(**meta)
     _REGISTERED[name] = key
     logger.info(f"Registered dataset '{name}': {len(api.imgs)} images, "
-                f"{len(meta['thing_classes'])} categories from {json_file}")
+                f"{len(meta['thing_classes'])} categories ({len(novel)} novel) from {json_file}")
 
 
-def register_from_cfg(cfg):
+def register_from_cfg(cfg, splits: Sequence[str] = ("train", "test"), check_train_images: bool = True):
     """The no-code path: when ``DATASETS.GRIDCLIP.NAME`` is set, register ``<NAME>_train`` from
-    TRAIN_JSON/TRAIN_IMAGES and ``<NAME>_test`` from TEST_JSON/TEST_IMAGES (each when its json is
-    given) and point ``DATASETS.TRAIN`` / ``DATASETS.TEST`` at them. Returns ``cfg``."""
+    TRAIN_JSON/TRAIN_IMAGES (with the split of NOVEL_CLASSES) and ``<NAME>_test`` from
+    TEST_JSON/TEST_IMAGES (its r/c/f from the training split's counts when its json has none), and
+    point ``DATASETS.TRAIN`` / ``DATASETS.TEST`` at them. Without TEST_JSON, ``DATASETS.TEST`` is
+    emptied: the config file's test set has other classes. NOVEL_CLASSES ["auto"] is replaced by the
+    names it selects, so a saved config names them. Returns ``cfg``.
+
+    Args:
+        splits: the splits to register ("train", "test"); the others are left unregistered (the demo
+            needs none, an evaluation only the test set).
+        check_train_images: False registers the training set without checking its images (its
+            classes and split are all an evaluation needs).
+    """
     opts = cfg.DATASETS.GRIDCLIP
     if not opts.NAME:
+        if len(opts.NOVEL_CLASSES):
+            raise ValueError("DATASETS.GRIDCLIP.NOVEL_CLASSES is set but DATASETS.GRIDCLIP.NAME is not: "
+                             "it splits the data set given by DATASETS.GRIDCLIP.*")
         return cfg
     if not opts.TRAIN_JSON and not opts.TEST_JSON:
         raise ValueError(
@@ -324,20 +401,44 @@ def register_from_cfg(cfg):
         )
     frozen = cfg.is_frozen()
     cfg.defrost()
+    train_counts = None
     for split, key, json_file, images in (
         ("train", "TRAIN", opts.TRAIN_JSON, opts.TRAIN_IMAGES),
         ("test", "TEST", opts.TEST_JSON, opts.TEST_IMAGES),
     ):
+        name = f"{opts.NAME}_{split}"
         if not json_file:
+            if split == "test":
+                logger.warning(
+                    f"DATASETS.GRIDCLIP.NAME is '{opts.NAME}' without DATASETS.GRIDCLIP.TEST_JSON: nothing "
+                    f"is evaluated (DATASETS.TEST {tuple(cfg.DATASETS.TEST)} emptied); set TEST_JSON and "
+                    "TEST_IMAGES to evaluate on your test set"
+                )
+                cfg.DATASETS.TEST = ()
+            else:
+                cfg.DATASETS.TRAIN = ()
             continue
         if not images:
             raise ValueError(f"DATASETS.GRIDCLIP.{key}_JSON is set but "
                              f"DATASETS.GRIDCLIP.{key}_IMAGES (the image folder) is empty")
-        if not os.path.isfile(PathManager.get_local_path(json_file)):
-            raise FileNotFoundError(f"DATASETS.GRIDCLIP.{key}_JSON: '{json_file}' does not exist")
-        name = f"{opts.NAME}_{split}"
-        register_lvis_format(name, json_file, images)
         setattr(cfg.DATASETS, key, (name,))
+        if split not in splits:
+            continue
+        if not os.path.isfile(PathManager.get_local_path(json_file)):
+            if split == "train" and not check_train_images:
+                logger.info(f"DATASETS.GRIDCLIP.TRAIN_JSON '{json_file}' is absent: '{name}' not registered")
+                continue
+            raise FileNotFoundError(f"DATASETS.GRIDCLIP.{key}_JSON: '{json_file}' does not exist")
+        if split == "train":
+            register_lvis_format(name, json_file, images, novel_classes=list(opts.NOVEL_CLASSES),
+                                 check_images=check_train_images)
+            meta = MetadataCatalog.get(name)
+            train_counts = dict(zip(meta.thing_classes, meta.class_image_count))
+            if list(opts.NOVEL_CLASSES) == ["auto"]:
+                opts.NOVEL_CLASSES = [meta.thing_classes[i] for i in meta.novel_class_ids]
+                logger.info(f"DATASETS.GRIDCLIP.NOVEL_CLASSES auto: {list(opts.NOVEL_CLASSES)}")
+        else:
+            register_lvis_format(name, json_file, images, train_image_count=train_counts)
     if frozen:
         cfg.freeze()
     return cfg

@@ -4,10 +4,11 @@ summary, the training-curves plot, and the CPU fall-backs (gloo DDP, no AMP on C
 Everything else (optimizer, LR schedule, periodic checkpoints, ETA / loss lines, metrics.json,
 TensorBoard, resume) is Detectron2's ``DefaultTrainer``; checkpoints also hold the optimizer state.
 """
+import contextlib
 import logging
 import os
 from collections import OrderedDict
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.data import (
@@ -19,49 +20,68 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
 
 from ..data.mapper import GridCLIPDatasetMapper
+from ..modeling.clip_text import clean_name
+from ..modeling.model_vocabulary import names_mismatch, read_sidecar, vocabulary_from_cfg
 from .ddp import patch_create_ddp_model
+from .hardware import adapt_cfg_to_hardware
 from .lvis_evaluator import LVIS_MAX_DETS, OpenVocabLVISEvaluator
 from .ov_summary import format_open_vocabulary_summary, open_vocabulary_summary
 from .plot_curves import PlotTrainingCurves
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "adapt_cfg_to_hardware", "train_split_info"]
+__all__ = [
+    "Trainer",
+    "adapt_cfg_to_hardware",
+    "training_split",
+    "test_novel_class_ids",
+    "check_training_vocabulary",
+]
 
 
-def adapt_cfg_to_hardware(cfg):
-    """Return ``cfg`` (a clone when changed) that can run on this machine, logging each change.
+def training_split(cfg) -> Tuple[str, List[str], List[str]]:
+    """(training set name, the model's training vocabulary, its novel class names).
 
-    Without CUDA: MODEL.DEVICE "cuda*" becomes "cpu"; SOLVER.AMP.ENABLED becomes False on CPU
-    (Detectron2's AMPTrainer asserts CUDA, and bf16 autocast on CPU was slower than fp32).
+    The vocabulary is the config's (:func:`vocabulary_from_cfg`). Novel names come from
+    DATASETS.GRIDCLIP.NOVEL_CLASSES when it names classes, else from the training set's metadata
+    (``novel_class_ids``) when it is registered with the vocabulary's classes; else there are none.
     """
-    changes = {}
-    device = cfg.MODEL.DEVICE
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning(f"MODEL.DEVICE is '{device}' but CUDA is not available: running on cpu")
-        changes["MODEL.DEVICE"] = device = "cpu"
-    if cfg.SOLVER.AMP.ENABLED and not device.startswith("cuda"):
-        logger.warning("SOLVER.AMP.ENABLED is True but the model runs on CPU: AMP turned off")
-        changes["SOLVER.AMP.ENABLED"] = False
-    if not changes:
-        return cfg
-    cfg = cfg.clone()
-    frozen = cfg.is_frozen()
-    cfg.defrost()
-    cfg.merge_from_list([x for kv in changes.items() for x in kv])
-    if frozen:
-        cfg.freeze()
-    return cfg
+    names, _ = vocabulary_from_cfg(cfg)
+    train_name = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else ""
+    listed = [str(n) for n in cfg.DATASETS.GRIDCLIP.NOVEL_CLASSES]
+    if listed and listed != ["auto"]:
+        return train_name, names, [n for n in names if n in set(listed)]
+    if train_name and train_name in MetadataCatalog.list():
+        meta = MetadataCatalog.get(train_name)
+        if list(meta.get("thing_classes", None) or []) == names:
+            return train_name, names, [names[i] for i in meta.get("novel_class_ids", [])]
+    return train_name, names, []
 
 
-def train_split_info(cfg):
-    """(name of the first training set, its ``novel_class_ids``) — ("", []) when there is none."""
+def test_novel_class_ids(cfg, test_classes: Sequence[str]) -> List[int]:
+    """Contiguous ids of a test set's classes that had no training boxes: the training split's novel
+    classes and classes outside the training vocabulary (compared by cleaned name, so
+    "traffic_cone" and "traffic cone" are one class)."""
+    _, names, novel = training_split(cfg)
+    trained = {clean_name(n) for n in names} - {clean_name(n) for n in novel}
+    return [i for i, n in enumerate(test_classes) if clean_name(n) not in trained]
+
+
+def check_training_vocabulary(cfg) -> None:
+    """Raise when DATASETS.TRAIN[0]'s classes are not the model's vocabulary, naming the difference."""
     if not len(cfg.DATASETS.TRAIN):
-        return "", []
+        return
     name = cfg.DATASETS.TRAIN[0]
-    return name, list(MetadataCatalog.get(name).get("novel_class_ids", []))
+    classes = MetadataCatalog.get(name).get("thing_classes", None)
+    if not classes:
+        raise ValueError(f"Training set {name!r} (DATASETS.TRAIN[0]) has no 'thing_classes': is it registered?")
+    names, source = vocabulary_from_cfg(cfg)
+    problem = names_mismatch(classes, names, f"the classes of training set {name!r}", f"the model's vocabulary ({source})")
+    if problem:
+        raise ValueError(f"Cannot train: {problem}. Training labels index the vocabulary, so they must be equal")
 
 
 def _share_buffers_of_rank0(model: torch.nn.Module) -> None:
@@ -83,6 +103,7 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
+        check_training_vocabulary(cfg)
         patch_create_ddp_model()  # before DefaultTrainer.__init__ wraps the model
         super().__init__(adapt_cfg_to_hardware(cfg))
 
@@ -148,7 +169,7 @@ class Trainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type == "lvis":
-            _, novel = train_split_info(cfg)
+            novel = test_novel_class_ids(cfg, MetadataCatalog.get(dataset_name).thing_classes)
             return OpenVocabLVISEvaluator(
                 dataset_name,
                 tasks=("bbox",),
@@ -168,23 +189,60 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """Detectron2's test loop, then the open-vocabulary summary of each test set: logged, and
-        stored under ``results[...]["open_vocabulary"]``."""
+        """Detectron2's test loop over DATASETS.TEST, each set evaluated with its own classes: when
+        they differ from the model's vocabulary, the model takes them for that set (rows of the
+        TEXT_EMBEDDINGS .npy when its sidecar lists exactly them, else embedded with the same CLIP
+        weights and prompts) and gets its own back afterwards. Then the open-vocabulary summary of
+        each set: logged, and stored under ``results[...]["open_vocabulary"]``."""
+        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
+            raise ValueError(f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} test sets")
         _share_buffers_of_rank0(model)
-        results = super().test(cfg, model, evaluators)
-        single = len(cfg.DATASETS.TEST) == 1
-        per_dataset = OrderedDict({cfg.DATASETS.TEST[0]: results}) if single else results
-        train_name, novel = train_split_info(cfg)
-        for test_name, res in per_dataset.items():
+        inner = model.module if isinstance(model, DistributedDataParallel) else model
+        results = OrderedDict()
+        for idx, test_name in enumerate(cfg.DATASETS.TEST):
+            one = cfg.clone()
+            one.defrost()
+            one.DATASETS.TEST = (test_name,)
+            classes = list(MetadataCatalog.get(test_name).thing_classes)
+            with _vocabulary_of(cfg, inner, classes, test_name):
+                res = super().test(one, model, [evaluators[idx]] if evaluators is not None else None)
+            results[test_name] = res
             if not comm.is_main_process() or not res or "bbox" not in res:
                 continue
             meta = MetadataCatalog.get(test_name)
             summary = open_vocabulary_summary(
                 res["bbox"],
-                num_classes=len(meta.thing_classes),
-                novel_class_ids=novel,
+                num_classes=len(classes),
+                novel_class_ids=test_novel_class_ids(cfg, classes),
                 class_frequency=meta.get("class_frequency", None),
             )
             res["open_vocabulary"] = summary
-            logger.info(format_open_vocabulary_summary(summary, test_name, train_name))
+            logger.info(format_open_vocabulary_summary(summary, test_name, training_split(cfg)[0]))
+        if len(results) == 1:
+            return next(iter(results.values()))
         return results
+
+
+@contextlib.contextmanager
+def _vocabulary_of(cfg, model, classes: List[str], test_name: str):
+    """Give ``model`` the test set's ``classes`` for the duration of the block (nothing to do when
+    they are its vocabulary already)."""
+    own = list(model.vocabulary or [])
+    if classes == own:
+        yield
+        return
+    embeddings = model.head.classifier.embeddings.clone()
+    path = cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS
+    sidecar = read_sidecar(path) if path and os.path.isfile(path) else None
+    shared = len({clean_name(c) for c in classes} & {clean_name(c) for c in own})
+    if sidecar is not None and list(sidecar["names"]) == classes:
+        logger.info("Evaluating %s with its %d classes: rows of %s", test_name, len(classes), path)
+        model.set_vocabulary(names=classes, embeddings=path)
+    else:
+        logger.info("Evaluating %s with its own %d classes (%d of them in the model's %d-class vocabulary), "
+                    "embedded with the model's CLIP weights and prompts", test_name, len(classes), shared, len(own))
+        model.set_vocabulary(names=classes)
+    try:
+        yield
+    finally:
+        model.set_vocabulary(names=own or None, embeddings=embeddings)

@@ -32,6 +32,7 @@ __all__ = [
     "check_prompt",
     "encode_names",
     "build_text_encoder",
+    "prompts_from_cfg",
     "text_embeddings_from_cfg",
 ]
 
@@ -255,16 +256,20 @@ def build_text_encoder(weights: str, arch: Optional[str], download_root: str = "
     return CLIPTextEncoder.from_state_dict(load_clip_state_dict(weights, arch, download_root, seed))
 
 
+def prompts_from_cfg(cfg) -> List[str]:
+    """The prompt templates of MODEL.GRIDCLIP.PROMPT_ENSEMBLE / PROMPT (checked)."""
+    if cfg.MODEL.GRIDCLIP.PROMPT_ENSEMBLE:
+        return list(PROMPT_ENSEMBLE)
+    try:
+        return [check_prompt(cfg.MODEL.GRIDCLIP.PROMPT)]
+    except ValueError as e:
+        raise ValueError(f"MODEL.GRIDCLIP.PROMPT: {e}") from None
+
+
 def text_embeddings_from_cfg(cfg, names: Sequence[str]) -> torch.Tensor:
     """C x D embeddings of ``names`` with MODEL.CLIP.* weights and MODEL.GRIDCLIP.PROMPT(_ENSEMBLE)."""
     encoder = CLIPTextEncoder.from_state_dict(clip_state_dict_from_cfg(cfg))
-    if cfg.MODEL.GRIDCLIP.PROMPT_ENSEMBLE:
-        templates: List[str] = PROMPT_ENSEMBLE
-    else:
-        try:
-            templates = [check_prompt(cfg.MODEL.GRIDCLIP.PROMPT)]
-        except ValueError as e:
-            raise ValueError(f"MODEL.GRIDCLIP.PROMPT: {e}") from None
+    templates = prompts_from_cfg(cfg)
     logger.info(
         "Computing %d text embeddings with CLIP %s (%s, %d prompt(s) per class)",
         len(names), arch_name(get_arch(cfg.MODEL.CLIP.ARCH)), cfg.MODEL.CLIP.WEIGHTS or "random init",

@@ -17,6 +17,7 @@ Keys are OpenAI's (``visual.*``, ``token_embedding.weight``, ``transformer.*``, 
 ``positional_embedding``, ``text_projection``, ``logit_scale``); floating tensors are float32.
 Results are cached per process: callers must treat the returned tensors as read-only.
 """
+import hashlib
 import logging
 import os
 from typing import Dict, Iterable, Mapping, Optional
@@ -29,7 +30,12 @@ from clip.model import CLIP
 
 from .clip_arch import arch_name, get_arch, infer_arch
 
-__all__ = ["load_clip_state_dict", "clip_state_dict_from_cfg", "openai_checkpoint_path"]
+__all__ = [
+    "load_clip_state_dict",
+    "clip_state_dict_from_cfg",
+    "openai_checkpoint_path",
+    "text_fingerprint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -193,3 +199,19 @@ def load_exact(module: nn.Module, given: Mapping[str, torch.Tensor], what: str, 
                 f"CLIP weight {prefix + k} has shape {tuple(given[k].shape)}, the {what} expects {tuple(v.shape)}"
             )
     module.load_state_dict({k: given[k] for k in own}, strict=True)
+
+
+def text_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """16 hex digits identifying the text tower of an OpenAI-layout CLIP state dict: a SHA-1 over the
+    names, shapes and float32 bytes of every text entry (everything but ``visual.*`` and
+    ``logit_scale``). Text embeddings made with equal fingerprints are equal; the sidecar of a
+    text-embedding ``.npy`` records it (RN50's text tower: ~0.2 s)."""
+    digest = hashlib.sha1()
+    for k in sorted(state_dict):
+        if k.startswith("visual.") or k == "logit_scale":
+            continue
+        v = state_dict[k].detach().to("cpu")
+        v = v.float() if v.is_floating_point() else v
+        digest.update(f"{k}:{tuple(v.shape)}:{v.dtype};".encode())
+        digest.update(v.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -7,8 +7,8 @@ are divided by FCOS's moving average of the number of positive locations.
 
 Conventions: N images, R = sum over levels of Hi x Wi locations (one anchor point per location),
 C classes of the current vocabulary, D = CLIP embedding dim. Class ids are contiguous and index the
-vocabulary the model currently holds (the training set's ``thing_classes`` until
-:meth:`GridCLIP.set_vocabulary` replaces it).
+vocabulary the model currently holds, ``GridCLIP.vocabulary``: the names it was built with
+(:mod:`.model_vocabulary`: from its config alone) until :meth:`GridCLIP.set_vocabulary` replaces them.
 """
 import functools
 import logging
@@ -34,6 +34,7 @@ from .alignment import ImageAlignment
 from .clip_text import text_embeddings_from_cfg
 from .fed_loss import fed_loss_class_weights, sample_fed_loss_classes
 from .grid_head import GridCLIPHead
+from .model_vocabulary import vocabulary_from_cfg
 from .text_classifier import TextClassifier, load_text_embeddings
 
 __all__ = ["GridCLIP"]
@@ -41,21 +42,19 @@ __all__ = ["GridCLIP"]
 logger = logging.getLogger(__name__)
 
 
-def _training_metadata(cfg):
-    """Name and metadata of the data set whose ``thing_classes`` define the training vocabulary."""
-    names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
-    if not names:
-        raise ValueError(
-            "GridCLIP needs a data set to take its classes from: DATASETS.TRAIN and DATASETS.TEST are empty"
-        )
-    metadata = MetadataCatalog.get(names[0])
-    classes = metadata.get("thing_classes", None)
-    if not classes:
-        raise ValueError(
-            f"Data set {names[0]!r} (first of DATASETS.TRAIN, else DATASETS.TEST) has no 'thing_classes' "
-            "in its metadata: is it registered (import gridclip_d2) and spelled correctly?"
-        )
-    return names[0], metadata
+def _training_metadata(cfg, names: Sequence[str]):
+    """(name, metadata) of DATASETS.TRAIN[0] when it is registered with exactly the classes
+    ``names``, else (name or "", None): evaluation, the demo, or a vocabulary other than the training
+    set's need nothing from it. Training checks the match itself (``Trainer``), naming differences."""
+    if not len(cfg.DATASETS.TRAIN):
+        return "", None
+    name = cfg.DATASETS.TRAIN[0]
+    if name not in MetadataCatalog.list():
+        return name, None
+    metadata = MetadataCatalog.get(name)
+    if list(metadata.get("thing_classes", None) or []) != list(names):
+        return name, None
+    return name, metadata
 
 
 @META_ARCH_REGISTRY.register()
@@ -85,6 +84,7 @@ class GridCLIP(FCOS):
         class_image_count: Optional[Sequence[int]] = None,
         fed_loss_freq_weight: float = 0.5,
         input_format: str = "RGB",
+        vocabulary: Optional[Sequence[str]] = None,
         **fcos_kwargs,
     ):
         """
@@ -102,6 +102,7 @@ class GridCLIP(FCOS):
             class_image_count: C training-image counts (federated-loss sampling weights).
             fed_loss_freq_weight: exponent of the counts.
             input_format: "RGB"; only used to show training images.
+            vocabulary: the C class names (``self.vocabulary``: what predicted class ids index).
             fcos_kwargs: the remaining arguments of Detectron2's :class:`FCOS` (center_sampling_radius,
                 focal_loss_alpha/gamma, test_score_thresh, test_topk_candidates, test_nms_thresh,
                 max_detections_per_image, box2box_transform).
@@ -131,7 +132,9 @@ class GridCLIP(FCOS):
         self.image_alignment = image_alignment
         self.encode_vocabulary = encode_vocabulary
         self.input_format = input_format
-        self.vocabulary: Optional[List[str]] = None
+        if vocabulary is not None and len(vocabulary) != num_classes:
+            raise ValueError(f"num_classes={num_classes} but the vocabulary has {len(vocabulary)} names")
+        self.vocabulary: Optional[List[str]] = None if vocabulary is None else [str(n) for n in vocabulary]
 
         # Classification-loss columns: True = class takes part in loss_cls.
         self.loss_num_classes = num_classes
@@ -143,15 +146,15 @@ class GridCLIP(FCOS):
         self.register_buffer("loss_class_mask", allowed, persistent=False)
         self.use_fed_loss = bool(use_fed_loss)
         self.fed_loss_num_classes = int(fed_loss_num_classes)
-        if self.use_fed_loss:
-            if class_image_count is None or len(class_image_count) != num_classes:
+        weights = None
+        if self.use_fed_loss and class_image_count is not None:
+            if len(class_image_count) != num_classes:
                 raise ValueError(
                     "MODEL.GRIDCLIP.USE_FED_LOSS needs the training set's metadata 'class_image_count' "
-                    f"with {num_classes} entries, got "
-                    f"{None if class_image_count is None else len(class_image_count)}"
+                    f"with {num_classes} entries, got {len(class_image_count)}"
                 )
             weights = fed_loss_class_weights(class_image_count, fed_loss_freq_weight, allowed)
-            self.register_buffer("fed_loss_weights", weights, persistent=False)
+        self.register_buffer("fed_loss_weights", weights, persistent=False)  # None: no counts
 
     @classmethod
     def from_config(cls, cfg):
@@ -160,15 +163,9 @@ class GridCLIP(FCOS):
                 f"GridCLIP's CLIP backbone takes RGB images: INPUT.FORMAT must be 'RGB', got {cfg.INPUT.FORMAT!r}"
             )
         g = cfg.MODEL.GRIDCLIP
-        dataset_name, metadata = _training_metadata(cfg)
-        num_classes = len(metadata.thing_classes)
-        class_image_count = metadata.get("class_image_count", None)
-        if g.USE_FED_LOSS and class_image_count is None:
-            raise ValueError(
-                f"MODEL.GRIDCLIP.USE_FED_LOSS needs the metadata 'class_image_count' of {dataset_name!r}, "
-                "which it does not have (for LVIS: run datasets/prepare_lvis_base.py, which writes the "
-                "per-category counts)"
-            )
+        names, names_source = vocabulary_from_cfg(cfg)
+        _, metadata = _training_metadata(cfg, names)
+        class_image_count = metadata.get("class_image_count", None) if metadata is not None else None
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         in_features = list(cfg.MODEL.GRIDCLIP.IN_FEATURES)
@@ -178,19 +175,20 @@ class GridCLIP(FCOS):
                 f"MODEL.GRIDCLIP.IN_FEATURES {in_features}: {missing} not produced by backbone "
                 f"{cfg.MODEL.BACKBONE.NAME} (it gives {sorted(shapes)})"
             )
-        classifier = TextClassifier(cfg, num_classes=num_classes)
+        classifier = TextClassifier(cfg, names=names, names_source=names_source)
         head = GridCLIPHead(cfg, [shapes[f] for f in in_features], classifier=classifier)
-        novel = list(metadata.get("novel_class_ids", [])) if g.IGNORE_NOVEL_CLASSES else []
+        novel = list(metadata.get("novel_class_ids", [])) if metadata is not None and g.IGNORE_NOVEL_CLASSES else []
         logger.info(
-            "GridCLIP: %d classes of %r, %d novel left out of loss_cls, federated loss %s, image-level "
-            "alignment %s", num_classes, dataset_name, len(novel), "on" if g.USE_FED_LOSS else "off",
+            "GridCLIP: %d classes from %s, %d novel left out of loss_cls, federated loss %s, image-level "
+            "alignment %s", len(names), names_source, len(novel), "on" if g.USE_FED_LOSS else "off",
             "on" if g.IMAGE_ALIGN.ENABLED else "off",
         )
         return {
             "backbone": backbone,
             "head": head,
             "head_in_features": in_features,
-            "num_classes": num_classes,
+            "num_classes": len(names),
+            "vocabulary": names,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "image_alignment": ImageAlignment(cfg) if g.IMAGE_ALIGN.ENABLED else None,
@@ -291,6 +289,13 @@ class GridCLIP(FCOS):
     def _loss_columns(self, pos_labels: Tensor) -> Optional[Tensor]:
         """Class ids taking part in ``loss_cls`` for this batch (None = all classes)."""
         if self.use_fed_loss:
+            if self.fed_loss_weights is None:
+                raise ValueError(
+                    "MODEL.GRIDCLIP.USE_FED_LOSS needs the training set's metadata 'class_image_count' "
+                    "(training images per class), which the model was built without: the training set "
+                    "has none (for LVIS: run datasets/prepare_lvis_base.py, which writes the counts), or "
+                    "its classes are not the model's vocabulary"
+                )
             columns = sample_fed_loss_classes(pos_labels, self.fed_loss_num_classes, self.fed_loss_weights)
             return columns[self.loss_class_mask[columns]]
         if bool(self.loss_class_mask.all()):
@@ -395,17 +400,19 @@ class GridCLIP(FCOS):
 
         Args:
             names: category names, embedded with the CLIP text encoder of the weights (and prompt
-                settings) the model was built with; or
+                settings) the model was built with, unless ``embeddings`` are given too; then they
+                only name the rows (``self.vocabulary``).
             embeddings: a C x D array/tensor or the path of a ``.npy`` holding one.
         """
-        if (names is None) == (embeddings is None):
-            raise ValueError("set_vocabulary needs exactly one of `names` or `embeddings`")
+        if names is None and embeddings is None:
+            raise ValueError("set_vocabulary needs `names`, `embeddings`, or both")
         if names is not None:
             if isinstance(names, str):
                 raise TypeError("set_vocabulary(names=...) takes a list of names, not one string")
             names = [str(n) for n in names]
             if not names:
                 raise ValueError("set_vocabulary: the vocabulary is empty (no names given)")
+        if embeddings is None:
             if self.encode_vocabulary is None:
                 raise ValueError("this model was built without a text encoder; pass `embeddings` instead")
             emb = self.encode_vocabulary(names)
@@ -422,7 +429,7 @@ class GridCLIP(FCOS):
                 f"{self.head.embed_dim}"
             )
         if names is not None and len(names) != emb.shape[0]:
-            raise ValueError(f"text encoder returned {emb.shape[0]} embeddings for {len(names)} names")
+            raise ValueError(f"set_vocabulary: {emb.shape[0]} embeddings for {len(names)} names")
         self.head.classifier.set_embeddings(F.normalize(emb, dim=1).to(self.device))
         self.num_classes = int(emb.shape[0])
         self.vocabulary = names

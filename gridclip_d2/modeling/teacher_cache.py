@@ -4,7 +4,8 @@ One file (written by ``tools/dump_image_embeddings.py``) holds, for every image 
 teacher embeddings of its K alignment regions (see :mod:`gridclip_d2.data.alignment_crops`)::
 
     torch.save({
-        "meta": {"arch": str, "weights": str, "init_seed": int, "grids": [int], "size": int},
+        "meta": {"arch": str, "weights": str, "init_seed": int, "grids": [int], "size": int,
+                 "datasets": [{"name": str, "json_sha1": str}]},  # the data sets it embeds
         "image_ids": [id, ...],                  # N ids, as in the dataset dicts' "image_id"
         "embeddings": Tensor,                    # N x K x D float32, L2-normalised rows
     })
@@ -12,19 +13,56 @@ teacher embeddings of its K alignment regions (see :mod:`gridclip_d2.data.alignm
 The embeddings are one stacked tensor so that :meth:`TeacherCache.load` can memory-map the file
 (``torch.load(mmap=True)``): data-loader workers and processes on one machine share the pages
 instead of each holding a copy. ``meta`` records what produced the embeddings; loading against a
-config whose teacher differs fails with the field and the file named. Writes go to a temporary
+config whose teacher or training set (name, SHA-1 of its json) differs fails with the field and the
+file named. Writes go to a temporary
 file in the same folder, renamed over the target only once complete.
 """
+import hashlib
+import logging
 import os
 import tempfile
-from typing import Any, Dict, Hashable, List, Optional
+from typing import Any, Dict, Hashable, List, Optional, Sequence
 
 import torch
 
-__all__ = ["TeacherCache", "cache_meta_from_cfg", "teacher_input_size_from_cfg", "cache_in_use"]
+__all__ = [
+    "TeacherCache",
+    "cache_meta_from_cfg",
+    "dataset_identity",
+    "teacher_input_size_from_cfg",
+    "cache_in_use",
+]
 
 _FORMAT_KEYS = ("meta", "image_ids", "embeddings")
 _META_KEYS = ("arch", "weights", "init_seed", "grids", "size")
+_DIGESTS: Dict[tuple, str] = {}
+
+logger = logging.getLogger(__name__)
+
+
+def _file_sha1(path: str) -> str:
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha1()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+def dataset_identity(dataset_names: Sequence[str]) -> List[Dict[str, str]]:
+    """[{"name", "json_sha1"}] of registered data sets: the json they were registered from
+    (``source_json_file``, else ``json_file`` metadata), hashed; "" when there is none."""
+    from detectron2.data import MetadataCatalog
+
+    out = []
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name)
+        path = meta.get("source_json_file", None) or meta.get("json_file", None) or ""
+        out.append({"name": str(name), "json_sha1": _file_sha1(path) if path and os.path.isfile(path) else ""})
+    return out
 
 
 def teacher_input_size_from_cfg(cfg) -> int:
@@ -42,9 +80,14 @@ def teacher_input_size_from_cfg(cfg) -> int:
     return int(CLIP_ARCHS[arch].image_resolution)
 
 
-def cache_meta_from_cfg(cfg) -> Dict[str, Any]:
-    """What a cache must have been made with to serve this config's teacher."""
+def cache_meta_from_cfg(cfg, dataset_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """What a cache must have been made with to serve this config's teacher on ``dataset_names``
+    (default: DATASETS.TRAIN)."""
+    names = list(cfg.DATASETS.TRAIN) if dataset_names is None else list(dataset_names)
+    names = list(dict.fromkeys(names))  # a set named twice is embedded once
+    meta = {"datasets": dataset_identity(names)} if names else {}  # no training set: nothing to check
     return {
+        **meta,
         "arch": str(cfg.MODEL.CLIP.ARCH),
         "weights": str(cfg.MODEL.CLIP.WEIGHTS),
         "init_seed": int(cfg.MODEL.CLIP.INIT_SEED),
@@ -114,6 +157,10 @@ class TeacherCache:
         """Raise naming the first field where this cache differs from ``expected``."""
         where = f" {self.path}" if self.path else ""
         for key, value in expected.items():
+            if key == "datasets" and key not in self.meta:
+                logger.warning("teacher cache%s does not record its data sets: it cannot be checked "
+                               "against %s", where, [d["name"] for d in value])
+                continue
             if key not in self.meta:
                 raise ValueError(f"teacher cache{where} has no meta field {key!r}")
             have = self.meta[key]

@@ -7,8 +7,9 @@ non-persistent (checkpoints carry no vocabulary, so a model can be loaded with a
 temperature and bias belong to the head, and a row count that does not match the classes is an error
 naming the file and both numbers. ``set_embeddings`` swaps the vocabulary at inference.
 """
+import logging
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -16,12 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
-
 from .clip_arch import get_arch
-from .clip_text import text_embeddings_from_cfg
+from .clip_text import prompts_from_cfg, text_embeddings_from_cfg
+from .clip_weights import clip_state_dict_from_cfg, text_fingerprint
+from .model_vocabulary import check_sidecar, read_sidecar, sidecar_path
 
 __all__ = ["TextClassifier", "load_text_embeddings"]
+
+logger = logging.getLogger(__name__)
 
 
 def load_text_embeddings(path: str, expected_rows: Optional[int] = None) -> torch.Tensor:
@@ -30,7 +33,7 @@ def load_text_embeddings(path: str, expected_rows: Optional[int] = None) -> torc
         raise FileNotFoundError(
             f"Text embeddings {path} (MODEL.GRIDCLIP.TEXT_EMBEDDINGS) not found; write them with "
             "tools/dump_text_embeddings.py, or set MODEL.GRIDCLIP.TEXT_EMBEDDINGS \"\" to compute "
-            "them from the data set's class names"
+            "them from the vocabulary's names"
         )
     try:
         array = np.load(path, allow_pickle=False)
@@ -43,8 +46,8 @@ def load_text_embeddings(path: str, expected_rows: Optional[int] = None) -> torc
         )
     if expected_rows is not None and array.shape[0] != expected_rows:
         raise ValueError(
-            f"Text embeddings {path} have {array.shape[0]} rows but the model has {expected_rows} "
-            "classes: the rows must follow the training set's classes"
+            f"Text embeddings {path} have {array.shape[0]} rows but the model's vocabulary has "
+            f"{expected_rows} classes: the rows must follow the vocabulary"
         )
     if not np.isfinite(array).all() or (np.linalg.norm(array, axis=1) == 0).any():
         raise ValueError(f"Text embeddings {path} contain non-finite values or all-zero rows")
@@ -64,28 +67,29 @@ class TextClassifier(nn.Module):
         self.set_embeddings(embeddings)
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int):
+    def from_config(cls, cfg, names: Sequence[str], names_source: str = "the vocabulary"):
+        """``names``: the model's vocabulary (:func:`vocabulary_from_cfg`). With
+        MODEL.GRIDCLIP.TEXT_EMBEDDINGS the rows are read from the .npy, whose sidecar must describe
+        these names, MODEL.CLIP's weights and the prompts; otherwise the names are embedded now."""
         dim = get_arch(cfg.MODEL.CLIP.ARCH).embed_dim
         path = cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS
         if path:
-            embeddings = load_text_embeddings(path, expected_rows=num_classes)
+            embeddings = load_text_embeddings(path, expected_rows=len(names))
+            meta = read_sidecar(path)
+            if meta is None:
+                logger.warning(
+                    "Text embeddings %s have no sidecar %s: their rows are taken to follow %s unchecked",
+                    path, sidecar_path(path), names_source,
+                )
+            else:
+                check_sidecar(
+                    path, meta, names=names, names_source=names_source, arch=cfg.MODEL.CLIP.ARCH,
+                    fingerprint=text_fingerprint(clip_state_dict_from_cfg(cfg)), prompts=prompts_from_cfg(cfg),
+                )
             source = f"Text embeddings {path}"
         else:
-            if not cfg.DATASETS.TRAIN:
-                raise ValueError(
-                    "MODEL.GRIDCLIP.TEXT_EMBEDDINGS is \"\" and DATASETS.TRAIN is empty: no class "
-                    "names to compute the classifier from"
-                )
-            dataset = cfg.DATASETS.TRAIN[0]
-            names = MetadataCatalog.get(dataset).get("thing_classes", None)
-            if names is None:
-                raise ValueError(f"Data set {dataset!r} has no thing_classes metadata (is it registered?)")
-            if len(names) != num_classes:
-                raise ValueError(
-                    f"Data set {dataset!r} has {len(names)} classes but the model has {num_classes}"
-                )
             embeddings = text_embeddings_from_cfg(cfg, names)
-            source = f"Text embeddings of {dataset!r}"
+            source = f"Text embeddings of {names_source}"
         if embeddings.shape[1] != dim:
             raise ValueError(
                 f"{source} have dimension {embeddings.shape[1]} but CLIP {cfg.MODEL.CLIP.ARCH} "

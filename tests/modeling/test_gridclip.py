@@ -278,8 +278,10 @@ def test_fed_loss_restricts_columns_to_gt_plus_sampled_classes():
         used = set(grads.nonzero().squeeze(1).tolist())
         assert len(used) == 3 and 2 in used, used
         assert used - {2} <= {0, 1, 3, 4, 5}, used  # never 6 (no image) nor 7 (novel)
+    # Built without the counts (evaluation, the demo), the model refuses to train with the loss.
+    model = _small_model(use_fed_loss=True, class_image_count=None)
     with pytest.raises(ValueError, match="class_image_count"):
-        _small_model(use_fed_loss=True, class_image_count=None)
+        _column_grads(model, [_gt([[8, 8, 60, 70]], [2])])
 
 
 def test_fed_loss_sampling():
@@ -390,7 +392,7 @@ def test_set_vocabulary_from_npy_and_bad_vocabularies(tmp_path):
         model.set_vocabulary(embeddings=np.zeros((0, 128), np.float32))
     with pytest.raises(ValueError, match="dim 64"):
         model.set_vocabulary(embeddings=np.ones((3, 64), np.float32))
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="`names`, `embeddings`, or both"):
         model.set_vocabulary()
     with pytest.raises(TypeError, match="list of names"):
         model.set_vocabulary("zebra")
@@ -425,12 +427,19 @@ def test_configuration_errors():
     with pytest.raises(ValueError, match=r"IN_FEATURES.*p9"):
         build_model(cfg)
     cfg = _synthetic_cfg()
+    cfg.MODEL.GRIDCLIP.VOCABULARY = ""  # the vocabulary then comes from the training set
     cfg.DATASETS.TRAIN = ("no_such_dataset_xyz",)
     with pytest.raises(ValueError, match="no_such_dataset_xyz"):
         build_model(cfg)
+    cfg.DATASETS.TRAIN = ()
+    with pytest.raises(ValueError, match="no vocabulary: set MODEL.GRIDCLIP.CLASS_NAMES"):
+        build_model(cfg)
     cfg = _synthetic_cfg()
+    cfg.MODEL.GRIDCLIP.VOCABULARY = ""
     cfg.MODEL.GRIDCLIP.USE_FED_LOSS = True
     MetadataCatalog.get("gridclip_test_no_counts").set(thing_classes=["a", "b"])
     cfg.DATASETS.TRAIN = ("gridclip_test_no_counts",)
+    model = build_model(cfg)
+    assert model.vocabulary == ["a", "b"]
     with pytest.raises(ValueError, match="class_image_count"):
-        build_model(cfg)
+        model._loss_columns(torch.tensor([0]))

@@ -1,0 +1,84 @@
+"""One config setup for every entry point: train_net.py, demo/demo.py and the tools.
+
+``setup_cfg(config_file, opts, mode=...)`` reads the config file, applies the KEY VALUE overrides,
+registers the data sets a user gives with ``DATASETS.GRIDCLIP.*`` (only those the mode needs) and
+adapts the config to this machine (``adapt_cfg_to_hardware``: CPU without CUDA, no AMP on CPU).
+Modes:
+
+- ``"train"``: registers the training and test sets. When the config names no vocabulary
+  (MODEL.GRIDCLIP.CLASS_NAMES / VOCABULARY / a TEXT_EMBEDDINGS sidecar), the training set's classes
+  are written into MODEL.GRIDCLIP.CLASS_NAMES, so the config.yaml saved beside the checkpoints builds
+  the model with no training data.
+- ``"eval"`` (``--eval-only``): registers the test set, and the training set only for its classes
+  and split (its images are not needed); the image-level alignment (a training loss) is turned off,
+  so no CLIP teacher is built.
+- ``"inference"`` (demo, Python use): registers the training set, without its images, only when its
+  json is there (its classes may be the vocabulary); alignment off.
+- ``"data"`` (tools reading the training set, e.g. the teacher-embedding dump): registers both.
+"""
+import logging
+import os
+from typing import Optional, Sequence
+
+from detectron2.config import CfgNode, get_cfg
+
+from ..config import add_gridclip_config
+from ..data.register import register_from_cfg
+from ..modeling.model_vocabulary import explicit_vocabulary_from_cfg, read_sidecar, vocabulary_from_cfg
+from .hardware import adapt_cfg_to_hardware
+
+__all__ = ["SETUP_MODES", "setup_cfg"]
+
+logger = logging.getLogger(__name__)
+
+SETUP_MODES = ("train", "eval", "inference", "data")
+
+
+def setup_cfg(
+    config_file: Optional[str],
+    opts: Sequence[str] = (),
+    *,
+    mode: str,
+    overrides: Optional[Sequence[str]] = None,
+    freeze: bool = True,
+) -> CfgNode:
+    """The config of ``config_file`` + ``opts`` (+ ``overrides``, applied last), set up for ``mode``
+    (see the module docstring)."""
+    if mode not in SETUP_MODES:
+        raise ValueError(f"setup_cfg: mode must be one of {SETUP_MODES}, got {mode!r}")
+    if config_file and not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file: no such file: {config_file}")
+    cfg = get_cfg()
+    add_gridclip_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts or []))
+    if overrides:
+        cfg.merge_from_list(list(overrides))
+    if mode in ("train", "data"):
+        register_from_cfg(cfg)
+    elif mode == "eval":
+        register_from_cfg(cfg, check_train_images=False)
+    else:  # the training set only for its classes, when no vocabulary names them and its json is there
+        register_from_cfg(cfg, splits=("train",), check_train_images=False)
+    if mode in ("eval", "inference") and cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED:
+        cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED = False  # a training loss: no teacher at inference
+    if mode == "train":
+        _record_training_vocabulary(cfg)
+    cfg = adapt_cfg_to_hardware(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def _record_training_vocabulary(cfg: CfgNode) -> None:
+    """Write the training set's classes into MODEL.GRIDCLIP.CLASS_NAMES when nothing else names the
+    vocabulary, so the saved config is self-contained."""
+    if explicit_vocabulary_from_cfg(cfg) is not None:
+        return
+    path = cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS
+    if path and os.path.isfile(path) and read_sidecar(path) is not None:
+        return
+    names, source = vocabulary_from_cfg(cfg)
+    cfg.MODEL.GRIDCLIP.CLASS_NAMES = list(names)
+    logger.info("Vocabulary: the %d classes of %s (recorded in MODEL.GRIDCLIP.CLASS_NAMES)", len(names), source)
