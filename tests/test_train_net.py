@@ -20,9 +20,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import train_net  # noqa: E402
 
+from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.evaluation import COCOEvaluator  # noqa: E402
 
+from gridclip_d2 import add_gridclip_config  # noqa: E402
 from gridclip_d2.engine import OpenVocabLVISEvaluator, Trainer, adapt_cfg_to_hardware  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
@@ -103,10 +105,9 @@ def test_setup_merges_overrides_and_writes_config(tmp_path):
 
 
 def test_adapt_cfg_to_hardware_leaves_runnable_config_alone():
-    args = _args("unused")
-    cfg = train_net.get_cfg()
-    train_net.add_gridclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    cfg = get_cfg()
+    add_gridclip_config(cfg)
+    cfg.merge_from_file(CONFIG)
     assert adapt_cfg_to_hardware(cfg) is cfg  # cpu, no AMP: nothing to change
 
 
