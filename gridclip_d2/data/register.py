@@ -235,14 +235,15 @@ def _category_metadata(api, json_file: str, train_image_count: Optional[Dict[str
     }
 
 
-def _novel_ids(novel_classes: Sequence[str], classes: List[str], image_count: List[int],
+def _novel_ids(novel_classes: Sequence[str], classes: List[str], annotated: set,
                json_file: str, option: str) -> List[int]:
-    """Contiguous ids of the novel classes: names, or ["auto"] = classes without training images."""
+    """Contiguous ids of the novel classes: names, or ["auto"] = classes without annotations
+    (``annotated``: contiguous ids that have some)."""
     novel_classes = [str(n) for n in novel_classes]
     if not novel_classes:
         return []
     if novel_classes == ["auto"]:
-        return [i for i, n in enumerate(image_count) if n == 0]
+        return [i for i in range(len(classes)) if i not in annotated]
     if "auto" in novel_classes:
         raise ValueError(f"{option}: \"auto\" cannot be combined with class names ({novel_classes})")
     unknown = [n for n in novel_classes if n not in classes]
@@ -355,8 +356,8 @@ def register_lvis_format(
     issues = _build(api, json_file, image_root, check_images=check_images)[1]
     meta = _category_metadata(api, json_file, train_image_count)
     eval_json = _evaluation_json(name, json_file, api, issues, meta["class_frequency"])
-    novel = _novel_ids(novel_classes, meta["thing_classes"], meta["class_image_count"], json_file,
-                       f"novel classes of '{name}'")
+    annotated = {meta["thing_dataset_id_to_contiguous_id"][a["category_id"]] for a in api.anns.values()}
+    novel = _novel_ids(novel_classes, meta["thing_classes"], annotated, json_file, f"novel classes of '{name}'")
     if novel:
         meta["class_image_count"] = [0 if i in novel else n for i, n in enumerate(meta["class_image_count"])]
     meta.update(novel_class_ids=novel, json_file=eval_json, source_json_file=os.path.abspath(json_file),

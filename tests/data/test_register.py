@@ -255,3 +255,55 @@ def test_register_from_cfg_names_the_bad_option(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"DATASETS.GRIDCLIP.TEST_JSON: '.*absent.json'"):
         register_from_cfg(_cfg(NAME=_unique("x"), TEST_JSON=str(tmp_path / "absent.json"),
                                TEST_IMAGES=str(tmp_path)))
+
+
+def test_register_from_cfg_open_vocabulary_split_and_test_frequencies(tmp_path):
+    train_json, train_images = _write_set(str(tmp_path / "train"))
+    # A small test set whose json has no frequencies: its own counts would make every class rare.
+    no_freq = [{"id": c["id"], "name": c["name"]} for c in CATEGORIES]
+    test_json, test_images = _write_set(str(tmp_path / "test"), categories=no_freq, complete=False)
+    name = _unique("split")
+    cfg = _cfg(NAME=name, TRAIN_JSON=train_json, TRAIN_IMAGES=train_images, TEST_JSON=test_json,
+               TEST_IMAGES=test_images, NOVEL_CLASSES=["traffic_cone"])
+    register_from_cfg(cfg)
+    train = MetadataCatalog.get(f"{name}_train")
+    assert train.thing_classes == ["zebra", "kite", "traffic_cone"] and train.novel_class_ids == [2]
+    assert train.class_image_count == [150, 12, 0]  # novel: no training images
+    labels = [a["category_id"] for d in DatasetCatalog.get(f"{name}_train") for a in d["annotations"]]
+    assert sorted(labels) == [0, 0, 1]  # the novel class's two boxes are dropped
+    # r/c/f of the test set from the training split's counts (150 -> f, 12 -> c, novel 0 -> r)
+    assert MetadataCatalog.get(f"{name}_test").class_frequency == ["f", "c", "r"]
+
+    # "auto": the categories without training annotations, written back as names.
+    no_kite = [a for a in ANNOTATIONS if a[1] != 7]
+    auto_json, auto_images = _write_set(str(tmp_path / "auto"), annotations=no_kite)
+    name = _unique("auto")
+    cfg = _cfg(NAME=name, TRAIN_JSON=auto_json, TRAIN_IMAGES=auto_images, NOVEL_CLASSES=["auto"])
+    register_from_cfg(cfg)
+    assert cfg.DATASETS.GRIDCLIP.NOVEL_CLASSES == ["kite"]
+    assert MetadataCatalog.get(f"{name}_train").novel_class_ids == [1]
+    # Without TEST_JSON nothing is evaluated (the config file's test set has other classes).
+    assert cfg.DATASETS.TEST == ()
+
+    with pytest.raises(ValueError, match=r"\['giraffe'\] are not categories of '.*annotations.json'"):
+        register_from_cfg(_cfg(NAME=_unique("bad"), TRAIN_JSON=train_json, TRAIN_IMAGES=train_images,
+                               NOVEL_CLASSES=["giraffe"]))
+    with pytest.raises(ValueError, match="NOVEL_CLASSES is set but DATASETS.GRIDCLIP.NAME is not"):
+        register_from_cfg(_cfg(NOVEL_CLASSES=["kite"]))
+
+
+def test_register_from_cfg_without_training_images(tmp_path):
+    """An evaluation or the demo needs the training set's classes and split, not its images."""
+    train_json, train_images = _write_set(str(tmp_path / "train"), skip_images=(0, 1, 2))
+    name = _unique("gone")
+    opts = dict(NAME=name, TRAIN_JSON=train_json, TRAIN_IMAGES=train_images)
+    with pytest.raises(FileNotFoundError, match="3 of the 3 images"):
+        register_from_cfg(_cfg(**opts))
+    cfg = register_from_cfg(_cfg(**opts), splits=("train",), check_train_images=False)
+    assert MetadataCatalog.get(f"{name}_train").thing_classes == ["zebra", "kite", "traffic_cone"]
+    assert cfg.DATASETS.TRAIN == (f"{name}_train",)
+    os.remove(train_json)
+    name = _unique("nojson")
+    cfg = register_from_cfg(_cfg(NAME=name, TRAIN_JSON=train_json, TRAIN_IMAGES=train_images),
+                            splits=(), check_train_images=False)
+    assert f"{name}_train" not in DatasetCatalog.list()
