@@ -4,8 +4,10 @@
 Runs are tiny (128 px images, 2 images per batch, a few iterations); AP after so few steps is near 0,
 so reproductions are checked on the detections themselves, not only on AP.
 """
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +30,9 @@ from gridclip_d2 import add_gridclip_config  # noqa: E402
 from gridclip_d2.engine import OpenVocabLVISEvaluator, Trainer, adapt_cfg_to_hardware  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
+_spec = importlib.util.spec_from_file_location("gridclip_demo_for_train_net", os.path.join(REPO, "demo", "demo.py"))
+demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo)
 TINY = [
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "2",
     "SOLVER.STEPS", "(3,)", "SOLVER.CHECKPOINT_PERIOD", "1000",
@@ -176,6 +181,64 @@ def test_train_evaluate_and_eval_only_reproduces(tmp_path):
     )
     assert eval_results["bbox"] == pytest.approx(results["bbox"], nan_ok=True)
     assert _detections(eval_dir) == _detections(train_dir)
+    _check_cross_dataset_evaluation(train_dir / "model_final.pth", tmp_path)
+
+
+def _subset_of_synthetic_val(tmp_path, name, shuffle):
+    """The first 10 images of synthetic_val as a new LVIS-format set; with ``shuffle`` its categories
+    are renumbered, listed in reverse order, "red circle" is spelled "red_circle", and two classes
+    the model never saw are added."""
+    from gridclip_d2.data import register_lvis_format
+
+    meta = MetadataCatalog.get("synthetic_val")
+    with open(meta.json_file) as f:
+        data = json.load(f)
+    images = data["images"][:10]
+    keep = {img["id"] for img in images}
+    anns = [a for a in data["annotations"] if a["image_id"] in keep]
+    cats = data["categories"]
+    if shuffle:
+        new_id = {c["id"]: 1000 - 7 * c["id"] for c in cats}  # reverses the order of the ids
+        cats = [dict(c, id=new_id[c["id"]], name="red_circle" if c["name"] == "red circle" else c["name"])
+                for c in cats]
+        cats += [{"id": 5, "name": "pink star", "frequency": "r"}, {"id": 6, "name": "white ring", "frequency": "r"}]
+        anns = [dict(a, category_id=new_id[a["category_id"]]) for a in anns]
+        images = [dict(img, neg_category_ids=[new_id[c] for c in img["neg_category_ids"]] + [5, 6],
+                       not_exhaustive_category_ids=[]) for img in images]
+    json_file = tmp_path / f"{name}.json"
+    json_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    register_lvis_format(name, str(json_file), meta.image_root)
+
+
+def _check_cross_dataset_evaluation(weights, tmp_path):
+    """--eval-only on two test sets with other class lists: each is evaluated with its own classes,
+    and every detection keeps its class name whatever id the set gives that class."""
+    suffix = os.path.basename(str(tmp_path))
+    original, shuffled = f"xval_original_{suffix}", f"xval_shuffled_{suffix}"
+    _subset_of_synthetic_val(tmp_path, original, shuffle=False)
+    _subset_of_synthetic_val(tmp_path, shuffled, shuffle=True)
+    out = tmp_path / "cross"
+    # No candidate or per-image cap: extra classes then cannot displace any detection.
+    results = train_net.main(_args(
+        out, "MODEL.WEIGHTS", str(weights), "DATASETS.TEST", f"('{original}', '{shuffled}')",
+        "MODEL.GRIDCLIP.SCORE_THRESH_TEST", "0.002", "MODEL.GRIDCLIP.TOPK_CANDIDATES_TEST", "100000",
+        "TEST.DETECTIONS_PER_IMAGE", "100000", flags=["--eval-only"]))
+    assert set(results) == {original, shuffled}
+
+    def by_name(dataset):
+        names = {c["id"]: c["name"].replace("_", " ") for c in
+                 json.loads((tmp_path / f"{dataset}.json").read_text())["categories"]}
+        return sorted((img, names[cat], score, box) for img, cat, score, box in _detections(out, dataset))
+
+    a, b = by_name(original), by_name(shuffled)
+    assert len(a) > 100
+    assert [d for d in b if d[1] not in ("pink star", "white ring")] == a
+    assert {d[1] for d in b} - {d[1] for d in a} <= {"pink star", "white ring"}
+    # The two new classes had no training boxes: novel, with the 6 novel classes of the split.
+    assert results[shuffled]["open_vocabulary"]["num_novel_classes"] == 8
+    assert results[original]["open_vocabulary"]["num_novel_classes"] == 6
+    log = (out / "log.txt").read_text()
+    assert f"Evaluating {shuffled} with its own 26 classes (24 of them in the model's 24-class vocabulary)" in log
 
 
 @pytest.mark.slow
@@ -240,19 +303,19 @@ def test_two_cpu_workers_train_a_model_that_evaluates(tmp_path):
     assert results["bbox"]["AP"] == pytest.approx(ap_distributed, rel=0.05, abs=1e-3)
 
 
-def _write_user_dataset(root):
+def _write_user_dataset(root, colours=(("red box", (220, 20, 20)), ("blue box", (20, 20, 220))), n=6):
     """A user's LVIS-format set: json with file_name relative to the image folder, non-contiguous
     category ids, no frequency / neg_category_ids (filled in by the registration)."""
     rng = np.random.RandomState(0)
     (root / "images").mkdir(parents=True)
-    cats = [{"id": 10, "name": "red box"}, {"id": 20, "name": "blue box"}]
+    cats = [{"id": 10 * (k + 1), "name": name} for k, (name, _) in enumerate(colours)]
     images, anns = [], []
-    for i in range(6):
+    for i in range(n):
         img = np.full((96, 128, 3), 200, np.uint8)
-        for cat_id, colour in ((10, (220, 20, 20)), (20, (20, 20, 220))):
+        for cat, (_, colour) in zip(cats, colours):
             x, y = int(rng.randint(0, 80)), int(rng.randint(0, 50))
             img[y:y + 40, x:x + 40] = colour
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat_id,
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat["id"],
                          "bbox": [x, y, 40, 40], "area": 1600})
         Image.fromarray(img).save(root / "images" / f"img{i}.png")
         images.append({"id": i + 1, "file_name": f"img{i}.png", "height": 96, "width": 128})
@@ -275,13 +338,41 @@ def test_user_lvis_data_from_a_script(tmp_path):
 
 
 @pytest.mark.slow
-def test_user_lvis_data_from_the_command_line(tmp_path):
-    json_file, images = _write_user_dataset(tmp_path / "data")
-    _finish(_cli(tmp_path / "out", "DATASETS.GRIDCLIP.NAME", "mydata",
-                 "DATASETS.GRIDCLIP.TRAIN_JSON", json_file, "DATASETS.GRIDCLIP.TRAIN_IMAGES", images,
-                 "DATASETS.GRIDCLIP.TEST_JSON", json_file, "DATASETS.GRIDCLIP.TEST_IMAGES", images))
-    cfg_text = (tmp_path / "out" / "config.yaml").read_text()
-    assert "mydata_train" in cfg_text and "mydata_test" in cfg_text
-    log = (tmp_path / "out" / "log.txt").read_text()
-    assert "Open-vocabulary summary on mydata_test (trained on mydata_train" in log
-    assert "bbox/AP" in _metrics(tmp_path / "out")[-1]
+def test_user_split_from_the_command_line_then_demo_and_eval_without_training_images(tmp_path):
+    colours = (("red box", (220, 20, 20)), ("blue box", (20, 20, 220)), ("green box", (20, 200, 20)))
+    train_json, train_images = _write_user_dataset(tmp_path / "train", colours)
+    test_json, test_images = _write_user_dataset(tmp_path / "test", colours, n=4)
+    out = tmp_path / "out"
+    _finish(_cli(out, "DATASETS.GRIDCLIP.NAME", "mydata",
+                 "DATASETS.GRIDCLIP.TRAIN_JSON", train_json, "DATASETS.GRIDCLIP.TRAIN_IMAGES", train_images,
+                 "DATASETS.GRIDCLIP.TEST_JSON", test_json, "DATASETS.GRIDCLIP.TEST_IMAGES", test_images,
+                 "DATASETS.GRIDCLIP.NOVEL_CLASSES", "['green box']"))
+    log = (out / "log.txt").read_text()
+    assert "dropped 6 boxes of its 1 novel classes" in log
+    assert "Open-vocabulary summary on mydata_test (trained on mydata_train: 2 base + 1 novel classes)" in log
+    assert "AP novel" in log
+    final = _metrics(out)[-1]
+    assert "open_vocabulary/APnovel" in final and "open_vocabulary/APbase" in final
+    # The saved config names the vocabulary and the split: it builds the model with no data.
+    saved = out / "config.yaml"
+    cfg_text = saved.read_text()
+    assert "CLASS_NAMES:\n    - red box\n    - blue box\n    - green box" in cfg_text
+    assert "mydata_train" in cfg_text and "NOVEL_CLASSES:\n    - green box" in cfg_text
+
+    shutil.rmtree(train_images)  # the training images are gone
+    weights = str(out / "model_final.pth")
+    demo_out = tmp_path / "drawn"
+    demo.main(["--config-file", str(saved), "--input", os.path.join(test_images, "img0.png"),
+               "--output", str(demo_out), "--custom-vocabulary", "green box,red box",
+               "--confidence-threshold", "0", "--opts", "MODEL.WEIGHTS", weights])
+    assert (demo_out / "img0.png").is_file()
+    # Without a vocabulary the demo labels with the model's own (the training classes).
+    vis = demo.VisualizationDemo(demo.setup_cfg(demo.get_parser().parse_args(
+        ["--config-file", str(saved), "--input", "x", "--opts", "MODEL.WEIGHTS", weights])))
+    assert vis.class_names == ["red box", "blue box", "green box"]
+    assert vis.predictor.model.image_alignment is None  # no teacher at inference
+
+    results = train_net.main(train_net.default_argument_parser().parse_args(
+        ["--config-file", str(saved), "--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "eval")]))
+    assert results["open_vocabulary"]["num_novel_classes"] == 1
+    assert results["open_vocabulary"]["APnovel"] == pytest.approx(final["open_vocabulary/APnovel"], nan_ok=True)
