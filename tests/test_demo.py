@@ -7,6 +7,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -144,3 +145,39 @@ def test_vocabulary_arguments(tmp_path):
         demo.vocabulary_names(parse(base + ["--vocabulary", "custom"]))
     with pytest.raises(ValueError, match="only used with --vocabulary custom"):
         demo.vocabulary_names(parse(base + ["--vocabulary", "lvis", "--custom-vocabulary", "a"]))
+
+
+@pytest.mark.slow
+def test_lvis_config_with_a_custom_vocabulary_needs_no_lvis_file(tmp_path, monkeypatch):
+    """The LVIS config, OpenAI-format RN50 weights and a GridCLIP checkpoint: a custom vocabulary
+    needs neither the LVIS text embeddings nor LVIS's names, and no teacher is built."""
+    from conftest import make_random_clip
+    from gridclip_d2.modeling import clip_text
+
+    lvis_config = os.path.join(REPO, "configs", "GridCLIP_LVIS.yaml")
+    assert not os.path.exists(os.path.join(REPO, "datasets", "metadata", "lvis_v1_clip_RN50_ensemble.npy"))
+    rn50 = str(tmp_path / "RN50.pt")
+    torch.save(make_random_clip("RN50").state_dict(), rn50)
+    embedded = []
+    encode = clip_text.encode_names
+    monkeypatch.setattr(clip_text, "encode_names", lambda enc, names, *a, **k: embedded.append(len(names))
+                        or encode(enc, names, *a, **k))
+    opts = ["MODEL.CLIP.WEIGHTS", rn50, "INPUT.MIN_SIZE_TEST", "320", "INPUT.MAX_SIZE_TEST", "480"]
+    argv = ["--config-file", lvis_config, "--input", "x.jpg", "--vocabulary", "custom",
+            "--custom-vocabulary", "person,necktie,flag", "--opts", *opts]
+    cfg = demo.setup_cfg(demo.get_parser().parse_args(argv))
+    model = build_model(cfg)
+    assert model.image_alignment is None and model.vocabulary == ["person", "necktie", "flag"]
+    assert embedded == [3]  # three names embedded, not LVIS's 1203
+    weights = str(tmp_path / "model.pth")
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+
+    photo = str(tmp_path / "photo.jpg")
+    Image.fromarray((np.random.RandomState(1).rand(120, 160, 3) * 255).astype(np.uint8)).save(photo)
+    out = tmp_path / "out"
+    demo.main(["--config-file", lvis_config, "--input", photo, "--output", str(out),
+               "--vocabulary", "custom", "--custom-vocabulary", "person,necktie,flag",
+               "--confidence-threshold", "0", "--opts", *opts, "MODEL.WEIGHTS", weights])
+    drawn = np.asarray(Image.open(out / "photo.jpg").convert("RGB"))
+    assert drawn.shape == (120, 160, 3)
+    assert embedded == [3, 3]
