@@ -9,7 +9,7 @@
 ``--out``: LVIS v1 train without the annotations of rare categories (they are the novel classes at
 test time), all 1203 categories kept so class ids line up (registered as ``lvis_v1_train_base``).
 ``--cat-info``: id, name, frequency, image_count, instance_count of every category of ``--src``,
-counted from its annotations (the ``class_image_count`` metadata of the LVIS v1 data sets).
+counted from its annotations (the ``image_count_per_class`` metadata of the LVIS v1 data sets).
 Both are written atomically; ``--src`` is only read. ``$DETECTRON2_DATASETS`` defaults to
 ``datasets``.
 """

@@ -12,7 +12,9 @@ Layout under ``$DETECTRON2_DATASETS`` (default ``datasets``), as Detectron2 docu
 Metadata (contiguous class i is LVIS category id i + 1, as in Detectron2):
 
 - ``class_frequency``: r/c/f from Detectron2's ``LVIS_V1_CATEGORIES``.
-- ``class_image_count``: images annotated with the class in the training json (LVIS v1 train for
+- ``image_count_per_class``: images annotated with the class in the training json (not upstream
+  Detectron2's ``class_image_count``, a list of ``{id, image_count}`` dicts that newer versions set on
+  the built-in LVIS names and that Detectron2's metadata refuses to overwrite) (LVIS v1 train for
   ``lvis_v1_train`` and ``lvis_v1_val``; the base json, so 0 for rare classes, for
   ``lvis_v1_train_base``). Detectron2 v0.6's tables carry no counts, so they are read from
   ``lvis_v1_train_cat_info.json``; without it ``lvis_v1_train_base`` gets them when it is loaded
@@ -118,7 +120,7 @@ def _read_cat_info(path: str):
         return [int(c["image_count"]) for c in info]
     except (OSError, ValueError, KeyError, TypeError) as e:
         logger.warning(f"Ignoring '{path}' ({type(e).__name__}: {e}); LVIS v1 data sets get no "
-                       "class_image_count. Rewrite it with datasets/prepare_lvis_base.py")
+                       "image_count_per_class. Rewrite it with datasets/prepare_lvis_base.py")
         return None
 
 
@@ -130,12 +132,12 @@ def _load_base(json_file: str, image_root: str, name: str):
         )
     records = load_lvis_json(json_file, image_root)  # ids 1..1203 -> 0..1202
     meta = MetadataCatalog.get(name)
-    if meta.get("class_image_count") is None:
+    if meta.get("image_count_per_class") is None:
         images = defaultdict(set)
         for r in records:
             for obj in r["annotations"]:
                 images[obj["category_id"]].add(r["image_id"])
-        meta.set(class_image_count=[len(images[i]) for i in range(len(LVIS_CATEGORIES))])
+        meta.set(image_count_per_class=[len(images[i]) for i in range(len(LVIS_CATEGORIES))])
     return records
 
 
@@ -144,7 +146,7 @@ def register_lvis_v1_open_vocab(root: str, base_name: str = "lvis_v1_train_base"
     ``root/BASE_JSON`` with images under ``root/coco/`` (Detectron2's LVIS layout)."""
     frequency = lvis_v1_class_frequency()
     image_count = _read_cat_info(os.path.join(root, CAT_INFO_JSON))
-    extra = {"class_image_count": image_count} if image_count is not None else {}
+    extra = {"image_count_per_class": image_count} if image_count is not None else {}
     for name in _BUILTIN:
         if name in DatasetCatalog.list():
             MetadataCatalog.get(name).set(class_frequency=frequency, novel_class_ids=[], **extra)
@@ -153,7 +155,7 @@ def register_lvis_v1_open_vocab(root: str, base_name: str = "lvis_v1_train_base"
     if image_count is not None:
         rare_set = set(rare)
         base_count = [0 if i in rare_set else n for i, n in enumerate(image_count)]
-        extra = {"class_image_count": base_count}
+        extra = {"image_count_per_class": base_count}
     json_file = os.path.join(root, BASE_JSON)
     image_root = os.path.join(root, "coco/")  # load_lvis_json appends the split folder to it
     DatasetCatalog.register(base_name, lambda: _load_base(json_file, image_root, base_name))

@@ -1,5 +1,5 @@
-"""LVIS-format data sets: a validating loader, registration of a user's own set, and the no-code
-path from the config (``DATASETS.GRIDCLIP.*``).
+"""LVIS-format data sets: a validating loader and the registration of a user's own set (the no-code
+path from the config, ``DATASETS.GRIDCLIP.*``, is :mod:`.register_from_cfg`).
 
 Detectron2 v0.6's ``register_lvis_instances`` takes its metadata from the built-in LVIS tables
 (``get_lvis_instances_meta`` raises for any other name), and ``load_lvis_json`` builds image paths
@@ -17,7 +17,7 @@ Rules of the loader:
   error naming the json, the annotation id and the category id.
 - boxes: zero-area (w or h <= 0, or not finite) and out-of-image boxes are skipped, boxes crossing
   the image border are clipped to it, and one warning per json counts them (Detectron2's habit).
-- metadata: ``class_image_count`` and ``class_frequency`` come from the json's categories
+- metadata: ``image_count_per_class`` and ``class_frequency`` come from the json's categories
   (``image_count``, ``frequency``); when absent they are counted from the annotations (LVIS rule:
   r < 10 images, c 10-99, f >= 100) with a warning.
 - evaluation: lvis-api needs every image's ``neg_category_ids`` and ``not_exhaustive_category_ids``,
@@ -40,7 +40,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["load_lvis_format_json", "register_lvis_format", "register_from_cfg"]
+__all__ = ["load_lvis_format_json", "register_lvis_format"]
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def _category_metadata(api, json_file: str, train_image_count: Optional[Dict[str
         "thing_classes": [c["name"] for c in cats],
         "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
         "class_frequency": frequency,
-        "class_image_count": image_count,
+        "image_count_per_class": image_count,
     }
 
 
@@ -359,7 +359,7 @@ def register_lvis_format(
     annotated = {meta["thing_dataset_id_to_contiguous_id"][a["category_id"]] for a in api.anns.values()}
     novel = _novel_ids(novel_classes, meta["thing_classes"], annotated, json_file, f"novel classes of '{name}'")
     if novel:
-        meta["class_image_count"] = [0 if i in novel else n for i, n in enumerate(meta["class_image_count"])]
+        meta["image_count_per_class"] = [0 if i in novel else n for i, n in enumerate(meta["image_count_per_class"])]
     meta.update(novel_class_ids=novel, json_file=eval_json, source_json_file=os.path.abspath(json_file),
                 image_root=image_root, evaluator_type="lvis")
     meta.update(metadata or {})
@@ -373,73 +373,3 @@ def register_lvis_format(
     _REGISTERED[name] = key
     logger.info(f"Registered dataset '{name}': {len(api.imgs)} images, "
                 f"{len(meta['thing_classes'])} categories ({len(novel)} novel) from {json_file}")
-
-
-def register_from_cfg(cfg, splits: Sequence[str] = ("train", "test"), check_train_images: bool = True):
-    """The no-code path: when ``DATASETS.GRIDCLIP.NAME`` is set, register ``<NAME>_train`` from
-    TRAIN_JSON/TRAIN_IMAGES (with the split of NOVEL_CLASSES) and ``<NAME>_test`` from
-    TEST_JSON/TEST_IMAGES (its r/c/f from the training split's counts when its json has none), and
-    point ``DATASETS.TRAIN`` / ``DATASETS.TEST`` at them. Without TEST_JSON, ``DATASETS.TEST`` is
-    emptied: the config file's test set has other classes. NOVEL_CLASSES ["auto"] is replaced by the
-    names it selects, so a saved config names them. Returns ``cfg``.
-
-    Args:
-        splits: the splits to register ("train", "test"); the others are left unregistered (the demo
-            needs none, an evaluation only the test set).
-        check_train_images: False registers the training set without checking its images (its
-            classes and split are all an evaluation needs).
-    """
-    opts = cfg.DATASETS.GRIDCLIP
-    if not opts.NAME:
-        if len(opts.NOVEL_CLASSES):
-            raise ValueError("DATASETS.GRIDCLIP.NOVEL_CLASSES is set but DATASETS.GRIDCLIP.NAME is not: "
-                             "it splits the data set given by DATASETS.GRIDCLIP.*")
-        return cfg
-    if not opts.TRAIN_JSON and not opts.TEST_JSON:
-        raise ValueError(
-            f"DATASETS.GRIDCLIP.NAME is '{opts.NAME}' but neither DATASETS.GRIDCLIP.TRAIN_JSON "
-            "nor DATASETS.GRIDCLIP.TEST_JSON is set"
-        )
-    frozen = cfg.is_frozen()
-    cfg.defrost()
-    train_counts = None
-    for split, key, json_file, images in (
-        ("train", "TRAIN", opts.TRAIN_JSON, opts.TRAIN_IMAGES),
-        ("test", "TEST", opts.TEST_JSON, opts.TEST_IMAGES),
-    ):
-        name = f"{opts.NAME}_{split}"
-        if not json_file:
-            if split == "test":
-                logger.warning(
-                    f"DATASETS.GRIDCLIP.NAME is '{opts.NAME}' without DATASETS.GRIDCLIP.TEST_JSON: nothing "
-                    f"is evaluated (DATASETS.TEST {tuple(cfg.DATASETS.TEST)} emptied); set TEST_JSON and "
-                    "TEST_IMAGES to evaluate on your test set"
-                )
-                cfg.DATASETS.TEST = ()
-            else:
-                cfg.DATASETS.TRAIN = ()
-            continue
-        if not images:
-            raise ValueError(f"DATASETS.GRIDCLIP.{key}_JSON is set but "
-                             f"DATASETS.GRIDCLIP.{key}_IMAGES (the image folder) is empty")
-        setattr(cfg.DATASETS, key, (name,))
-        if split not in splits:
-            continue
-        if not os.path.isfile(PathManager.get_local_path(json_file)):
-            if split == "train" and not check_train_images:
-                logger.info(f"DATASETS.GRIDCLIP.TRAIN_JSON '{json_file}' is absent: '{name}' not registered")
-                continue
-            raise FileNotFoundError(f"DATASETS.GRIDCLIP.{key}_JSON: '{json_file}' does not exist")
-        if split == "train":
-            register_lvis_format(name, json_file, images, novel_classes=list(opts.NOVEL_CLASSES),
-                                 check_images=check_train_images)
-            meta = MetadataCatalog.get(name)
-            train_counts = dict(zip(meta.thing_classes, meta.class_image_count))
-            if list(opts.NOVEL_CLASSES) == ["auto"]:
-                opts.NOVEL_CLASSES = [meta.thing_classes[i] for i in meta.novel_class_ids]
-                logger.info(f"DATASETS.GRIDCLIP.NOVEL_CLASSES auto: {list(opts.NOVEL_CLASSES)}")
-        else:
-            register_lvis_format(name, json_file, images, train_image_count=train_counts)
-    if frozen:
-        cfg.freeze()
-    return cfg

@@ -24,7 +24,7 @@ Files, under ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``)
 
 Metadata of ``synthetic_train`` / ``synthetic_val``: ``novel_class_ids`` (contiguous ids of the six
 novel categories, on the training set as on LVIS's base split), ``class_frequency``,
-``class_image_count`` (of the base split: 0 for novel classes).
+``image_count_per_class`` (of the base split: 0 for novel classes).
 
 The set is written into a temporary folder and renamed into place, so a folder with a valid
 ``STAMP`` is complete; any other folder at that path is regenerated. Generation is deterministic
@@ -334,7 +334,7 @@ def register_synthetic(datasets_root: str = None, prefix: str = "synthetic") -> 
             thing_classes=[c["name"] for c in cats],
             thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(cats)},
             class_frequency=[c["frequency"] for c in cats],
-            class_image_count=base_image_count,
+            image_count_per_class=base_image_count,
             novel_class_ids=list(SYNTHETIC_NOVEL_CLASS_IDS) if split == "train" else [],
             json_file=os.path.join(root, "annotations", f"synthetic_{split}.json"),
             image_root=root,

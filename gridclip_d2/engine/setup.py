@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 from detectron2.config import CfgNode, get_cfg
 
 from ..config import add_gridclip_config
-from ..data.register import register_from_cfg
+from ..data.register_from_cfg import register_from_cfg
 from ..modeling.model_vocabulary import explicit_vocabulary_from_cfg, read_sidecar, vocabulary_from_cfg
 from .hardware import adapt_cfg_to_hardware
 

@@ -27,7 +27,7 @@ def fed_loss_class_weights(
     Sampling weights of the federated loss.
 
     Args:
-        image_counts: C training-image counts per class (metadata ``class_image_count``).
+        image_counts: C training-image counts per class (metadata ``image_count_per_class``).
         freq_weight: exponent applied to the counts (Detic uses 0.5).
         allowed: optional C bool mask; classes outside it get weight 0 (never sampled).
 
@@ -36,9 +36,9 @@ def fed_loss_class_weights(
     """
     counts = torch.as_tensor(list(image_counts), dtype=torch.float32)  # C
     if counts.ndim != 1 or len(counts) == 0:
-        raise ValueError(f"class_image_count must be a non-empty list of C counts, got {counts.shape}")
+        raise ValueError(f"image_count_per_class must be a non-empty list of C counts, got {counts.shape}")
     if (counts < 0).any():
-        raise ValueError("class_image_count has negative entries")
+        raise ValueError("image_count_per_class has negative entries")
     weights = counts.pow(float(freq_weight))
     weights[counts == 0] = 0.0  # 0 ** 0 would be 1: a class without images is never sampled
     if allowed is not None:

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.modeling.meta_arch.fcos import FCOS
@@ -34,27 +33,12 @@ from .alignment import ImageAlignment
 from .clip_text import text_embeddings_from_cfg
 from .fed_loss import fed_loss_class_weights, sample_fed_loss_classes
 from .grid_head import GridCLIPHead
-from .model_vocabulary import vocabulary_from_cfg
+from .model_vocabulary import training_metadata, vocabulary_from_cfg
 from .text_classifier import TextClassifier, load_text_embeddings
 
 __all__ = ["GridCLIP"]
 
 logger = logging.getLogger(__name__)
-
-
-def _training_metadata(cfg, names: Sequence[str]):
-    """(name, metadata) of DATASETS.TRAIN[0] when it is registered with exactly the classes
-    ``names``, else (name or "", None): evaluation, the demo, or a vocabulary other than the training
-    set's need nothing from it. Training checks the match itself (``Trainer``), naming differences."""
-    if not len(cfg.DATASETS.TRAIN):
-        return "", None
-    name = cfg.DATASETS.TRAIN[0]
-    if name not in MetadataCatalog.list():
-        return name, None
-    metadata = MetadataCatalog.get(name)
-    if list(metadata.get("thing_classes", None) or []) != list(names):
-        return name, None
-    return name, metadata
 
 
 @META_ARCH_REGISTRY.register()
@@ -81,7 +65,7 @@ class GridCLIP(FCOS):
         novel_class_ids: Sequence[int] = (),
         use_fed_loss: bool = False,
         fed_loss_num_classes: int = 50,
-        class_image_count: Optional[Sequence[int]] = None,
+        image_count_per_class: Optional[Sequence[int]] = None,
         fed_loss_freq_weight: float = 0.5,
         input_format: str = "RGB",
         vocabulary: Optional[Sequence[str]] = None,
@@ -99,7 +83,7 @@ class GridCLIP(FCOS):
             novel_class_ids: classes left out of the classification loss (never pushed down).
             use_fed_loss: restrict the classification loss to the federated-loss classes.
             fed_loss_num_classes: number of classes per batch in the federated loss.
-            class_image_count: C training-image counts (federated-loss sampling weights).
+            image_count_per_class: C training-image counts (federated-loss sampling weights).
             fed_loss_freq_weight: exponent of the counts.
             input_format: "RGB"; only used to show training images.
             vocabulary: the C class names (``self.vocabulary``: what predicted class ids index).
@@ -147,13 +131,13 @@ class GridCLIP(FCOS):
         self.use_fed_loss = bool(use_fed_loss)
         self.fed_loss_num_classes = int(fed_loss_num_classes)
         weights = None
-        if self.use_fed_loss and class_image_count is not None:
-            if len(class_image_count) != num_classes:
+        if self.use_fed_loss and image_count_per_class is not None:
+            if len(image_count_per_class) != num_classes:
                 raise ValueError(
-                    "MODEL.GRIDCLIP.USE_FED_LOSS needs the training set's metadata 'class_image_count' "
-                    f"with {num_classes} entries, got {len(class_image_count)}"
+                    "MODEL.GRIDCLIP.USE_FED_LOSS needs the training set's metadata 'image_count_per_class' "
+                    f"with {num_classes} entries, got {len(image_count_per_class)}"
                 )
-            weights = fed_loss_class_weights(class_image_count, fed_loss_freq_weight, allowed)
+            weights = fed_loss_class_weights(image_count_per_class, fed_loss_freq_weight, allowed)
         self.register_buffer("fed_loss_weights", weights, persistent=False)  # None: no counts
 
     @classmethod
@@ -164,8 +148,8 @@ class GridCLIP(FCOS):
             )
         g = cfg.MODEL.GRIDCLIP
         names, names_source = vocabulary_from_cfg(cfg)
-        _, metadata = _training_metadata(cfg, names)
-        class_image_count = metadata.get("class_image_count", None) if metadata is not None else None
+        metadata = training_metadata(cfg, names)
+        image_count_per_class = metadata.get("image_count_per_class", None) if metadata is not None else None
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         in_features = list(cfg.MODEL.GRIDCLIP.IN_FEATURES)
@@ -196,7 +180,7 @@ class GridCLIP(FCOS):
             "novel_class_ids": novel,
             "use_fed_loss": g.USE_FED_LOSS,
             "fed_loss_num_classes": g.FED_LOSS_NUM_CLASSES,
-            "class_image_count": class_image_count,
+            "image_count_per_class": image_count_per_class,
             "fed_loss_freq_weight": g.FED_LOSS_FREQ_WEIGHT,
             "input_format": cfg.INPUT.FORMAT,
             "center_sampling_radius": g.CENTER_SAMPLING_RADIUS,
@@ -291,7 +275,7 @@ class GridCLIP(FCOS):
         if self.use_fed_loss:
             if self.fed_loss_weights is None:
                 raise ValueError(
-                    "MODEL.GRIDCLIP.USE_FED_LOSS needs the training set's metadata 'class_image_count' "
+                    "MODEL.GRIDCLIP.USE_FED_LOSS needs the training set's metadata 'image_count_per_class' "
                     "(training images per class), which the model was built without: the training set "
                     "has none (for LVIS: run datasets/prepare_lvis_base.py, which writes the counts), or "
                     "its classes are not the model's vocabulary"

@@ -30,6 +30,8 @@ __all__ = [
     "check_sidecar",
     "vocabulary_from_cfg",
     "explicit_vocabulary_from_cfg",
+    "names_mismatch",
+    "training_metadata",
 ]
 
 logger = logging.getLogger(__name__)
@@ -197,3 +199,15 @@ def vocabulary_from_cfg(cfg) -> Tuple[List[str], str]:
             "'thing_classes': is it registered and spelled correctly?"
         )
     return list(classes), f"the classes of training set {name!r}"
+
+
+def training_metadata(cfg, names: Sequence[str]):
+    """Metadata of DATASETS.TRAIN[0] when it is registered with exactly the classes ``names``, else
+    None: evaluation, the demo, or a vocabulary other than the training set's need nothing from it
+    (training checks the match itself, naming the differences)."""
+    if not len(cfg.DATASETS.TRAIN) or cfg.DATASETS.TRAIN[0] not in MetadataCatalog.list():
+        return None
+    metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+    if list(metadata.get("thing_classes", None) or []) != list(names):
+        return None
+    return metadata

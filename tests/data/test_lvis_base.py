@@ -123,7 +123,7 @@ def test_script_refuses_bad_paths(tmp_path, capsys):
 def test_base_split_without_json_or_counts(tmp_path):
     name = "lvis_v1_train_base_" + tmp_path.name
     register_lvis_v1_open_vocab(str(tmp_path), base_name=name)
-    assert MetadataCatalog.get(name).get("class_image_count") is None  # no cat-info file
+    assert MetadataCatalog.get(name).get("image_count_per_class") is None  # no cat-info file
     with pytest.raises(FileNotFoundError, match="lvis_v1_train_base.json.*prepare_lvis_base.py"):
         DatasetCatalog.get(name)
     os.makedirs(tmp_path / "lvis")
@@ -131,7 +131,7 @@ def test_base_split_without_json_or_counts(tmp_path):
         json.dumps(make_base_split(_mini_lvis_train()))
     )
     assert len(DatasetCatalog.get(name)) == 4
-    counts = MetadataCatalog.get(name).class_image_count  # counted while loading
+    counts = MetadataCatalog.get(name).image_count_per_class  # counted while loading
     assert len(counts) == 1203 and sum(counts) == 5 and counts[COMMON[0] - 1] == 2
 
 
@@ -141,7 +141,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 out = {}
 for name in ("lvis_v1_train", "lvis_v1_val", "lvis_v1_train_base"):
     m = MetadataCatalog.get(name)
-    out[name] = {k: m.get(k) for k in ("class_frequency", "class_image_count", "novel_class_ids",
+    out[name] = {k: m.get(k) for k in ("class_frequency", "image_count_per_class", "novel_class_ids",
                                        "evaluator_type", "json_file", "image_root")}
     out[name]["num_classes"] = len(m.thing_classes)
 records = DatasetCatalog.get("lvis_v1_train_base")
@@ -164,13 +164,13 @@ def test_fresh_process_registers_the_base_split(prepared):
     assert base["class_frequency"] == lvis_v1_class_frequency()
     assert base["evaluator_type"] == "lvis"
     assert base["json_file"] == os.path.join(str(root), "lvis/lvis_v1_train_base.json")
-    full = out["lvis_v1_train"]["class_image_count"]
+    full = out["lvis_v1_train"]["image_count_per_class"]
     assert full[RARE[0] - 1] == 2 and full[FREQUENT[0] - 1] == 1 and sum(full) == 9
-    assert base["class_image_count"] == [0 if i in set(rare) else n for i, n in enumerate(full)]
+    assert base["image_count_per_class"] == [0 if i in set(rare) else n for i, n in enumerate(full)]
     for name in ("lvis_v1_train", "lvis_v1_val"):
         assert out[name]["novel_class_ids"] == []
         assert out[name]["class_frequency"] == base["class_frequency"]
-        assert out[name]["class_image_count"] == full
+        assert out[name]["image_count_per_class"] == full
     # Detectron2's loader: contiguous id = LVIS id - 1, images under coco/<split folder>/
     records = {r[0]: r for r in out["records"]}
     assert records[11][1] == os.path.join(str(root), "coco", "train2017", "000000000011.jpg")

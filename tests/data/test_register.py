@@ -119,7 +119,7 @@ def test_file_name_relative_json(records_of):
     assert meta.thing_classes == ["zebra", "kite", "traffic_cone"]  # category ids 3, 7, 10
     assert meta.thing_dataset_id_to_contiguous_id == {3: 0, 7: 1, 10: 2}
     assert meta.class_frequency == ["f", "c", "r"]
-    assert meta.class_image_count == [150, 12, 2]
+    assert meta.image_count_per_class == [150, 12, 2]
     assert meta.novel_class_ids == [] and meta.evaluator_type == "lvis"
     assert meta.json_file.endswith("annotations.json"), "a complete json is evaluated as it is"
     assert [r["image_id"] for r in records] == [100, 101, 102]
@@ -196,7 +196,7 @@ def test_incomplete_json_gets_defaults_and_an_evaluation_copy(records_of, log_re
     bare = [{"id": c["id"], "name": c["name"]} for c in CATEGORIES]
     name, records = records_of(categories=bare, complete=False)
     meta = MetadataCatalog.get(name)
-    assert meta.class_image_count == [2, 1, 2]  # zebra, kite, traffic_cone, from the annotations
+    assert meta.image_count_per_class == [2, 1, 2]  # zebra, kite, traffic_cone, from the annotations
     assert meta.class_frequency == ["r", "r", "r"]
     messages = " ".join(r.getMessage() for r in log_records if r.levelno == logging.WARNING)
     assert "lack 'image_count'" in messages and "lack 'frequency'" in messages
@@ -268,7 +268,7 @@ def test_register_from_cfg_open_vocabulary_split_and_test_frequencies(tmp_path):
     register_from_cfg(cfg)
     train = MetadataCatalog.get(f"{name}_train")
     assert train.thing_classes == ["zebra", "kite", "traffic_cone"] and train.novel_class_ids == [2]
-    assert train.class_image_count == [150, 12, 0]  # novel: no training images
+    assert train.image_count_per_class == [150, 12, 0]  # novel: no training images
     labels = [a["category_id"] for d in DatasetCatalog.get(f"{name}_train") for a in d["annotations"]]
     assert sorted(labels) == [0, 0, 1]  # the novel class's two boxes are dropped
     # r/c/f of the test set from the training split's counts (150 -> f, 12 -> c, novel 0 -> r)

@@ -183,7 +183,7 @@ def test_registered_splits_load_with_metadata():
         assert seen == (set(range(24)) - novel if split == "train" else set(range(24)))
         assert meta.thing_classes == [c["name"] for c in SYNTHETIC_CATEGORIES]
         assert meta.class_frequency == [c["frequency"] for c in SYNTHETIC_CATEGORIES]
-        assert meta.class_image_count == [0 if c["novel"] else c["image_count"]
+        assert meta.image_count_per_class == [0 if c["novel"] else c["image_count"]
                                           for c in SYNTHETIC_CATEGORIES]
         assert meta.novel_class_ids == (sorted(novel) if split == "train" else [])
         assert meta.evaluator_type == "lvis"

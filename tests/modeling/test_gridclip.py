@@ -269,7 +269,7 @@ def test_novel_classes_left_out_of_the_classification_loss():
 
 def test_fed_loss_restricts_columns_to_gt_plus_sampled_classes():
     counts = [100, 50, 20, 10, 5, 1, 0, 30] + [0] * 16  # 24 synthetic classes
-    model = _small_model(use_fed_loss=True, fed_loss_num_classes=4, class_image_count=counts,
+    model = _small_model(use_fed_loss=True, fed_loss_num_classes=4, image_count_per_class=counts,
                          novel_class_ids=[7])
     for seed in range(5):
         torch.manual_seed(seed)
@@ -279,8 +279,8 @@ def test_fed_loss_restricts_columns_to_gt_plus_sampled_classes():
         assert len(used) == 3 and 2 in used, used
         assert used - {2} <= {0, 1, 3, 4, 5}, used  # never 6 (no image) nor 7 (novel)
     # Built without the counts (evaluation, the demo), the model refuses to train with the loss.
-    model = _small_model(use_fed_loss=True, class_image_count=None)
-    with pytest.raises(ValueError, match="class_image_count"):
+    model = _small_model(use_fed_loss=True, image_count_per_class=None)
+    with pytest.raises(ValueError, match="image_count_per_class"):
         _column_grads(model, [_gt([[8, 8, 60, 70]], [2])])
 
 
@@ -441,5 +441,5 @@ def test_configuration_errors():
     cfg.DATASETS.TRAIN = ("gridclip_test_no_counts",)
     model = build_model(cfg)
     assert model.vocabulary == ["a", "b"]
-    with pytest.raises(ValueError, match="class_image_count"):
+    with pytest.raises(ValueError, match="image_count_per_class"):
         model._loss_columns(torch.tensor([0]))

@@ -1,6 +1,5 @@
 """The small CLIP's pretraining: OpenAI-format output that both ``clip.model.build_model`` and
 ``MODEL.CLIP.WEIGHTS`` load to the same embeddings, deterministic resume, caption data, the tool."""
-import json
 import os
 import sys
 
