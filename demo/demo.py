@@ -9,10 +9,12 @@
 
 ``--input`` takes image files, folders (their images, sorted) and glob patterns. Drawn images are
 written to ``--output`` (a folder, or a file name for a single input) under the input's file name;
-without ``--output`` they are shown in a window. Inputs are never overwritten.
+without ``--output`` they are shown in a window. Inputs are never overwritten, nor files the demo did
+not write (unless ``--overwrite``); outputs are checked before the model is built.
 """
 import argparse
 import glob
+import json
 import logging
 import os
 import sys
@@ -53,6 +55,9 @@ def get_parser():
     parser.add_argument(
         "--custom-vocabulary", default="",
         help="for --vocabulary custom: comma-separated class names, or a text file with one a line")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="overwrite existing output files the demo did not write (inputs are never overwritten)")
     parser.add_argument(
         "--confidence-threshold", type=float, default=0.3, help="minimum score of drawn detections")
     parser.add_argument(
@@ -125,12 +130,44 @@ def collect_inputs(patterns):
     return list(dict.fromkeys(paths))  # drop repeats, keep order
 
 
-def output_paths(inputs, output):
-    """Where each input's result goes; refuses to overwrite an input or write two results to one
-    file."""
+MANIFEST = ".gridclip_demo_outputs.json"  # what the demo wrote in a folder: it may overwrite those
+
+
+def _written_by_demo(path):
+    manifest = os.path.join(os.path.dirname(os.path.abspath(path)), MANIFEST)
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            return os.path.basename(path) in set(json.load(f))
+    except (OSError, ValueError):
+        return False
+
+
+def record_outputs(paths):
+    """Add ``paths`` to their folders' manifests (what a later run may overwrite)."""
+    by_folder = {}
+    for p in paths:
+        by_folder.setdefault(os.path.dirname(os.path.abspath(p)), []).append(os.path.basename(p))
+    for folder, names in by_folder.items():
+        manifest = os.path.join(folder, MANIFEST)
+        try:
+            with open(manifest, encoding="utf-8") as f:
+                known = list(json.load(f))
+        except (OSError, ValueError):
+            known = []
+        with open(manifest + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(sorted(set(known) | set(names)), f)
+        os.replace(manifest + ".tmp", manifest)
+
+
+def output_paths(inputs, output, overwrite=False):
+    """Where each input's result goes, checked before any model is built: refuses to overwrite an
+    input, to write two results to one file, to use an existing file as a folder, and to overwrite a
+    file the demo did not write (unless ``overwrite``)."""
     as_folder = (
         os.path.isdir(output) or len(inputs) > 1 or not output.lower().endswith(FILE_EXTENSIONS)
     )
+    if as_folder and os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f"--output: {output} is an existing file, but {len(inputs)} inputs need a folder")
     outs = [os.path.join(output, os.path.basename(p)) for p in inputs] if as_folder else [output]
     seen = {}
     for src, dst in zip(inputs, outs):
@@ -143,12 +180,16 @@ def output_paths(inputs, output):
     if clash:
         raise ValueError(f"--output: refusing to overwrite input file(s): {', '.join(clash)}; "
                          "choose another output folder")
+    foreign = [d for d in outs if os.path.exists(d) and not _written_by_demo(d)]
+    if foreign and not overwrite:
+        raise ValueError(f"--output: refusing to overwrite {len(foreign)} existing file(s) the demo did not "
+                         f"write: {', '.join(foreign[:5])}; choose another output, or pass --overwrite")
     os.makedirs(output if as_folder else os.path.dirname(os.path.abspath(output)), exist_ok=True)
     return outs
 
 
-def run_images(demo, inputs, output):
-    outs = output_paths(inputs, output) if output else [None] * len(inputs)
+def run_images(demo, inputs, outs):
+    """Draw each input; ``outs``: output paths from :func:`output_paths` (None entries: show)."""
     for path, out in zip(tqdm.tqdm(inputs, desc="images", disable=len(inputs) < 2), outs):
         try:
             image = read_image(path, format="BGR")
@@ -161,6 +202,7 @@ def run_images(demo, inputs, output):
         logger.info(f"{path}: {shown} detections in {time.time() - start:.2f}s")
         if out:
             vis.save(out)
+            record_outputs([out])
         else:
             cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
             cv2.imshow(WINDOW_NAME, vis.get_image()[:, :, ::-1])
@@ -168,7 +210,15 @@ def run_images(demo, inputs, output):
                 break  # esc to quit
 
 
-def run_video(demo, video_path, output):
+def video_output(video_path, output, overwrite=False):
+    """The .mp4 the video's result goes to (a folder gets <video name>.mp4), checked like images."""
+    if not output.lower().endswith(".mp4"):
+        stem = os.path.splitext(os.path.basename(video_path))[0]
+        output = os.path.join(output, stem + ".mp4")
+    return output_paths([video_path], output, overwrite)[0]
+
+
+def run_video(demo, video_path, out):
     video = cv2.VideoCapture(video_path)
     if not video.isOpened():
         raise OSError(f"--video-input: cannot open video {video_path}")
@@ -176,11 +226,7 @@ def run_video(demo, video_path, output):
     height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
     fps, num_frames = video.get(cv2.CAP_PROP_FPS) or 25.0, int(video.get(cv2.CAP_PROP_FRAME_COUNT))
     writer = None
-    if output:
-        if not output.lower().endswith(".mp4"):  # a folder: <video name>.mp4 in it
-            stem = os.path.splitext(os.path.basename(video_path))[0]
-            output = os.path.join(output, stem + ".mp4")
-        (out,) = output_paths([video_path], output)
+    if out:
         writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height), True)
         if not writer.isOpened():
             raise OSError(f"--output: cannot write video {out}")
@@ -195,6 +241,7 @@ def run_video(demo, video_path, output):
     video.release()
     if writer is not None:
         writer.release()
+        record_outputs([out])
         logger.info(f"Video written to {out}")
 
 
@@ -220,17 +267,22 @@ def main(argv=None):
     sources = sum(bool(x) for x in (args.input, args.video_input, args.webcam))
     if sources != 1:
         raise SystemExit("give exactly one of --input, --video-input or --webcam")
-    inputs = collect_inputs(args.input) if args.input else None  # fail early on missing files
+    # Inputs and outputs are checked before the model is built.
+    inputs = collect_inputs(args.input) if args.input else None
     if args.video_input and not os.path.isfile(args.video_input):
         raise FileNotFoundError(f"--video-input: not found: {args.video_input}")
+    if inputs is not None:
+        outs = output_paths(inputs, args.output, args.overwrite) if args.output else [None] * len(inputs)
+    elif args.video_input:
+        outs = video_output(args.video_input, args.output, args.overwrite) if args.output else None
     cfg = setup_cfg(args)
     demo = VisualizationDemo(cfg, confidence_threshold=args.confidence_threshold)
     logger.info(f"Vocabulary: {len(demo.class_names)} classes ({', '.join(demo.class_names[:8])}"
                 f"{', ...' if len(demo.class_names) > 8 else ''})")
     if inputs is not None:
-        run_images(demo, inputs, args.output)
+        run_images(demo, inputs, outs)
     elif args.video_input:
-        run_video(demo, args.video_input, args.output)
+        run_video(demo, args.video_input, outs)
     else:
         run_webcam(demo)
 

@@ -33,6 +33,10 @@ def add_gridclip_config(cfg):
     # Stages returned by the backbone (subset of res2..res5).
     _C.MODEL.CLIP.OUT_FEATURES = ["res3", "res4", "res5"]
 
+    # MODEL.WEIGHTS must fill every tensor of the model (another architecture's weights are an error
+    # naming the file); True loads what fits and only logs the rest (fine-tuning from part of a model).
+    _C.MODEL.ALLOW_PARTIAL_WEIGHTS = False
+
     # ---------------------------------------------------------------- BiFPN neck
     _C.MODEL.BIFPN = CN()
     # Input stages of the BiFPN (P3..P5 come from these; P6, P7 are made by downsampling).

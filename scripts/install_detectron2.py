@@ -78,6 +78,11 @@ PATCHES = [
      "    if has_gpu:\n        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
      "        torch.cuda.set_device(local_rank)\n",
      "same as above"),
+    ("detectron2/data/common.py",
+     "cur_idx = self._rng.sample(self._fallback_candidates, k=1)[0]",
+     "cur_idx = self._rng.sample(sorted(self._fallback_candidates), k=1)[0]",
+     "random.sample no longer takes a set (Python 3.11): the first image a mapper skips would end "
+     "training instead of being replaced by another"),
     ("detectron2/engine/defaults.py",
      '    if "device_ids" not in kwargs:\n        kwargs["device_ids"] = [comm.get_local_rank()]\n',
      '    if "device_ids" not in kwargs and next(model.parameters()).is_cuda:\n'

@@ -68,7 +68,8 @@ def test_custom_vocabulary_images_written(weights, images, tmp_path):
     demo.main(["--config-file", CONFIG, "--input", os.path.dirname(images[0]), "--output", str(out),
                "--vocabulary", "custom", "--custom-vocabulary", "zebra,traffic cone",
                "--confidence-threshold", "0", "--opts", "MODEL.WEIGHTS", weights, *SMALL])
-    assert sorted(os.listdir(out)) == ["photo0.png", "photo1.png"]
+    # the drawn images, and the list of what the demo wrote (which a later run may overwrite)
+    assert sorted(os.listdir(out)) == [".gridclip_demo_outputs.json", "photo0.png", "photo1.png"]
     for src in images:
         drawn = np.asarray(Image.open(out / os.path.basename(src)).convert("RGB"))
         original = np.asarray(Image.open(src).convert("RGB"))
@@ -89,7 +90,7 @@ def test_predictor_swaps_vocabulary(weights, images):
     classes = predictions["instances"].pred_classes
     assert len(classes) == 5 and int(classes.max()) < 3
     assert vis.get_image().shape == image.shape
-    # Without a vocabulary, the test set's classes name the boxes.
+    # Without a vocabulary, the model's own (here the training set's classes) name the boxes.
     assert demo.VisualizationDemo(cfg).class_names[0] == "red circle"
     with pytest.raises(ValueError, match="empty"):
         demo.VisualizationDemo(cfg, [])
@@ -181,3 +182,26 @@ def test_lvis_config_with_a_custom_vocabulary_needs_no_lvis_file(tmp_path, monke
     drawn = np.asarray(Image.open(out / "photo.jpg").convert("RGB"))
     assert drawn.shape == (120, 160, 3)
     assert embedded == [3, 3]
+
+
+def test_outputs_checked_before_the_model_and_foreign_files_kept(images, tmp_path):
+    existing = tmp_path / "holiday.jpg"  # not an input, not written by the demo
+    existing.write_bytes(b"precious")
+    with pytest.raises(ValueError, match=r"refusing to overwrite 1 existing file\(s\) the demo did not write"):
+        demo.output_paths(images[:1], str(existing))
+    assert existing.read_bytes() == b"precious"
+    assert demo.output_paths(images[:1], str(existing), overwrite=True) == [str(existing)]
+    text = tmp_path / "notes.txt"
+    text.write_text("x")
+    with pytest.raises(ValueError, match="notes.txt is an existing file, but 2 inputs need a folder"):
+        demo.output_paths(images, str(text))
+    # Files the demo wrote itself may be written again.
+    out = tmp_path / "drawn"
+    outs = demo.output_paths(images, str(out))
+    for o in outs:
+        open(o, "wb").close()
+    demo.record_outputs(outs)
+    assert demo.output_paths(images, str(out)) == outs
+    # main() checks before any config or model is read: a bad config file is never reached.
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        demo.main(["--config-file", "no/such/config.yaml", "--input", images[0], "--output", str(existing)])

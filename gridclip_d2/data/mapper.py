@@ -12,7 +12,10 @@ training sample with image-level alignment enabled carries:
   cache file (``with_teacher_images=False``).
 
 Bad input:
-* a missing or unreadable image file raises an error naming the file;
+* a missing, unreadable or truncated image file, or one whose size disagrees with the json's
+  width/height: in training the sample is skipped with a warning naming the file (Detectron2's
+  ``MapDataset`` then takes another), so one bad image never ends a long run; at test time it is an
+  error naming the file (an evaluation scores every image of its json);
 * boxes are handled the way Detectron2 does: clipped to the image, then instances whose box is
   empty after clipping (zero area, or lying outside the image) are dropped by
   ``filter_empty_instances``; here each drop is logged as a warning naming the image file.
@@ -89,6 +92,7 @@ class GridCLIPDatasetMapper(DatasetMapper):
         crop_boxes(self.align_grids, 1, 1)  # validates the grids now rather than per sample
         self.teacher_input_size = int(teacher_input_size)
         self.with_teacher_images = bool(with_teacher_images)
+        self.num_skipped = 0
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -125,8 +129,17 @@ class GridCLIPDatasetMapper(DatasetMapper):
         """dataset dict (Detectron2 format) -> model input dict (see module doc)."""
         dataset_dict = copy.deepcopy(dataset_dict)  # modified below
         file_name = dataset_dict.get("file_name", "")
-        image = read_image_checked(file_name, self.image_format)
-        utils.check_image_size(dataset_dict, image)
+        try:
+            image = read_image_checked(file_name, self.image_format)
+            utils.check_image_size(dataset_dict, image)
+        except (OSError, utils.SizeMismatchError) as e:
+            if not self.is_train:
+                raise  # an evaluation must score every image of its json
+            # One bad image must not end a long run: Detectron2's MapDataset takes another sample.
+            self.num_skipped += 1
+            logger.warning("Skipping a training image (%d skipped so far in this loader process): %s",
+                           self.num_skipped, e)
+            return None
         original = image  # H0 x W0 x 3, INPUT.FORMAT
 
         aug_input = T.AugInput(image)

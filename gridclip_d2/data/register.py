@@ -61,6 +61,8 @@ def _load_api(json_file: str):
         raise FileNotFoundError(f"LVIS-format json '{json_file}' does not exist")
     try:
         api = LVIS(local)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"'{json_file}' is not UTF-8 text (byte {e.start}: {e.reason}); json files must be UTF-8") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"'{json_file}' is not valid json: {e}") from e
     except (KeyError, TypeError, AssertionError) as e:
@@ -80,6 +82,11 @@ def _load_api(json_file: str):
     for cat in data["categories"]:
         if not isinstance(cat.get("name"), str) or not cat["name"]:
             raise ValueError(f"'{json_file}': category {cat['id']} has no 'name'")
+        try:
+            cat["name"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"'{json_file}': category {cat['id']} has name {ascii(cat['name'])}, which is not "
+                             "valid Unicode text (a lone surrogate escape)") from None
         freq = cat.get("frequency")
         if freq is not None and freq not in _FREQUENCIES:
             raise ValueError(

@@ -64,8 +64,12 @@ def get_vocabulary(
     if file is not None:
         if not os.path.isfile(file):
             raise FileNotFoundError(f"Vocabulary file {file} not found")
-        with open(file, encoding="utf-8") as f:
-            entries = _parse_custom(f.read().splitlines(), f"Vocabulary file {file}")
+        try:
+            with open(file, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"Vocabulary file {file} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+        entries = _parse_custom(text.splitlines(), f"Vocabulary file {file}")
         if not entries:
             raise ValueError(f"Vocabulary file {file} holds no category names")
         return entries

@@ -9,12 +9,12 @@ train_main``): a script that registers its own data set needs no repository on `
     args = default_argument_parser().parse_args(["--config-file", CFG, "DATASETS.TRAIN", "('mydata_train',)"])
     results = train_main.main(args)      # one process: spawned workers would not see the registration
 """
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from .checkpointer import GridCLIPCheckpointer
 from .ddp import set_cpu_threads_per_worker
 from .setup import setup_cfg
 from .trainer import Trainer
@@ -41,9 +41,9 @@ def main(args):
 
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        GridCLIPCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

@@ -7,6 +7,7 @@ TensorBoard, resume) is Detectron2's ``DefaultTrainer``; checkpoints also hold t
 import contextlib
 import logging
 import os
+import weakref
 from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple
 
@@ -25,7 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.mapper import GridCLIPDatasetMapper
 from ..modeling.clip_text import clean_name
 from ..modeling.model_vocabulary import names_mismatch, read_sidecar, vocabulary_from_cfg
+from .checkpointer import GridCLIPCheckpointer
 from .ddp import patch_create_ddp_model
+from .loss_watch import LossWatch
 from .hardware import adapt_cfg_to_hardware
 from .lvis_evaluator import LVIS_MAX_DETS, OpenVocabLVISEvaluator
 from .ov_summary import format_open_vocabulary_summary, open_vocabulary_summary
@@ -108,7 +111,14 @@ class Trainer(DefaultTrainer):
         super().__init__(adapt_cfg_to_hardware(cfg))
 
     def build_hooks(self):
+        # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this; the
+        # checkpoint hook built below must get ours (safe reading, atomic writes, resume fallback).
+        self.checkpointer = GridCLIPCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, allow_partial=self.cfg.MODEL.ALLOW_PARTIAL_WEIGHTS,
+            trainer=weakref.proxy(self),
+        )
         hooks = super().build_hooks()
+        hooks.insert(0, LossWatch())
         if self.cfg.SOLVER.PLOT_CURVES and comm.is_main_process():
             hooks.append(PlotTrainingCurves(self.cfg.OUTPUT_DIR))  # after the PeriodicWriter
         return hooks

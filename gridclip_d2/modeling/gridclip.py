@@ -241,6 +241,7 @@ class GridCLIP(FCOS):
         pred_logits, pred_deltas, pred_centerness = self._transpose_dense_predictions(
             list(predictions[:3]), [self.num_classes, 4, 1]
         )  # N x Ri x C, N x Ri x 4, N x Ri x 1 per level
+        self._check_finite(logits=pred_logits, box_deltas=pred_deltas, centerness=pred_centerness)
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         losses = self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_centerness)
@@ -249,6 +250,21 @@ class GridCLIP(FCOS):
                 raise ValueError("the image-level alignment needs the batched inputs")
             losses.update(self.image_alignment(predictions[3], self.strides, batched_inputs))
         return losses
+
+    @staticmethod
+    def _check_finite(**outputs: List[Tensor]) -> None:
+        """FloatingPointError naming the head outputs that hold NaN/inf. Detectron2 checks only the
+        summed loss, and with NaN boxes the GIoU loss fails first with an assertion that reads like
+        a data error."""
+        sums = torch.stack([torch.stack([t.float().sum() for t in ts]).sum() for ts in outputs.values()])
+        if bool(torch.isfinite(sums).all()):
+            return
+        bad = [name for name, s in zip(outputs, sums) if not bool(torch.isfinite(s))]
+        raise FloatingPointError(
+            f"GridCLIP training diverged at iteration {get_event_storage().iter}: the head's "
+            f"{' and '.join(bad)} hold NaN or inf. Lower SOLVER.BASE_LR (and keep SOLVER.CLIP_GRADIENTS on); "
+            "checkpoints with non-finite weights are not saved, so --resume restarts from the last good one"
+        )
 
     # ------------------------------------------------------------------ training targets and losses
     @torch.no_grad()

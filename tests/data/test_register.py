@@ -307,3 +307,15 @@ def test_register_from_cfg_without_training_images(tmp_path):
     cfg = register_from_cfg(_cfg(NAME=name, TRAIN_JSON=train_json, TRAIN_IMAGES=train_images),
                             splits=(), check_train_images=False)
     assert f"{name}_train" not in DatasetCatalog.list()
+
+
+def test_non_utf8_json_and_invalid_names_are_named(tmp_path):
+    json_file, image_root = _write_set(str(tmp_path))
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(open(json_file, "rb").read().replace(b'"kite"', '"cerf-volant \u00e9t\u00e9"'.encode("latin-1")))
+    with pytest.raises(ValueError, match=r"latin1.json' is not UTF-8 text"):
+        register_lvis_format(_unique("latin1"), str(latin1), image_root)
+    surrogate = tmp_path / "surrogate.json"
+    surrogate.write_text(open(json_file).read().replace('"kite"', '"ki\\udc80te"'))
+    with pytest.raises(ValueError, match=r"category 7 has name 'ki\\udc80te', which is not valid Unicode"):
+        register_lvis_format(_unique("surrogate"), str(surrogate), image_root)
