@@ -1,7 +1,6 @@
 """Runs that go wrong: divergence is stopped and named, an exploding loss is warned about, bad
 training images are skipped (named) instead of ending the run, and wrong-architecture weights end
 ``train_net.py`` with an error naming the file."""
-import importlib.util
 import json
 import logging
 import os

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from typing import List, Optional
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch
 
 from detectron2.utils.logger import setup_logger
 
+from gridclip_d2.atomic_write import atomic_write
 from gridclip_d2.data.vocabulary import VOCABULARY_KINDS, get_vocabulary
 from gridclip_d2.modeling.clip_arch import CLIP_ARCHS, arch_name, infer_arch
 from gridclip_d2.modeling.clip_text import PROMPT_ENSEMBLE, CLIPTextEncoder, check_prompt, encode_names
@@ -57,19 +57,6 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True, help="output FILE.npy (FILE.json is written beside it)")
     return p
-
-
-def _atomic_write(path: str, write) -> None:
-    """Call ``write(file_object)`` on a temporary file in ``path``'s folder, then rename it to ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path) + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def dump_text_embeddings(args: argparse.Namespace) -> np.ndarray:
@@ -121,9 +108,9 @@ def dump_text_embeddings(args: argparse.Namespace) -> np.ndarray:
         "shape": list(embeddings.shape),
         "normalized": True,
     }
-    _atomic_write(args.out, lambda f: np.save(f, embeddings))
+    atomic_write(args.out, lambda f: np.save(f, embeddings))
     json_path = args.out[: -len(".npy")] + ".json"
-    _atomic_write(json_path, lambda f: f.write(json.dumps(meta, indent=1).encode("utf-8")))
+    atomic_write(json_path, lambda f: f.write(json.dumps(meta, indent=1).encode("utf-8")))
     logger.info("Wrote %s (%d x %d) and %s", args.out, *embeddings.shape, json_path)
     return embeddings
 

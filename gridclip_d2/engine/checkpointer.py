@@ -22,12 +22,13 @@ import io
 import logging
 import os
 import pickle
-import tempfile
 from typing import Any, Dict, List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
+
+from ..atomic_write import atomic_torch_save, atomic_write
 
 __all__ = ["GridCLIPCheckpointer", "safe_load_pkl"]
 
@@ -81,21 +82,6 @@ def _readable_error(e: Exception) -> str:
     if not keep and lines and "weights_only" not in lines[0]:
         keep = lines[:1]
     return f"{type(e).__name__}" + (f": {' '.join(keep)}" if keep else "")
-
-
-def _atomic_torch_save(data: Dict[str, Any], path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class GridCLIPCheckpointer(DetectionCheckpointer):
@@ -176,15 +162,11 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
-        _atomic_torch_save(data, save_file)
+        atomic_torch_save(data, save_file)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        save_file = os.path.join(self.save_dir, "last_checkpoint")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-last_checkpoint-", dir=self.save_dir)
-        with os.fdopen(fd, "w") as f:
-            f.write(last_filename_basename)
-        os.replace(tmp, save_file)
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"), lambda f: f.write(last_filename_basename), "w")
 
     # ------------------------------------------------------------------ resuming
     def _candidates(self) -> List[str]:

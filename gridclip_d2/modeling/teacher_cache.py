@@ -20,10 +20,11 @@ file in the same folder, renamed over the target only once complete.
 import hashlib
 import logging
 import os
-import tempfile
 from typing import Any, Dict, Hashable, List, Optional, Sequence
 
 import torch
+
+from ..atomic_write import atomic_torch_save
 
 __all__ = [
     "TeacherCache",
@@ -182,17 +183,7 @@ class TeacherCache:
             "image_ids": self.image_ids,
             "embeddings": self.embeddings.detach().float().cpu().contiguous(),
         }
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_torch_save(payload, path)
         self.path = path
 
     @classmethod
