@@ -203,16 +203,27 @@ def test_image_without_instances_still_gets_alignment_fields(image_file):
     assert out["align_boxes"].shape == (5, 4) and out["teacher_images"].shape[0] == 5
 
 
-def test_missing_and_corrupt_image_files_are_named(tmp_path):
+def test_missing_and_corrupt_image_files_are_named(tmp_path, caplog):
+    """At test time a bad image is an error naming it; in training it is skipped with a warning
+    naming it (Detectron2's MapDataset then takes another sample)."""
+    test_mapper = GridCLIPDatasetMapper(False, augmentations=[T.ResizeShortestEdge(80, 1000)], image_format="RGB")
     missing = str(tmp_path / "nope.jpg")
-    with pytest.raises(FileNotFoundError, match="nope.jpg"):
-        _mapper()(_dataset_dict(missing))
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8 definitely not a jpeg")
-    with pytest.raises(OSError, match="corrupt.jpg"):
-        _mapper()(_dataset_dict(str(corrupt)))
     truncated = tmp_path / "truncated.png"
     Image.fromarray(_quadrant_image()).save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:60])
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        test_mapper(_dataset_dict(missing))
+    with pytest.raises(OSError, match="corrupt.jpg"):
+        test_mapper(_dataset_dict(str(corrupt)))
     with pytest.raises(OSError, match="truncated.png"):
-        _mapper()(_dataset_dict(str(truncated)))
+        test_mapper(_dataset_dict(str(truncated)))
+
+    train_mapper = _mapper()
+    with caplog.at_level(logging.WARNING, logger="gridclip_d2"):
+        for path in (missing, str(corrupt), str(truncated)):
+            assert train_mapper(_dataset_dict(path)) is None
+    assert train_mapper.num_skipped == 3
+    for name in ("nope.jpg", "corrupt.jpg", "truncated.png"):
+        assert name in caplog.text
