@@ -3,7 +3,8 @@
 ``get_vocabulary(kind, custom=None, file=None) -> List[dict]``, each entry with ``id`` (1-based, in
 order), ``name``, ``synonyms`` (list, the name first) and ``frequency`` ('r'/'c'/'f' or None):
 
-- ``"lvis"``: LVIS v1's 1203 categories (Detectron2's ``lvis_v1_categories``), in id order;
+- ``"lvis"``: LVIS v1's 1203 categories (Detectron2's ``lvis_v1_categories``), in id order, named as
+  Detectron2's LVIS ``thing_classes`` (the first synonym);
 - ``"synthetic"``: the embedded data set's categories (``gridclip_d2.data.synthetic``);
 - ``"custom"``: names given as a comma-separated string / list (``custom``) or a text file (``file``)
   with one category per line, optionally followed by synonyms after commas
@@ -17,13 +18,16 @@ __all__ = ["get_vocabulary", "VOCABULARY_KINDS"]
 VOCABULARY_KINDS = ("lvis", "synthetic", "custom")
 
 
-def _entries_from_categories(categories) -> List[dict]:
+def _entries_from_categories(categories, name_is_first_synonym: bool = False) -> List[dict]:
     out = []
     for c in sorted(categories, key=lambda c: c["id"]):
         synonyms = list(c.get("synonyms") or [c["name"]])
-        if c["name"] not in synonyms:
-            synonyms.insert(0, c["name"])
-        out.append({"id": c["id"], "name": c["name"], "synonyms": synonyms, "frequency": c.get("frequency")})
+        name = synonyms[0] if name_is_first_synonym else c["name"]
+        if name not in synonyms:
+            synonyms.insert(0, name)
+        elif c["name"] not in synonyms:
+            synonyms.append(c["name"])
+        out.append({"id": c["id"], "name": name, "synonyms": synonyms, "frequency": c.get("frequency")})
     return out
 
 
@@ -50,7 +54,10 @@ def get_vocabulary(
     if kind == "lvis":
         from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
 
-        return _entries_from_categories(LVIS_CATEGORIES)
+        # Names as Detectron2's LVIS metadata has them (thing_classes = each category's first
+        # synonym), so that the vocabulary equals the classes LVIS labels and evaluation index. They
+        # differ from the json's "name" once: id 162 is "horned_cow" there, "bull" in "name".
+        return _entries_from_categories(LVIS_CATEGORIES, name_is_first_synonym=True)
     if kind == "synthetic":
         # imported here: the synthetic data set's module is only needed for this vocabulary
         from .synthetic import SYNTHETIC_CATEGORIES

@@ -128,3 +128,22 @@ def test_sidecar_mismatches_name_both_sides(tiny_cfg, npy, caplog):
     with caplog.at_level(logging.WARNING, logger="gridclip_d2"):
         TextClassifier(cfg, names=["zebra", "traffic_cone", "kite"])
     assert "records no CLIP text fingerprint" in caplog.text
+
+
+def test_lvis_embeddings_from_the_dump_tool_fit_lvis_training_and_evaluation(tmp_path, gridclip_cfg):
+    """The LVIS route: embeddings written by `dump_text_embeddings.py --vocabulary lvis` name exactly
+    the classes lvis_v1_train_base labels and lvis_v1_val evaluates (Detectron2's thing_classes)."""
+    from gridclip_d2.engine import check_training_vocabulary
+
+    out = str(tmp_path / "lvis.npy")
+    assert dump_text.main(["--clip", "", "--arch", "RNtiny", "--vocabulary", "lvis", "--out", out]) == 0
+    cfg = gridclip_cfg(ARCH="RNtiny", WEIGHTS="")
+    cfg.merge_from_file(os.path.join(REPO, "configs", "GridCLIP_LVIS.yaml"))
+    cfg.MODEL.CLIP.ARCH, cfg.MODEL.CLIP.WEIGHTS = "RNtiny", ""
+    cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = out
+    cfg.MODEL.GRIDCLIP.PROMPT_ENSEMBLE = False  # the dump above used the single prompt "a {}"
+    names, source = vocabulary_from_cfg(cfg)
+    assert source == f"the sidecar of {out}"
+    check_training_vocabulary(cfg)  # lvis_v1_train_base's classes are the vocabulary
+    assert names == MetadataCatalog.get("lvis_v1_val").thing_classes  # evaluated without a switch
+    assert TextClassifier(cfg, names=names, names_source=source).num_classes == 1203
