@@ -67,14 +67,14 @@ def test_synonyms_file_and_ensemble(tool, clip_tiny_checkpoints, tmp_path):
 def test_random_clip_is_deterministic(tool, tmp_path):
     outs = []
     for i in range(2):
-        out = tmp_path / f"synthetic{i}.npy"
+        out = tmp_path / "metadata" / f"synthetic{i}.npy"  # the folder is made (datasets/metadata/)
         assert tool.main(["--clip", "", "--arch", "RNtiny", "--vocabulary", "synthetic", "--out", str(out)]) == 0
         outs.append(np.load(out))
     assert np.array_equal(outs[0], outs[1])
     from gridclip_d2.data.synthetic import SYNTHETIC_CATEGORIES
 
     assert outs[0].shape == (len(SYNTHETIC_CATEGORIES), 128)
-    meta = json.loads((tmp_path / "synthetic0.json").read_text())
+    meta = json.loads((tmp_path / "metadata" / "synthetic0.json").read_text())
     assert meta["clip_weights"] == "" and meta["seed"] == 0 and meta["vocabulary"] == "synthetic"
 
 

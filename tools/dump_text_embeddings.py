@@ -64,8 +64,8 @@ def dump_text_embeddings(args: argparse.Namespace) -> np.ndarray:
     if not args.out.endswith(".npy"):
         raise ValueError(f"--out must name a .npy file, got {args.out!r}")
     out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise FileNotFoundError(f"--out folder {out_dir} does not exist")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"--out folder {out_dir} is a file")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     custom_given = args.custom_vocabulary is not None or args.vocabulary_file is not None
@@ -108,6 +108,7 @@ def dump_text_embeddings(args: argparse.Namespace) -> np.ndarray:
         "shape": list(embeddings.shape),
         "normalized": True,
     }
+    os.makedirs(out_dir, exist_ok=True)  # e.g. datasets/metadata/ on a fresh clone
     atomic_write(args.out, lambda f: np.save(f, embeddings))
     json_path = args.out[: -len(".npy")] + ".json"
     atomic_write(json_path, lambda f: f.write(json.dumps(meta, indent=1).encode("utf-8")))
