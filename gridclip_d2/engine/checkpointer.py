@@ -26,6 +26,7 @@ from typing import Any, Dict, List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..atomic_write import atomic_torch_save, atomic_write
@@ -101,6 +102,7 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename: str):
         self._loading = filename
         if filename.endswith(".pkl"):
+            # Detectron2's own handling of the two .pkl layouts, with the restricted unpickler.
             data = safe_load_pkl(filename)
             if not isinstance(data, dict):
                 raise ValueError(f"{filename}: a .pkl weights file must hold a dict, got {type(data).__name__}")
@@ -127,10 +129,12 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
         # leaves out FrozenBatchNorm statistics, which Detectron2 fills with defaults when absent.
         expected = list(self.model.state_dict().keys())
         wrong = [k for k, _, _ in incompatible.incorrect_shapes]
+        skip = given | set(wrong)
         if heuristics:
-            missing = [k for k in incompatible.missing_keys if k in set(expected)]
+            expected_set = set(expected)
+            missing = [k for k in incompatible.missing_keys if k in expected_set]
         else:
-            missing = [k for k in expected if k not in given and k not in set(wrong)]
+            missing = [k for k in expected if k not in skip]
         if missing or wrong:
             filled = len(expected) - len(missing) - len(wrong)
             raise ValueError(
@@ -180,33 +184,26 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         if not (resume and self.has_checkpoint()):
             return self.load(path, checkpointables=[])
-        failures = []
+        failures, chosen = [], ""
         for candidate in self._candidates():
             if not os.path.isfile(candidate):
                 failures.append(f"{candidate} (missing)")
                 continue
             try:
-                checkpoint = self._load_file(candidate)
+                self._load_file(candidate)  # read once to see that it is whole
             except (ValueError, pickle.UnpicklingError, OSError) as e:
                 failures.append(f"{candidate} ({e})")
                 continue
-            if failures:
-                logger.warning("Resuming from %s: %s", candidate, "; ".join(failures))
-            return self._load_checkpoint(candidate, checkpoint)
-        raise FileNotFoundError(
-            f"--resume: {os.path.join(self.save_dir, 'last_checkpoint')} exists but no checkpoint in "
-            f"{self.save_dir} can be loaded: {'; '.join(failures) or 'there is none'}. Remove last_checkpoint "
-            "to start afresh"
-        )
-
-    def _load_checkpoint(self, path: str, checkpoint: Dict[str, Any]) -> Dict[str, Any]:
-        """``Checkpointer.load`` from an already read ``checkpoint`` (all checkpointables)."""
-        self.logger.info("[Checkpointer] Loading from %s ...", path)
-        incompatible = self._load_model(checkpoint)
-        if incompatible is not None:
-            self._log_incompatible_keys(incompatible)
-        for key in self.checkpointables:
-            if key in checkpoint:
-                self.checkpointables[key].load_state_dict(checkpoint.pop(key))
-        return checkpoint
-
+            chosen = candidate
+            break
+        if comm.get_world_size() > 1:
+            chosen = comm.all_gather(chosen)[0]  # every process resumes from the main process's choice
+        if not chosen:
+            raise FileNotFoundError(
+                f"--resume: {os.path.join(self.save_dir, 'last_checkpoint')} exists but no checkpoint in "
+                f"{self.save_dir} can be loaded: {'; '.join(failures) or 'there is none'}. Remove "
+                "last_checkpoint to start afresh"
+            )
+        if failures:
+            logger.warning("Resuming from %s: %s", chosen, "; ".join(failures))
+        return self.load(chosen)  # DetectionCheckpointer.load: main-worker file checks under DDP

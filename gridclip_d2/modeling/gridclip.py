@@ -256,7 +256,8 @@ class GridCLIP(FCOS):
         """FloatingPointError naming the head outputs that hold NaN/inf. Detectron2 checks only the
         summed loss, and with NaN boxes the GIoU loss fails first with an assertion that reads like
         a data error."""
-        sums = torch.stack([torch.stack([t.float().sum() for t in ts]).sum() for ts in outputs.values()])
+        # one float32 sum per output (no float copy of half-precision logits), one sync
+        sums = torch.stack([sum(t.sum(dtype=torch.float32) for t in ts) for ts in outputs.values()])
         if bool(torch.isfinite(sums).all()):
             return
         bad = [name for name, s in zip(outputs, sums) if not bool(torch.isfinite(s))]

@@ -18,6 +18,7 @@ MODEL.CLIP.*, its prompts against MODEL.GRIDCLIP.PROMPT(_ENSEMBLE); a mismatch n
 import json
 import logging
 import os
+from collections import Counter
 from typing import List, Optional, Sequence, Tuple
 
 from detectron2.data import MetadataCatalog
@@ -39,6 +40,10 @@ logger = logging.getLogger(__name__)
 BUILTIN_VOCABULARIES = ("lvis", "synthetic")
 
 
+def _duplicates(names: Sequence[str]) -> List[str]:
+    return sorted(n for n, k in Counter(names).items() if k > 1)
+
+
 def read_vocabulary_file(path: str, what: str = "Vocabulary file") -> List[str]:
     """Names of a ``.txt`` (one category per line) or ``.json`` (list, or object with "names") file."""
     from ..data.vocabulary import get_vocabulary
@@ -56,7 +61,7 @@ def read_vocabulary_file(path: str, what: str = "Vocabulary file") -> List[str]:
             raise ValueError(
                 f"{what} {path} must hold a non-empty list of names, or an object whose \"names\" is one"
             )
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = _duplicates(names)
         if duplicates:
             raise ValueError(f"{what} {path}: names appear twice: {duplicates[:10]}")
         return list(names)
@@ -98,8 +103,9 @@ def names_mismatch(have: Sequence[str], want: Sequence[str], have_what: str, wan
         f"first difference at class {first}: {have[first] if first < len(have) else '<none>'!r} vs "
         f"{want[first] if first < len(want) else '<none>'!r}"
     )
-    only_have = [n for n in have if n not in set(want)]
-    only_want = [n for n in want if n not in set(have)]
+    have_set, want_set = set(have), set(want)
+    only_have = [n for n in have if n not in want_set]
+    only_want = [n for n in want if n not in have_set]
     extra = ""
     if only_have or only_want:
         extra = f"; only in {have_what}: {_show(only_have, 10)}, only in {want_what}: {_show(only_want, 10)}"
@@ -157,7 +163,7 @@ def explicit_vocabulary_from_cfg(cfg) -> Optional[Tuple[List[str], str]]:
         bad = [n for n in names if not isinstance(n, str) or not n.strip()]
         if bad:
             raise ValueError(f"MODEL.GRIDCLIP.CLASS_NAMES holds empty or non-text names: {bad[:5]}")
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = _duplicates(names)
         if duplicates:
             raise ValueError(f"MODEL.GRIDCLIP.CLASS_NAMES: names appear twice: {duplicates[:10]}")
         return [str(n) for n in names], "MODEL.GRIDCLIP.CLASS_NAMES"
