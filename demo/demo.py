@@ -59,7 +59,8 @@ def get_parser():
         "--overwrite", action="store_true",
         help="overwrite existing output files the demo did not write (inputs are never overwritten)")
     parser.add_argument(
-        "--confidence-threshold", type=float, default=0.3, help="minimum score of drawn detections")
+        "--confidence-threshold", type=float, default=None,
+        help="minimum score of drawn detections (default: MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH)")
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     return parser
@@ -72,8 +73,6 @@ def setup_cfg(args):
     TEXT_EMBEDDINGS file is only used when its sidecar lists exactly these names."""
     vocabulary = vocabulary_names(args)
     cfg = setup_cfg_for(args.config_file, args.opts, mode="inference", freeze=False)
-    # The model keeps only what the demo draws (the LVIS evaluation threshold is far lower).
-    cfg.MODEL.GRIDCLIP.SCORE_THRESH_TEST = args.confidence_threshold
     if vocabulary is not None:
         cfg.MODEL.GRIDCLIP.VOCABULARY = ""
         cfg.MODEL.GRIDCLIP.CLASS_NAMES = list(vocabulary)
@@ -188,6 +187,14 @@ def output_paths(inputs, output, overwrite=False):
     return outs
 
 
+def has_display() -> bool:
+    """Whether OpenCV can open a window (on Linux it needs an X or Wayland display; Qt aborts the
+    process without one)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def run_images(demo, inputs, outs):
     """Draw each input; ``outs``: output paths from :func:`output_paths` (None entries: show)."""
     for path, out in zip(tqdm.tqdm(inputs, desc="images", disable=len(inputs) < 2), outs):
@@ -197,9 +204,8 @@ def run_images(demo, inputs, outs):
             logger.warning(f"{path}: cannot read image ({type(e).__name__}: {e}); skipped")
             continue
         start = time.time()
-        predictions, vis = demo.run_on_image(image)
-        shown = int((predictions["instances"].scores >= demo.confidence_threshold).sum())
-        logger.info(f"{path}: {shown} detections in {time.time() - start:.2f}s")
+        instances, vis = demo.run_on_image(image)
+        logger.info(f"{path}: {len(instances)} detections in {time.time() - start:.2f}s")
         if out:
             vis.save(out)
             record_outputs([out])
@@ -267,6 +273,9 @@ def main(argv=None):
     sources = sum(bool(x) for x in (args.input, args.video_input, args.webcam))
     if sources != 1:
         raise SystemExit("give exactly one of --input, --video-input or --webcam")
+    if not args.output and not has_display():
+        raise SystemExit("No display to show the results on (DISPLAY is not set): pass --output FOLDER "
+                         "to write the drawn images there (e.g. --output out/), or run where a screen is")
     # Inputs and outputs are checked before the model is built.
     inputs = collect_inputs(args.input) if args.input else None
     if args.video_input and not os.path.isfile(args.video_input):

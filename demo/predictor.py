@@ -1,10 +1,8 @@
-"""Visualisation of GridCLIP predictions on images and videos, with an optional custom vocabulary.
+"""Drawing GridCLIP's detections on images and videos with Detectron2's ``Visualizer``.
 
-:class:`VisualizationDemo` wraps Detectron2's ``DefaultPredictor`` (weights from MODEL.WEIGHTS,
-test-time resize, BGR input) and draws with Detectron2's ``Visualizer``, labelling boxes with the
-model's own vocabulary (``model.vocabulary``: what its class ids index). A vocabulary given here
-replaces the model's with ``model.set_vocabulary(names=...)``; building the model with it
-(MODEL.GRIDCLIP.CLASS_NAMES, as demo.py does) embeds it only once.
+:class:`VisualizationDemo` runs :class:`gridclip_d2.GridCLIPPredictor` (weights loaded once,
+test-time resize, any vocabulary, one box and one label per object: the display filtering of
+MODEL.GRIDCLIP.DISPLAY) and draws the result, labelling boxes with the predictor's vocabulary.
 """
 import hashlib
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -12,12 +10,13 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultPredictor
 from detectron2.structures import Instances
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
-__all__ = ["VisualizationDemo", "vocabulary_metadata"]
+from gridclip_d2.predictor import GridCLIPPredictor
+
+__all__ = ["VisualizationDemo", "draw_instances", "vocabulary_metadata"]
 
 
 def vocabulary_metadata(names: Sequence[str]):
@@ -30,13 +29,21 @@ def vocabulary_metadata(names: Sequence[str]):
     return meta
 
 
+def draw_instances(rgb: np.ndarray, instances: Instances, names: Sequence[str],
+                   instance_mode=ColorMode.IMAGE) -> VisImage:
+    """``instances`` drawn on an H x W x 3 RGB image, labelled with ``names`` (the vocabulary)."""
+    visualizer = Visualizer(rgb, vocabulary_metadata(names), instance_mode=instance_mode)
+    return visualizer.draw_instance_predictions(predictions=instances)
+
+
 class VisualizationDemo:
     """Run the model on BGR images / video frames and draw boxes with class names and scores.
 
     Args:
-        cfg: a frozen Detectron2 config (MODEL.WEIGHTS is loaded by ``DefaultPredictor``).
+        cfg: a GridCLIP config (MODEL.WEIGHTS is loaded).
         vocabulary: class names to detect instead of the model's vocabulary; None = keep it.
-        confidence_threshold: detections below this score are not drawn.
+        confidence_threshold: detections below this score are not drawn; None = the config's
+            MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH.
         instance_mode: Detectron2's ``ColorMode`` for the Visualizer.
     """
 
@@ -44,48 +51,36 @@ class VisualizationDemo:
         self,
         cfg,
         vocabulary: Optional[Sequence[str]] = None,
-        confidence_threshold: float = 0.5,
+        confidence_threshold: Optional[float] = None,
         instance_mode=ColorMode.IMAGE,
     ):
-        self.predictor = DefaultPredictor(cfg)
-        model = self.predictor.model
-        if vocabulary is not None:
-            names = [str(n) for n in vocabulary]
-            if not names:
-                raise ValueError("the vocabulary is empty: give at least one class name")
-            if names != model.vocabulary:
-                model.set_vocabulary(names=names)
-        if not model.vocabulary:
-            raise ValueError("the model's vocabulary has no names (set_vocabulary with embeddings only): "
-                             "give the names to label boxes with")
-        self.metadata = vocabulary_metadata(model.vocabulary)
-        self.confidence_threshold = float(confidence_threshold)
+        if vocabulary is not None and not list(vocabulary):
+            raise ValueError("the vocabulary is empty: give at least one class name")
+        self.predictor = GridCLIPPredictor(cfg, vocabulary, score_thresh=confidence_threshold)
         self.instance_mode = instance_mode
 
     @property
+    def confidence_threshold(self) -> float:
+        return self.predictor.score_thresh
+
+    @property
     def class_names(self) -> List[str]:
-        return list(self.metadata.thing_classes)
+        return self.predictor.vocabulary
 
-    def _confident(self, predictions: dict) -> Instances:
-        instances = predictions["instances"].to("cpu")
-        return instances[instances.scores >= self.confidence_threshold]
-
-    def run_on_image(self, image: np.ndarray) -> Tuple[dict, VisImage]:
-        """Predict on an H x W x 3 uint8 BGR image; return (predictions, drawn image)."""
-        predictions = self.predictor(image)
-        rgb = image[:, :, ::-1]
-        visualizer = Visualizer(rgb, self.metadata, instance_mode=self.instance_mode)
-        vis = visualizer.draw_instance_predictions(predictions=self._confident(predictions))
-        return predictions, vis
+    def run_on_image(self, image: np.ndarray) -> Tuple[Instances, VisImage]:
+        """Predict on an H x W x 3 uint8 BGR image; return (the detections drawn, drawn image)."""
+        instances = self.predictor(image, format="BGR")
+        vis = draw_instances(image[:, :, ::-1], instances, self.class_names, self.instance_mode)
+        return instances, vis
 
     def run_on_video(self, video: cv2.VideoCapture) -> Iterator[np.ndarray]:
         """Yield each frame of ``video`` with the predictions drawn (BGR, H x W x 3 uint8)."""
-        visualizer = VideoVisualizer(self.metadata, self.instance_mode)
+        visualizer = VideoVisualizer(vocabulary_metadata(self.class_names), self.instance_mode)
         while video.isOpened():
             ok, frame = video.read()
             if not ok:
                 break
-            predictions = self.predictor(frame)
+            instances = self.predictor(frame, format="BGR")
             rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            vis = visualizer.draw_instance_predictions(rgb, self._confident(predictions))
+            vis = visualizer.draw_instance_predictions(rgb, instances)
             yield cv2.cvtColor(vis.get_image(), cv2.COLOR_RGB2BGR)

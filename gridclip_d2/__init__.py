@@ -6,6 +6,7 @@ from . import compat  # noqa: F401  (run-time library fixes; must come first)
 from .config import add_gridclip_config
 from . import modeling  # noqa: F401  (only registration)
 from . import data  # noqa: F401  (only registration)
+from .predictor import GridCLIPPredictor
 
-__all__ = ["add_gridclip_config"]
+__all__ = ["GridCLIPPredictor", "add_gridclip_config"]
 __version__ = "0.1.0"

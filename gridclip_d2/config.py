@@ -72,6 +72,13 @@ def add_gridclip_config(cfg):
     _C.MODEL.GRIDCLIP.SCORE_THRESH_TEST = 1e-4
     _C.MODEL.GRIDCLIP.TOPK_CANDIDATES_TEST = 1000
     _C.MODEL.GRIDCLIP.NMS_THRESH_TEST = 0.6
+    # What the predictor, demo and web page show (gridclip_d2.predictor; evaluation is unaffected):
+    # detections scoring at least SCORE_THRESH, after a class-agnostic NMS at IoU NMS_THRESH that
+    # keeps one box and one label per object (1.0 = off). tools/display_threshold.py picks
+    # SCORE_THRESH from a labelled set.
+    _C.MODEL.GRIDCLIP.DISPLAY = CN()
+    _C.MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH = 0.3
+    _C.MODEL.GRIDCLIP.DISPLAY.NMS_THRESH = 0.5
     # Levels (e.g. ["p5"]) whose grid embeddings also receive the backbone's dense CLIP embedding
     # (attention-pool value+output projections at every res5 location); [] = off.
     _C.MODEL.GRIDCLIP.DENSE_CLIP_LEVELS = []

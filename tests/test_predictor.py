@@ -1,0 +1,147 @@
+"""gridclip_d2.GridCLIPPredictor, the Python API: a real photograph, a custom vocabulary, every
+input kind, batches, vocabulary changes without reloading, and what is shown by default."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import pairwise_iou
+from matplotlib import cbook
+from PIL import Image
+
+from gridclip_d2 import GridCLIPPredictor, add_gridclip_config
+from gridclip_d2.modeling import clip_text
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
+PHOTO = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)  # 512 x 600 RGB photograph
+VOCABULARY = ["person", "necktie", "flag"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A GridCLIP checkpoint as training writes it (the small CLIP's backbone, a random head)."""
+    cfg = get_cfg()
+    add_gridclip_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    root = tmp_path_factory.mktemp("predictor_weights")
+    DetectionCheckpointer(model, save_dir=str(root)).save("model")
+    return str(root / "model.pth")
+
+
+@pytest.fixture(scope="module")
+def predictor(weights):
+    return GridCLIPPredictor.from_config_file(CONFIG, weights=weights, vocabulary=VOCABULARY,
+                                              score_thresh=0.0, batch_size=2)
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-3)
+    assert torch.allclose(a.scores, b.scores, atol=1e-5)
+    assert torch.equal(a.pred_classes, b.pred_classes)
+
+
+def test_photograph_with_a_custom_vocabulary(predictor):
+    instances = predictor(PHOTO)
+    assert predictor.vocabulary == VOCABULARY
+    assert instances.image_size == (600, 512)  # the photograph's own size, not the test resize
+    assert len(instances) > 0
+    names = list(instances.pred_class_names)
+    assert set(names) <= set(VOCABULARY)
+    assert names == [VOCABULARY[int(c)] for c in instances.pred_classes]
+    boxes = instances.pred_boxes.tensor
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 512).all() and (boxes[:, 3] <= 600).all()
+    assert torch.equal(instances.scores, instances.scores.sort(descending=True).values)
+    # Names follow the detections through Detectron2's indexing.
+    top = instances[instances.scores >= instances.scores[min(2, len(instances) - 1)]]
+    assert list(top.pred_class_names) == names[: len(top)]
+
+
+def test_every_input_kind_gives_the_same_detections(predictor):
+    rgb = np.asarray(Image.open(PHOTO).convert("RGB"))
+    from_path = predictor(PHOTO)
+    _same(from_path, predictor(rgb, format="RGB"))
+    _same(from_path, predictor(np.ascontiguousarray(rgb[:, :, ::-1]), format="BGR"))
+    _same(from_path, predictor(Image.open(PHOTO)))
+    flipped = np.ascontiguousarray(rgb[:, ::-1])
+    batch = predictor.predict([PHOTO, flipped, rgb[:300]], format="RGB")  # batches of 2
+    assert len(batch) == 3
+    _same(batch[0], from_path)
+    _same(batch[1], predictor(flipped, format="RGB"))
+    assert batch[2].image_size == (300, 512)
+
+
+def test_shown_detections_are_one_box_per_object(predictor):
+    shown = predictor(PHOTO)
+    iou = pairwise_iou(shown.pred_boxes, shown.pred_boxes).fill_diagonal_(0)
+    assert float(iou.max()) <= predictor.nms_thresh + 1e-6  # no overlapping copies, of any class
+    protocol = predictor(PHOTO, display=False)  # the model's own (LVIS-protocol) output
+    assert len(protocol) > len(shown)
+    cross_class = pairwise_iou(protocol.pred_boxes, protocol.pred_boxes).fill_diagonal_(0)
+    assert float(cross_class.max()) > predictor.nms_thresh
+    strict = GridCLIPPredictor(predictor.cfg, VOCABULARY, score_thresh=float(shown.scores[2]))
+    assert len(strict(PHOTO)) == 3 and strict(PHOTO).scores.min() >= shown.scores[2]
+
+
+def test_vocabulary_changes_without_reloading(predictor, monkeypatch):
+    embedded = []
+    encode = clip_text.encode_names
+    monkeypatch.setattr(clip_text, "encode_names", lambda enc, names, *a, **k: embedded.append(list(names))
+                        or encode(enc, names, *a, **k))
+    model = predictor.model
+    predictor.set_vocabulary("zebra, kite")
+    assert predictor.vocabulary == ["zebra", "kite"] and embedded == [["zebra", "kite"]]
+    assert set(predictor(PHOTO).pred_class_names) <= {"zebra", "kite"}
+    predictor.set_vocabulary(VOCABULARY)  # used before: from the cache, nothing embedded
+    predictor.set_vocabulary(["zebra", "kite"])
+    assert embedded == [["zebra", "kite"]] and predictor.model is model
+    assert model.head.classifier.num_classes == 2
+    predictor.set_vocabulary(VOCABULARY)
+
+
+def test_vocabulary_from_a_text_embedding_file(predictor, tmp_path):
+    spec = importlib.util.spec_from_file_location("dump", os.path.join(REPO, "tools", "dump_text_embeddings.py"))
+    dump = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dump)
+    npy = str(tmp_path / "animals.npy")
+    clip_weights = predictor.cfg.MODEL.CLIP.WEIGHTS
+    assert dump.main(["--clip", clip_weights, "--arch", predictor.cfg.MODEL.CLIP.ARCH, "--vocabulary", "custom",
+                      "--custom-vocabulary", "zebra,kite,blue square", "--out", npy]) == 0
+    predictor.set_vocabulary(npy)
+    assert predictor.vocabulary == ["zebra", "kite", "blue square"]
+    from_file = predictor.model.head.classifier.embeddings.clone()
+    predictor.set_vocabulary(VOCABULARY)
+    predictor.set_vocabulary(["zebra", "kite", "blue square"])  # same rows as the file's
+    assert torch.allclose(predictor.model.head.classifier.embeddings, from_file, atol=1e-5)
+    predictor.set_vocabulary(VOCABULARY)
+    ensemble = str(tmp_path / "ensemble.npy")
+    assert dump.main(["--clip", clip_weights, "--arch", predictor.cfg.MODEL.CLIP.ARCH, "--vocabulary", "custom",
+                      "--custom-vocabulary", "zebra", "--prompt-ensemble", "--out", ensemble]) == 0
+    with pytest.raises(ValueError, match="prompt"):
+        predictor.set_vocabulary(ensemble)  # made with other prompts than the model's
+    assert predictor.vocabulary == VOCABULARY
+
+
+def test_bad_input_is_named(predictor, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        predictor.set_vocabulary(" , ")
+    with pytest.raises(ValueError, match="more than once"):
+        predictor.set_vocabulary(["kite", "kite"])
+    with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
+        predictor(str(tmp_path / "nowhere.jpg"))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        predictor(str(broken))
+    with pytest.raises(ValueError, match="uint8"):
+        predictor(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="format"):
+        predictor(np.zeros((8, 8, 3), np.uint8), format="rgb")
+    assert predictor.vocabulary == VOCABULARY
