@@ -16,6 +16,7 @@ def atomic_write(path: str, write: Callable[[IO], None], mode: str = "wb") -> No
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a plain open() would not
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
@@ -25,6 +26,12 @@ def atomic_write(path: str, write: Callable[[IO], None], mode: str = "wb") -> No
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:

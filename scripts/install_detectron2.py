@@ -88,6 +88,11 @@ PATCHES = [
      '    if "device_ids" not in kwargs and next(model.parameters()).is_cuda:\n'
      '        kwargs["device_ids"] = [comm.get_local_rank()]\n',
      "DistributedDataParallel rejects device_ids for a CPU model"),
+    ("detectron2/export/__init__.py", "\nfrom .api import *\n",
+     "\ntry:\n    from caffe2.proto import caffe2_pb2 as _tmp  # noqa: F401\nexcept ImportError:\n"
+     "    pass  # caffe2 is optional\nelse:\n    from .api import *\n",
+     "caffe2 is no longer part of PyTorch: `import detectron2.export` (TracingAdapter, for TorchScript "
+     "and ONNX export) failed; upstream made caffe2 optional the same way in 2022"),
 ]
 
 # np.float / np.int / np.bool / np.str were removed in numpy 1.24; they meant the builtins.

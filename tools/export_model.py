@@ -1,0 +1,234 @@
+#!/usr/bin/env python
+"""Export a GridCLIP model with a fixed vocabulary baked in: TorchScript, and ONNX.
+
+    python tools/export_model.py --config-file configs/GridCLIP_synthetic.yaml \
+        --vocabulary "blue square,yellow circle,green cross" \
+        --sample-image datasets/synthetic/val/100001.jpg --output exported/ \
+        --opts MODEL.WEIGHTS output/GridCLIP_synthetic/model_final.pth
+
+Writes ``model.ts`` (``torch.jit.load`` runs it with no Detectron2, no CLIP and no project code;
+``import torchvision`` first, for its NMS op) and
+``model.onnx`` (``--format onnx`` or ``both``), plus ``model.json``: the class names, input size and
+format. The vocabulary's text embeddings become constants of the exported graph, so the classes are
+fixed at export; export again for another vocabulary.
+
+Both take one image as a ``3 x H x W`` uint8 tensor in INPUT.FORMAT (RGB for the shipped configs)
+and return ``boxes`` (N x 4, XYXY in that image's pixels), ``scores`` (N) and ``classes`` (N,
+indices into the class names): the detections a person looks at (MODEL.GRIDCLIP.DISPLAY, as
+``GridCLIPPredictor`` returns them). The graph is traced at the sample image's size after the test
+resize (INPUT.MIN/MAX_SIZE_TEST; in ``model.json``). ``model.ts`` takes any image size: it scales the
+image to fit that size (aspect kept, padded) and maps the boxes back. ``model.onnx`` takes exactly
+that size (ONNX Runtime refuses others); resize and pad before, as ``model.json`` says.
+
+After export, each file is run on the sample image and its boxes, scores and classes are compared
+with eager inference (``--atol``); a mismatch is an error and removes nothing already there: files
+are written to temporary names and renamed only once they pass.
+
+Detectron2's ``TracingAdapter`` flattens the model's inputs and outputs for ``torch.jit.trace``;
+ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``, opset 17).
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+from detectron2.data.detection_utils import read_image
+from detectron2.export import TracingAdapter
+from detectron2.layers import nms
+from detectron2.utils.logger import setup_logger
+
+from gridclip_d2 import GridCLIPPredictor
+from gridclip_d2.atomic_write import atomic_write
+from gridclip_d2.engine import setup_cfg
+
+logger = logging.getLogger("gridclip_d2.export_model")
+
+OUTPUT_NAMES = ("boxes", "scores", "classes")
+
+
+class DisplayDetector(torch.nn.Module):
+    """One image (3 x H x W uint8, resized) -> (boxes, scores, classes) of what the predictor shows:
+    the model's detections above the display threshold after the class-agnostic display NMS."""
+
+    def __init__(self, predictor: GridCLIPPredictor):
+        super().__init__()
+        self.predictor = predictor
+        self.model = predictor.model
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        height, width = image.shape[-2:]
+        instances = self.model([{"image": image, "height": height, "width": width}])[0]["instances"]
+        # The predictor's display filtering, without its Python branches: traced once, it must hold
+        # for any number of detections.
+        instances = instances[instances.scores >= self.predictor.score_thresh]
+        keep = nms(instances.pred_boxes.tensor, instances.scores, self.predictor.nms_thresh)
+        instances = instances[keep]  # sorted by score
+        return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
+
+
+class LetterboxDetector(torch.nn.Module):
+    """What ``model.ts`` holds: any 3 x h x w uint8 image is scaled to fit the traced size (aspect
+    kept, the rest padded with the pixel mean, i.e. 0 after normalisation as Detectron2 pads), run
+    through the traced detector, and its boxes mapped back to the image's pixels. An image of
+    exactly the traced size goes through untouched. Scripted around the traced graph: written here
+    because the trace itself holds for one input size only."""
+
+    def __init__(self, traced: torch.nn.Module, height: int, width: int, pixel_mean: List[float]):
+        super().__init__()
+        self.traced = traced
+        self.height = height
+        self.width = width
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+            raise ValueError("model.ts takes one 3 x H x W uint8 image tensor (see model.json)")
+        h, w = image.shape[1], image.shape[2]
+        if h == self.height and w == self.width:
+            return self.traced(image)
+        scale = min(self.height / h, self.width / w)
+        new_h = min(self.height, max(1, int(round(h * scale))))
+        new_w = min(self.width, max(1, int(round(w * scale))))
+        resized = torch.nn.functional.interpolate(
+            image[None].float(), size=[new_h, new_w], mode="bilinear", align_corners=False, antialias=True)[0]
+        canvas = self.pixel_mean.expand(3, self.height, self.width).clone()
+        canvas[:, :new_h, :new_w] = resized
+        boxes, scores, classes = self.traced(canvas.round().clamp(0, 255).to(torch.uint8))
+        boxes = boxes / torch.tensor([new_w / w, new_h / h, new_w / w, new_h / h])
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        return boxes, scores, classes
+
+
+def eager_outputs(predictor: GridCLIPPredictor, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        return DisplayDetector(predictor)(image)
+
+
+def compare(name: str, got, expected, atol: float) -> None:
+    """Raise naming the export whose outputs differ from eager inference."""
+    for key, a, b in zip(OUTPUT_NAMES, got, expected):
+        a, b = torch.as_tensor(np.asarray(a)), torch.as_tensor(np.asarray(b))
+        if a.shape != b.shape:
+            raise RuntimeError(f"{name}: {key} has shape {tuple(a.shape)}, eager inference {tuple(b.shape)}")
+        if key == "classes":
+            ok = torch.equal(a.long(), b.long())
+        else:
+            ok = torch.allclose(a.float(), b.float(), atol=atol, rtol=0)
+        if not ok:
+            diff = (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
+            raise RuntimeError(f"{name}: {key} differ from eager inference (max difference {diff:.3g} > {atol})")
+
+
+def export_torchscript(detector: DisplayDetector, image: torch.Tensor, path: str, meta: Dict) -> None:
+    adapter = TracingAdapter(detector, image)
+    # Tracing warns at every Python-level shape decision; the comparison with eager inference
+    # after export is the check that matters.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
+    height, width = image.shape[-2:]
+    mean = [float(v) for v in detector.model.pixel_mean.flatten()]
+    traced = torch.jit.script(LetterboxDetector(traced, int(height), int(width), mean))
+    atomic_write(path, lambda f: torch.jit.save(traced, f, _extra_files={"model.json": json.dumps(meta)}))
+
+
+def export_onnx(detector: DisplayDetector, image: torch.Tensor, path: str, meta: Dict) -> None:
+    import onnx
+
+    adapter = TracingAdapter(detector, image)
+    tmp = path + ".tmp"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter is asked for
+        torch.onnx.export(adapter, adapter.flattened_inputs, tmp, dynamo=False, opset_version=17,
+                          input_names=["image"], output_names=list(OUTPUT_NAMES))
+    model = onnx.load(tmp)
+    onnx.helper.set_model_props(model, {"model.json": json.dumps(meta)})
+    onnx.save(model, tmp)
+    os.replace(tmp, path)
+
+
+def run_torchscript(path: str, image: torch.Tensor):
+    with torch.no_grad():
+        return torch.jit.load(path)(image)
+
+
+def run_onnx(path: str, image: torch.Tensor):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(list(OUTPUT_NAMES), {"image": image.numpy()})
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--vocabulary", default="",
+                        help="comma-separated names, a .txt/.json names file or a text-embedding .npy "
+                        "(default: the model's vocabulary)")
+    parser.add_argument("--sample-image", required=True, help="an image: traced at its resized size, and "
+                        "used to check the export against eager inference")
+    parser.add_argument("--output", required=True, help="folder for model.ts / model.onnx / model.json")
+    parser.add_argument("--format", choices=["torchscript", "onnx", "both"], default="both")
+    parser.add_argument("--score-thresh", type=float, default=None,
+                        help="shown score threshold (default: MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH)")
+    parser.add_argument("--atol", type=float, default=1e-3, help="tolerance of the eager comparison")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
+    return parser
+
+
+def main(argv=None) -> Dict[str, str]:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="gridclip_d2")
+    if not os.path.isfile(args.sample_image):
+        raise SystemExit(f"--sample-image: no such file: {args.sample_image}")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise SystemExit(f"--output: {args.output} is a file; give a folder")
+    cfg = setup_cfg(args.config_file, args.opts + ["MODEL.DEVICE", "cpu"], mode="inference")
+    predictor = GridCLIPPredictor(cfg, args.vocabulary or None, score_thresh=args.score_thresh)
+    model_input = predictor._inputs(read_image(args.sample_image, format=predictor.input_format))["image"]
+    # The display threshold is applied where the model decodes (as the predictor does).
+    predictor.model.test_score_thresh = max(predictor.model.test_score_thresh, predictor.score_thresh)
+    detector = DisplayDetector(predictor).eval()
+    expected = eager_outputs(predictor, model_input)
+    height, width = model_input.shape[-2:]
+    meta = {
+        "class_names": predictor.vocabulary,
+        "input": {"format": predictor.input_format, "height": int(height), "width": int(width),
+                  "dtype": "uint8", "layout": "3 x H x W",
+                  "note": "model.ts takes any H x W (scaled to fit this size, padded); model.onnx this size"},
+        "outputs": {"boxes": "N x 4 XYXY pixels of the input", "scores": "N", "classes": "N indices of class_names"},
+        "score_thresh": predictor.score_thresh,
+        "nms_thresh": predictor.nms_thresh,
+        "config_file": args.config_file,
+        "weights": cfg.MODEL.WEIGHTS,
+    }
+    os.makedirs(args.output, exist_ok=True)
+    written = {}
+    formats = ["torchscript", "onnx"] if args.format == "both" else [args.format]
+    for fmt in formats:
+        path = os.path.join(args.output, "model.ts" if fmt == "torchscript" else "model.onnx")
+        staged = path + ".new"
+        (export_torchscript if fmt == "torchscript" else export_onnx)(detector, model_input, staged, meta)
+        try:
+            got = (run_torchscript if fmt == "torchscript" else run_onnx)(staged, model_input)
+            compare(f"{fmt} export", got, expected, args.atol)
+        except Exception:
+            os.remove(staged)
+            raise
+        os.replace(staged, path)
+        written[fmt] = path
+        logger.info(f"{path}: {len(expected[0])} detections on {args.sample_image}, equal to eager inference")
+    atomic_write(os.path.join(args.output, "model.json"), lambda f: json.dump(meta, f, indent=1), mode="w")
+    print(json.dumps({"written": written, "classes": predictor.vocabulary, "input": meta["input"]}, indent=1))
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
