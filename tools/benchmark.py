@@ -64,7 +64,8 @@ MODELS = ("gridclip_r50_fpn", "gridclip_r50_bifpn", "retinanet_r50_fpn", "faster
 REFERENCE = "faster_rcnn_r50_fpn"
 NUM_CLASSES = 1203  # the LVIS vocabulary
 DEFAULT_SIZES = ((640, 640), (800, 1333))
-QUICK_SIZE = (256, 256)
+QUICK_SIZE = (160, 160)
+QUICK_OVERRIDES = ["MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE", "64"]  # --quick: small teacher crops
 VILD_CROPS = 300  # ViLD's teacher embeds this many proposal crops per training image
 
 logger = logging.getLogger("benchmark")
@@ -145,7 +146,8 @@ class PeakRSS:
 
 
 # ---------------------------------------------------------------------------------------- models
-def _gridclip_cfg(config: str, device: str, embeddings_npy: str, image_align: bool = True):
+def _gridclip_cfg(config: str, device: str, embeddings_npy: str, image_align: bool = True,
+                  extra: Sequence[str] = ()):
     from gridclip_d2.engine.setup import setup_cfg
 
     cfg = setup_cfg(
@@ -158,6 +160,7 @@ def _gridclip_cfg(config: str, device: str, embeddings_npy: str, image_align: bo
             # the federated loss samples 50 classes from LVIS's class counts, which need the data
             # set on disk; the full 1203-class focal loss is what RetinaNet computes too
             "MODEL.GRIDCLIP.USE_FED_LOSS", "False",
+            *extra,
         ],
     )
     cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED = image_align  # the inference setup turns it off
@@ -203,14 +206,15 @@ def write_random_embeddings(folder: str, dim: int = 1024, num: int = NUM_CLASSES
     return path
 
 
-def build(name: str, device: str, workdir: str, image_align: bool = True) -> Tuple[torch.nn.Module, object]:
+def build(name: str, device: str, workdir: str, image_align: bool = True,
+          extra: Sequence[str] = ()) -> Tuple[torch.nn.Module, object]:
     """(model in eval mode with zeroed box deltas, its config)."""
     from detectron2.modeling import build_model
 
     if name.startswith("gridclip"):
         config = "GridCLIP_LVIS.yaml" if name == "gridclip_r50_fpn" else "GridCLIP_LVIS_BiFPN.yaml"
         npy = write_random_embeddings(workdir)
-        cfg = _gridclip_cfg(config, device, npy, image_align)
+        cfg = _gridclip_cfg(config, device, npy, image_align, extra)
     elif name == "retinanet_r50_fpn":
         cfg = _detectron2_cfg("COCO-Detection/retinanet_R_50_FPN_1x.yaml", device)
     else:
@@ -354,7 +358,7 @@ def train_step_fn(model, inputs: List[dict]):
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
-        return {k: float(v) for k, v in losses.items()}
+        return {k: v.detach().item() for k, v in losses.items()}
 
     return step
 
@@ -425,7 +429,7 @@ def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str, peak: 
     device, timer = args.device, Timer(args.device)
     h, w = size
     logger.info("%s at %dx%d: building", name, h, w)
-    model, cfg = build(name, device, workdir, image_align=name.startswith("gridclip"))
+    model, cfg = build(name, device, workdir, image_align=name.startswith("gridclip"), extra=args.overrides)
     image = random_image(h, w)
     run = inference_fn(model, [image], args.amp, device)
     cuda = device.startswith("cuda")
@@ -462,7 +466,7 @@ def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str, peak: 
     if name.startswith("gridclip") or name == REFERENCE:
         from gridclip_d2.data.alignment_crops import num_regions
 
-        tcfg = cfg if name.startswith("gridclip") else build_teacher_cfg(device, workdir)
+        tcfg = cfg if name.startswith("gridclip") else build_teacher_cfg(device, workdir, args.overrides)
         crops = num_regions(tcfg.MODEL.GRIDCLIP.IMAGE_ALIGN.GRIDS) if name.startswith("gridclip") else VILD_CROPS
         rec["teacher_crops_per_image"] = crops
         rec["teacher_s_per_image"] = round(teacher_cost_s(
@@ -472,9 +476,9 @@ def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str, peak: 
     return rec
 
 
-def build_teacher_cfg(device: str, workdir: str):
+def build_teacher_cfg(device: str, workdir: str, extra: Sequence[str] = ()):
     """The GridCLIP config whose CLIP (RN50) is the teacher of a ViLD-style Faster R-CNN."""
-    return _gridclip_cfg("GridCLIP_LVIS.yaml", device, write_random_embeddings(workdir), True)
+    return _gridclip_cfg("GridCLIP_LVIS.yaml", device, write_random_embeddings(workdir), True, extra)
 
 
 def embedded_default_training(args) -> Dict[str, float]:
@@ -620,7 +624,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help=f"small input ({QUICK_SIZE[0]}x{QUICK_SIZE[1]}), few repeats: a smoke test")
+                   help=f"small input ({QUICK_SIZE[0]}x{QUICK_SIZE[1]}), 64 px teacher crops, few repeats: a "
+                        "smoke test")
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
                    help="input height and width (default: 640x640 and 800x1333)")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
@@ -662,6 +667,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     args.embedded_repeats = 2 if quick else 5
     args.teacher_measure_crops = 14 if quick else 60
     args.matmul_n = 1024 if quick else 2048
+    args.overrides = QUICK_OVERRIDES if quick else []
     return args
 
 
@@ -669,7 +675,7 @@ def profile_inference(model_name: str, args, workdir: str, size: Tuple[int, int]
     """torch.profiler's per-op table (self time) of one inference after a warm-up."""
     from torch.profiler import ProfilerActivity, profile
 
-    model, _ = build(model_name, args.device, workdir, image_align=False)
+    model, _ = build(model_name, args.device, workdir, image_align=False, extra=args.overrides)
     run = inference_fn(model, [random_image(*size)], args.amp, args.device)
     run()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])

@@ -183,6 +183,18 @@ class GridCLIPHead(nn.Module):
     def embed_dim(self) -> int:
         return self.classifier.embeddings.shape[1]
 
+    def _inference_logits(self, emb: Tensor, temperature: Tensor) -> Tensor:
+        """``temperature * cos + bias`` of L2-normalised grid embeddings (N x D x H x W) in one
+        matrix product, ``bias + emb @ (temperature * text)^T``: training's path (normalise again,
+        multiply, scale, shift: four passes over N x H x W x C) up to float rounding.
+        Returns N x C x H x W, laid out as N x H x W x C (what the decoding reads)."""
+        n, d, h, w = emb.shape
+        text = self.classifier.embeddings.to(emb.dtype)  # C x D, L2-normalised
+        flat = emb.permute(0, 2, 3, 1).reshape(n * h * w, d)  # NHW x D
+        bias = self.logit_bias.to(emb.dtype).expand(text.shape[0])
+        out = torch.addmm(bias, flat, (text * temperature.to(emb.dtype)).t())  # NHW x C
+        return out.view(n, h, w, -1).permute(0, 3, 1, 2)
+
     def forward(self, features: List[Tensor], dense_embedding: Optional[Tensor] = None):
         """
         Args:
@@ -209,8 +221,11 @@ class GridCLIPHead(nn.Module):
                 )
                 emb = emb + F.normalize(dense, dim=1)
             emb = F.normalize(emb, dim=1)
-            cos = self.classifier(emb.permute(0, 2, 3, 1))  # N x Hi x Wi x C
-            logits.append(cos.permute(0, 3, 1, 2) * temperature + self.logit_bias)  # N x C x Hi x Wi
+            if self.training:
+                cos = self.classifier(emb.permute(0, 2, 3, 1))  # N x Hi x Wi x C
+                logits.append(cos.permute(0, 3, 1, 2) * temperature + self.logit_bias)  # N x C x Hi x Wi
+            else:
+                logits.append(self._inference_logits(emb, temperature))
             grid_embeddings.append(emb)
 
             reg = self.bbox_subnet(x)

@@ -1,0 +1,81 @@
+"""tools/benchmark.py: the --quick run has every column and sane values; bad flags are named."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "tools", "benchmark.py")
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+import benchmark  # noqa: E402
+
+RECORD_KEYS = ["model", "size", "latency_ms_median", "latency_ms_min", "latency_ms_max", "images_per_s",
+               "detections", "train_step_s", "peak_memory_mb", "gflops", "achieved_gflops_per_s",
+               "latency_ratio_to_faster_rcnn", "stages_ms"]
+GRIDCLIP_KEYS = ["train_step_cached_teacher_s", "train_step_no_image_align_s", "teacher_s_per_image"]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--models", "gridclip_r50_fpn,yolo"], "--models"),
+    (["--models", ","], "--models"),
+    (["--size", "0", "640"], "--size"),
+    (["--size", "640", "99999"], "--size"),
+    (["--amp", "--device", "cpu"], "--amp"),
+])
+def test_bad_flags_are_named(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        benchmark.parse_args(argv)
+    assert e.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_topk_flat_equals_topk():
+    import torch
+
+    from gridclip_d2.modeling.gridclip import topk_flat
+
+    g = torch.Generator().manual_seed(0)
+    for n, k in [(6400 * 1203, 1000), (25 * 1203, 1000), (97, 10), (1000, 1000), (30075, 7)]:
+        flat = torch.randperm(n, generator=g).float()  # distinct values: indices are determined
+        v0, i0 = flat.topk(k, sorted=True)
+        v1, i1 = topk_flat(flat, k)
+        assert torch.equal(v0, v1) and torch.equal(i0, i1)
+
+
+@pytest.mark.slow
+def test_quick_run_has_every_column(tmp_path):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--threads", "2", "--json", str(out_json),
+                           "--plot", str(out_png)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for header, _, _ in benchmark.COLUMNS:
+        assert f" {header} |" in proc.stdout, header
+    assert "cached teacher" in proc.stdout and "teacher on the fly" in proc.stdout
+    assert out_png.stat().st_size > 1000
+
+    result = json.loads(out_json.read_text())
+    assert result["machine"] and result["matmul_peak_gflops_per_s"] > 0
+    records = {r["model"]: r for r in result["models"]}
+    assert sorted(records) == sorted(benchmark.MODELS)
+    for name, rec in records.items():
+        for key in RECORD_KEYS + (GRIDCLIP_KEYS if name.startswith("gridclip") else []):
+            assert key in rec, (name, key)
+        assert rec["size"] == list(benchmark.QUICK_SIZE)
+        assert rec["latency_ms_min"] <= rec["latency_ms_median"] <= rec["latency_ms_max"]
+        for key in ["latency_ms_min", "images_per_s", "train_step_s", "peak_memory_mb", "gflops",
+                    "achieved_gflops_per_s"]:
+            assert rec[key] > 0, (name, key)
+        assert rec["detections"] > 0, name
+    assert records["faster_rcnn_r50_fpn"]["latency_ratio_to_faster_rcnn"] == 1.0
+    assert records["faster_rcnn_r50_fpn"]["teacher_crops_per_image"] == benchmark.VILD_CROPS
+    # the teacher runs on 14 crops (grids 1, 2, 3) instead of 300: far cheaper per training image
+    fpn = records["gridclip_r50_fpn"]
+    assert fpn["teacher_crops_per_image"] == 14
+    assert fpn["teacher_s_per_image"] < records["faster_rcnn_r50_fpn"]["teacher_s_per_image"]
+    embedded = result["embedded_default_train"]
+    assert embedded["batch"] == 8 and embedded["size"] == [256, 256]
+    for key in ["train_step_s", "train_step_cached_teacher_s", "train_step_no_image_align_s"]:
+        assert embedded[key] > 0
