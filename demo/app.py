@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+"""GridCLIP in a web page: upload an image (or pick an example), name any classes, see what is found.
+
+    python demo/app.py --config-file configs/GridCLIP_synthetic.yaml \
+        --opts MODEL.WEIGHTS output/GridCLIP_synthetic/model_final.pth
+    # then open http://127.0.0.1:7860
+
+A local Gradio page (nothing is sent anywhere: Gradio's analytics are off and no share link is
+made). The model is loaded once (:class:`gridclip_d2.GridCLIPPredictor`); each vocabulary's text
+embeddings are computed once and cached. The page shows the image with the detections drawn by
+Detectron2's ``Visualizer`` and a table of them (class, score, box), one box and one label per
+object (MODEL.GRIDCLIP.DISPLAY). A missing image, an unreadable upload or an empty vocabulary is
+answered with a message on the page.
+"""
+import argparse
+import os
+import sys
+import threading
+import time
+from typing import List, Optional, Sequence, Tuple
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `predictor` next to this file
+from predictor import draw_instances  # noqa: E402
+
+from gridclip_d2 import GridCLIPPredictor  # noqa: E402
+from gridclip_d2.data.vocabulary import get_vocabulary  # noqa: E402
+from gridclip_d2.predictor import parse_vocabulary  # noqa: E402
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")
+TABLE_HEADERS = ["class", "score", "x0", "y0", "x1", "y1"]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+class UnreadableUpload(str):
+    """What :class:`UploadedImage` passes on for a file it cannot decode: the reason."""
+
+
+class UploadedImage(gr.Image):
+    """``gr.Image`` whose unreadable uploads reach the event handler as an :class:`UnreadableUpload`
+    (shown as a message on the page) instead of failing inside Gradio with its internal error text.
+    Written here: Gradio has no option for it."""
+
+    def get_block_name(self) -> str:
+        return "image"  # the front end of gr.Image
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Exception as e:
+            return UnreadableUpload(type(e.__cause__ or e).__name__)
+
+
+class DetectionPage:
+    """What the page does, apart from the page itself (so tests can call it directly)."""
+
+    def __init__(self, predictor: GridCLIPPredictor):
+        self.predictor = predictor
+        self.training_classes = list(predictor.vocabulary)
+        self.lock = threading.Lock()  # one model, one request at a time
+
+    def detect(self, image: Optional[np.ndarray], vocabulary: str, threshold: float
+               ) -> Tuple[Optional[np.ndarray], List[list], str]:
+        """(drawn RGB image, table rows, message) for an RGB ``image`` and comma-separated names."""
+        if image is None:
+            return None, [], "Upload an image or pick an example first."
+        if isinstance(image, UnreadableUpload):
+            return None, [], f"The uploaded file is not an image that can be read ({image}). Upload a JPEG or PNG."
+        try:
+            names, _ = parse_vocabulary(vocabulary or "")
+        except ValueError as e:
+            return None, [], f"Vocabulary: {e}. Type class names separated by commas, e.g. \"cat, dog\"."
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = image[:, :, :3]
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            return None, [], f"Cannot use this image (an array of shape {image.shape}, {image.dtype})."
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        start = time.time()
+        with self.lock:
+            self.predictor.set_vocabulary(names)
+            self.predictor.score_thresh = float(threshold)
+            instances = self.predictor(image, format="RGB")
+        drawn = draw_instances(image, instances, names).get_image()
+        rows = [[name, round(float(score), 3), *[round(float(v), 1) for v in box]]
+                for name, score, box in zip(instances.pred_class_names, instances.scores,
+                                            instances.pred_boxes.tensor)]
+        found = sorted(set(instances.pred_class_names))
+        message = (f"{len(instances)} detection(s) at score >= {threshold:.2f} among {len(names)} class(es) "
+                   f"in {time.time() - start:.1f} s" + (f": {', '.join(found)}" if found else ""))
+        return drawn, rows, message
+
+
+def example_images(folder: str = EXAMPLES) -> List[str]:
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def build_page(page: DetectionPage, examples: Sequence[str] = (), lvis_names: Sequence[str] = ()) -> gr.Blocks:
+    training = ", ".join(page.training_classes)
+    with gr.Blocks(title="GridCLIP open-vocabulary detection") as blocks:
+        gr.Markdown(
+            "# GridCLIP: open-vocabulary detection\n"
+            "Upload an image or pick an example, type the classes to look for (any names, separated by "
+            "commas), and press **Detect**."
+        )
+        with gr.Row():
+            with gr.Column():
+                image = UploadedImage(label="Image", type="numpy", sources=["upload", "clipboard"], elem_id="image")
+                vocabulary = gr.Textbox(label="Vocabulary (comma-separated class names)", value=training,
+                                        lines=2, elem_id="vocabulary")
+                with gr.Row():
+                    training_button = gr.Button(f"Training classes ({len(page.training_classes)})",
+                                                size="sm", elem_id="preset-training")
+                    lvis_button = gr.Button(f"LVIS ({len(lvis_names)})", size="sm", elem_id="preset-lvis",
+                                            visible=bool(lvis_names))
+                threshold = gr.Slider(0.0, 1.0, value=page.predictor.score_thresh, step=0.01,
+                                      label="Score threshold", elem_id="threshold")
+                detect = gr.Button("Detect", variant="primary", elem_id="detect")
+            with gr.Column():
+                result = gr.Image(label="Detections", type="numpy", interactive=False, elem_id="result")
+                status = gr.Markdown(elem_id="status")
+                table = gr.Dataframe(headers=TABLE_HEADERS, label="Detections (boxes in pixels: x0, y0, x1, y1)",
+                                     interactive=False, elem_id="detections")
+        if examples:
+            gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Examples")
+        training_button.click(lambda: training, outputs=vocabulary)
+        lvis_button.click(lambda: ", ".join(lvis_names), outputs=vocabulary)
+        detect.click(page.detect, inputs=[image, vocabulary, threshold], outputs=[result, table, status])
+    return blocks
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the network)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--examples", default=EXAMPLES, help="folder of example images")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="gridclip_d2")
+    predictor = GridCLIPPredictor.from_config_file(args.config_file, opts=args.opts)
+    lvis_names = [c["name"] for c in get_vocabulary("lvis")]
+    blocks = build_page(DetectionPage(predictor), example_images(args.examples), lvis_names)
+    blocks.launch(server_name=args.host, server_port=args.port, share=False, show_error=True,
+                  footer_links=[], theme=gr.themes.Default(font=["sans-serif"], font_mono=["monospace"]))
+
+
+if __name__ == "__main__":
+    main()
