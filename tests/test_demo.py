@@ -206,3 +206,12 @@ def test_outputs_checked_before_the_model_and_foreign_files_kept(images, tmp_pat
     # main() checks before any config or model is read: a bad config file is never reached.
     with pytest.raises(ValueError, match="refusing to overwrite"):
         demo.main(["--config-file", "no/such/config.yaml", "--input", images[0], "--output", str(existing)])
+
+
+def test_no_display_asks_for_an_output_before_loading_anything(monkeypatch, images):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(demo.sys, "platform", "linux")
+    monkeypatch.setattr(demo, "setup_cfg", lambda args: pytest.fail("the model must not be set up"))
+    with pytest.raises(SystemExit, match="No display .* pass --output FOLDER"):
+        demo.main(["--config-file", CONFIG, "--input", images[0]])
