@@ -6,7 +6,8 @@ image's coordinates: the whole image and its grid crops, see
 
 * student: the per-cell grid embeddings (N x D x Hi x Wi per level, L2-normalised per cell) are
   pooled inside the region on every level with ``torchvision.ops.roi_align`` (spatial scale
-  1 / stride, ``P x P`` bins, adaptive sampling), reduced over the bins by mean or max
+  1 / stride, ``P x P`` bins, adaptive sampling; for the mean, :mod:`.mean_roi_align`'s fast
+  backward), reduced over the bins by mean or max
   (IMAGE_ALIGN.POOL), averaged over levels and L2-normalised -> D;
 * teacher: the frozen CLIP image encoder's embedding of the same region of the original image
   (``teacher_images``, run under ``torch.no_grad``), or the one stored for that image in the
@@ -27,6 +28,7 @@ from torchvision.ops import roi_align
 from detectron2.config import configurable
 
 from .clip_resnet import build_clip_teacher, normalize_clip_input
+from .mean_roi_align import mean_roi_align
 from .teacher_cache import TeacherCache, cache_in_use, cache_meta_from_cfg
 
 __all__ = ["ImageAlignment", "pool_regions", "encode_teacher_images"]
@@ -60,12 +62,22 @@ def pool_regions(
         )
     pooled = []
     for emb, stride in zip(grid_embeddings, strides):
-        rois = [b.to(device=emb.device, dtype=emb.dtype) for b in boxes]
+        rois = _rois(boxes, emb)  # R x 5
+        if pool == "mean":  # the same values as the roi_align below, a fast backward
+            pooled.append(mean_roi_align(emb, rois, resolution, 1.0 / stride))
+            continue
         # R x D x P x P; sampling_ratio 0 = ceil(region size / P) samples per bin
         bins = roi_align(emb, rois, resolution, spatial_scale=1.0 / stride, sampling_ratio=0,
                          aligned=True)
-        pooled.append(bins.mean(dim=(2, 3)) if pool == "mean" else bins.amax(dim=(2, 3)))
+        pooled.append(bins.amax(dim=(2, 3)))
     return F.normalize(torch.stack(pooled).mean(dim=0), dim=-1)  # R x D
+
+
+def _rois(boxes: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Per-image K_i x 4 boxes -> (sum K_i) x 5 (image index, x0, y0, x1, y1), as roi_align takes."""
+    rows = [torch.cat([torch.full((len(b), 1), float(i)), b.float().cpu().reshape(-1, 4)], dim=1)
+            for i, b in enumerate(boxes)]
+    return torch.cat(rows).to(device=like.device, dtype=like.dtype)
 
 
 @torch.no_grad()
