@@ -1,11 +1,11 @@
-# `make train` and `make test` work on a fresh machine: they make .venv first when it is missing or
-# out of date (the stamp file is newer than everything the install reads), then run.
+# `make train`, `make test` and `make lint` work on a fresh machine: they make .venv first when it
+# is missing or out of date (the stamp file is newer than everything the install reads), then run.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gridclip-installed
 
-.PHONY: setup train test test-fast clean-venv
+.PHONY: setup train test test-fast lint clean-venv
 
 $(STAMP): requirements.txt scripts/install_detectron2.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests

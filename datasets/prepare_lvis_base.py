@@ -21,6 +21,7 @@ import sys
 
 from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
 
+from gridclip_d2.atomic_write import atomic_json_dump
 from gridclip_d2.data.lvis_v1 import BASE_JSON, CAT_INFO_JSON, category_info, make_base_split
 
 logger = logging.getLogger("prepare_lvis_base")
@@ -28,10 +29,7 @@ logger = logging.getLogger("prepare_lvis_base")
 
 def _write_json(obj, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    atomic_json_dump(obj, path)
 
 
 def main(argv=None) -> int:

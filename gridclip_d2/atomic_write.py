@@ -2,13 +2,14 @@
 go to a temporary file in the same folder, which is flushed, synced and renamed over the target
 (``os.replace`` is atomic within a file system). On failure the temporary file is removed and the
 previous target, if any, is untouched."""
+import json
 import os
 import tempfile
-from typing import Any, Callable, IO
+from typing import IO, Any, Callable
 
 import torch
 
-__all__ = ["atomic_write", "atomic_torch_save"]
+__all__ = ["atomic_write", "atomic_torch_save", "atomic_json_dump"]
 
 
 def atomic_write(path: str, write: Callable[[IO], None], mode: str = "wb") -> None:
@@ -37,3 +38,8 @@ def _umask() -> int:
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)``, atomically."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_json_dump(obj: Any, path: str, **kwargs) -> None:
+    """``json.dump(obj, file, **kwargs)`` into ``path`` (UTF-8), atomically."""
+    atomic_write(path, lambda f: json.dump(obj, f, **kwargs), mode="w")

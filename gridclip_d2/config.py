@@ -2,8 +2,13 @@
 
 Detectron2's own keys keep their meaning (MODEL.BACKBONE.FREEZE_AT, MODEL.FPN.*, INPUT.*, SOLVER.*,
 TEST.DETECTIONS_PER_IMAGE, DATALOADER.SAMPLER_TRAIN, ...). Only what Detectron2 lacks is added here.
+Below them, what several layers read off a config (the data mapper and the model alike).
 """
+import os
+
 from detectron2.config import CfgNode as CN
+
+__all__ = ["add_gridclip_config", "teacher_input_size_from_cfg", "cache_in_use"]
 
 
 def add_gridclip_config(cfg):
@@ -146,3 +151,25 @@ def add_gridclip_config(cfg):
     # Save a PNG of the training curves next to metrics.json at the end of training.
     _C.SOLVER.PLOT_CURVES = True
     return cfg
+
+
+def teacher_input_size_from_cfg(cfg) -> int:
+    """IMAGE_ALIGN.TEACHER_INPUT_SIZE, or the CLIP architecture's native resolution when 0."""
+    size = int(cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE)
+    if size > 0:
+        return size
+    if size < 0:
+        raise ValueError(f"MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE must be >= 0, got {size}")
+    from .modeling.clip_arch import CLIP_ARCHS  # a table of numbers (no torch, no modules)
+
+    arch = cfg.MODEL.CLIP.ARCH
+    if arch not in CLIP_ARCHS:
+        raise ValueError(f"MODEL.CLIP.ARCH {arch!r} is not one of {sorted(CLIP_ARCHS)}")
+    return int(CLIP_ARCHS[arch].image_resolution)
+
+
+def cache_in_use(cfg) -> bool:
+    """True when IMAGE_ALIGN.CACHE_FILE is set and exists: teacher outputs come from the file, so
+    neither the on-the-fly teacher nor the mapper's ``teacher_images`` are needed."""
+    path = cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE
+    return bool(path) and os.path.isfile(path)

@@ -3,7 +3,9 @@
 
 The official Detectron2 is not published on PyPI. ``pb1-detectron2==0.6`` holds the files of upstream
 tag v0.6 (commit d1e04565) but does not build or run as-is on today's Python stack. This script is the
-one place where those incompatibilities are fixed, before building. Every patch is idempotent (a file
+one place where those incompatibilities are fixed, before building. Run-time fixes that apply to
+any Detectron2 install (CPU models in ``create_ddp_model``, optimizer state in checkpoints) live in
+``gridclip_d2/backports.py``. Every patch is idempotent (a file
 already patched is left alone) and fails loudly when the text it expects is absent, so a changed
 package cannot be half-patched silently.
 
@@ -11,8 +13,8 @@ Usage (what ``make`` runs): python scripts/install_detectron2.py [--build-dir DI
 Where upstream Detectron2 is reachable, install it instead (see README) and skip this script.
 """
 import argparse
-import hashlib
 import glob
+import hashlib
 import os
 import re
 import subprocess
@@ -64,8 +66,10 @@ PATCHES = [
     ("detectron2/model_zoo/model_zoo.py", "import pkg_resources\n", "",
      "pkg_resources is gone from setuptools >= 82; use importlib.resources instead"),
     ("detectron2/model_zoo/model_zoo.py",
-     'cfg_file = pkg_resources.resource_filename(\n        "detectron2.model_zoo", os.path.join("configs", config_path)\n    )',
-     'import importlib.resources\n\n    cfg_file = str(importlib.resources.files("detectron2.model_zoo") / "configs" / config_path)',
+     'cfg_file = pkg_resources.resource_filename(\n'
+     '        "detectron2.model_zoo", os.path.join("configs", config_path)\n    )',
+     'import importlib.resources\n\n'
+     '    cfg_file = str(importlib.resources.files("detectron2.model_zoo") / "configs" / config_path)',
      "same as above"),
     ("detectron2/engine/launch.py",
      '    assert torch.cuda.is_available(), "cuda is not available. Please check your installation."\n',
@@ -83,11 +87,6 @@ PATCHES = [
      "cur_idx = self._rng.sample(sorted(self._fallback_candidates), k=1)[0]",
      "random.sample no longer takes a set (Python 3.11): the first image a mapper skips would end "
      "training instead of being replaced by another"),
-    ("detectron2/engine/defaults.py",
-     '    if "device_ids" not in kwargs:\n        kwargs["device_ids"] = [comm.get_local_rank()]\n',
-     '    if "device_ids" not in kwargs and next(model.parameters()).is_cuda:\n'
-     '        kwargs["device_ids"] = [comm.get_local_rank()]\n',
-     "DistributedDataParallel rejects device_ids for a CPU model"),
     ("detectron2/export/__init__.py", "\nfrom .api import *\n",
      "\ntry:\n    from caffe2.proto import caffe2_pb2 as _tmp  # noqa: F401\nexcept ImportError:\n"
      "    pass  # caffe2 is optional\nelse:\n    from .api import *\n",

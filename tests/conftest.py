@@ -14,12 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from clip.model import CLIP, convert_weights
 from torch import nn
 
-import gridclip_d2  # noqa: F401  (registration)
-from clip.model import CLIP, convert_weights
 from detectron2.config import get_cfg
 
+import gridclip_d2  # noqa: F401  (registration)
 from gridclip_d2 import add_gridclip_config
 from gridclip_d2.modeling.clip_arch import CLIP_ARCHS
 

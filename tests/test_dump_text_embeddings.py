@@ -5,12 +5,11 @@ import os
 import subprocess
 import sys
 
+import clip
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "dump_text_embeddings.py")
@@ -83,7 +82,8 @@ def test_random_clip_is_deterministic(tool, tmp_path):
     [
         (["--vocabulary", "custom", "--custom-vocabulary", " , "], "holds no category names"),
         (["--vocabulary", "custom", "--vocabulary-file", "/nonexistent/names.txt"], "/nonexistent/names.txt not found"),
-        (["--vocabulary", "custom", "--custom-vocabulary", "kite", "--prompt", "a photo"], '--prompt: Prompt \'a photo\' must contain "{}"'),
+        (["--vocabulary", "custom", "--custom-vocabulary", "kite", "--prompt", "a photo"],
+         '--prompt: Prompt \'a photo\' must contain "{}"'),
         (["--vocabulary", "synthetic", "--custom-vocabulary", "kite"], "need --vocabulary custom"),
     ],
 )

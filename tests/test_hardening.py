@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from detectron2.utils.events import EventStorage
 from PIL import Image
+
+from detectron2.utils.events import EventStorage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import train_net  # noqa: E402
-
 from gridclip_d2.data import register_lvis_format  # noqa: E402
 from gridclip_d2.data.mapper import GridCLIPDatasetMapper  # noqa: E402
 from gridclip_d2.engine.loss_watch import LossWatch  # noqa: E402
@@ -35,7 +35,8 @@ def _args(out, *opts, flags=()):
 @pytest.mark.slow
 @pytest.mark.parametrize("lr", ["1e6", "1e3"])
 def test_divergence_stops_naming_the_outputs_and_keeps_good_checkpoints(tmp_path, lr):
-    with pytest.raises(FloatingPointError, match=r"diverged at iteration \d+: the head's .*NaN or inf. Lower SOLVER.BASE_LR"):
+    with pytest.raises(FloatingPointError,
+                       match=r"diverged at iteration \d+: the head's .*NaN or inf. Lower SOLVER.BASE_LR"):
         train_net.main(_args(tmp_path, "SOLVER.BASE_LR", lr, "DATASETS.TEST", "()"))
     # Checkpoints are saved every iteration here: each one that exists holds finite weights.
     saved = [f for f in os.listdir(tmp_path) if f.endswith(".pth")]

@@ -20,12 +20,11 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import train_net  # noqa: E402
-
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.evaluation import COCOEvaluator  # noqa: E402
 
+import train_net  # noqa: E402
 from gridclip_d2 import add_gridclip_config  # noqa: E402
 from gridclip_d2.engine import OpenVocabLVISEvaluator, Trainer, adapt_cfg_to_hardware  # noqa: E402
 

@@ -10,8 +10,9 @@
 Writes FILE.npy (float32, C x D, one L2-normalised row per category in vocabulary order) and
 FILE.json beside it, its sidecar (names, prompts, CLIP weights, architecture and text-tower
 fingerprint): a model loading FILE.npy (MODEL.GRIDCLIP.TEXT_EMBEDDINGS) checks them against its
-vocabulary and MODEL.CLIP.*, and takes its vocabulary from the names when the config gives none. ``--clip`` takes an OpenAI model
-name, a checkpoint path, or "" for the seeded random CLIP of ``--arch`` (MODEL.CLIP.WEIGHTS rules).
+vocabulary and MODEL.CLIP.*, and takes its vocabulary from the names when the config gives none.
+``--clip`` takes an OpenAI model name, a checkpoint path, or "" for the seeded random CLIP of
+``--arch`` (MODEL.CLIP.WEIGHTS rules).
 Both files are written to temporary names and renamed, so an interrupted run leaves any previous
 output whole.
 """
@@ -30,7 +31,12 @@ from detectron2.utils.logger import setup_logger
 from gridclip_d2.atomic_write import atomic_write
 from gridclip_d2.data.vocabulary import VOCABULARY_KINDS, get_vocabulary
 from gridclip_d2.modeling.clip_arch import CLIP_ARCHS, arch_name, infer_arch
-from gridclip_d2.modeling.clip_text import PROMPT_ENSEMBLE, CLIPTextEncoder, check_prompt, encode_names
+from gridclip_d2.modeling.clip_text import (
+    PROMPT_ENSEMBLE,
+    CLIPTextEncoder,
+    check_prompt,
+    encode_names,
+)
 from gridclip_d2.modeling.clip_weights import load_clip_state_dict, text_fingerprint
 
 logger = logging.getLogger("gridclip_d2.dump_text_embeddings")

@@ -24,12 +24,14 @@ Metadata (contiguous class i is LVIS category id i + 1, as in Detectron2):
 import json
 import logging
 import os
-from collections import defaultdict
+from collections import Counter
 from typing import List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.lvis import get_lvis_instances_meta, load_lvis_json
 from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
+
+from .lvis_stats import FREQUENCIES, images_per_category
 
 __all__ = [
     "BASE_JSON",
@@ -62,13 +64,12 @@ def lvis_v1_rare_class_ids() -> List[int]:
 def category_info(dataset: dict) -> List[dict]:
     """Per category of an LVIS-format dict (in id order): id, name, frequency, and image_count /
     instance_count counted from its annotations."""
-    images, instances = defaultdict(set), defaultdict(int)
-    for ann in dataset["annotations"]:
-        images[ann["category_id"]].add(ann["image_id"])
-        instances[ann["category_id"]] += 1
+    annotations = dataset["annotations"]
+    images = images_per_category((a["category_id"], a["image_id"]) for a in annotations)
+    instances = Counter(a["category_id"] for a in annotations)
     return [
         {"id": c["id"], "name": c["name"], "frequency": c.get("frequency"),
-         "image_count": len(images[c["id"]]), "instance_count": instances[c["id"]]}
+         "image_count": images.get(c["id"], 0), "instance_count": instances[c["id"]]}
         for c in sorted(dataset["categories"], key=lambda c: c["id"])
     ]
 
@@ -81,7 +82,7 @@ def make_base_split(dataset: dict, source: str = "the json", novel_ids=None) -> 
     categories stay, so class ids line up with the full vocabulary; their ``image_count`` and
     ``instance_count`` are recounted, their ``frequency`` kept. ``dataset`` is not modified."""
     for cat in dataset["categories"]:
-        if cat.get("frequency") not in ("r", "c", "f"):
+        if cat.get("frequency") not in FREQUENCIES:
             raise ValueError(f"{source}: category {cat.get('id')} has frequency "
                              f"{cat.get('frequency')!r}; expected r, c or f")
     if novel_ids is None:
@@ -133,11 +134,10 @@ def _load_base(json_file: str, image_root: str, name: str):
     records = load_lvis_json(json_file, image_root)  # ids 1..1203 -> 0..1202
     meta = MetadataCatalog.get(name)
     if meta.get("image_count_per_class") is None:
-        images = defaultdict(set)
-        for r in records:
-            for obj in r["annotations"]:
-                images[obj["category_id"]].add(r["image_id"])
-        meta.set(image_count_per_class=[len(images[i]) for i in range(len(LVIS_CATEGORIES))])
+        images = images_per_category(
+            (obj["category_id"], r["image_id"]) for r in records for obj in r["annotations"]
+        )
+        meta.set(image_count_per_class=[images.get(i, 0) for i in range(len(LVIS_CATEGORIES))])
     return records
 
 

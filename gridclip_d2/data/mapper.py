@@ -33,7 +33,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ..modeling.teacher_cache import cache_in_use, teacher_input_size_from_cfg
+from ..config import cache_in_use, teacher_input_size_from_cfg
 from .alignment_crops import crop_and_resize, crop_boxes
 
 __all__ = ["GridCLIPDatasetMapper", "read_image_checked", "image_to_rgb"]
@@ -53,14 +53,12 @@ def read_image_checked(file_name: str, format: str) -> np.ndarray:
         raise OSError(f"cannot read image file {file_name}: {type(e).__name__}: {e}") from e
 
 
-def image_to_rgb(image: np.ndarray, image_format: str, file_name: str = "") -> np.ndarray:
-    """H x W x 3 uint8 RGB version of ``image`` read in ``image_format``."""
+def image_to_rgb(image: np.ndarray, image_format: str) -> np.ndarray:
+    """H x W x 3 uint8 RGB version of ``image`` read in ``image_format`` (GridCLIP itself takes
+    only "RGB"; the mapper alone also takes what Detectron2's ``convert_image_to_rgb`` does)."""
     if image_format == "RGB":
         return image
-    if image_format == "BGR":
-        return np.ascontiguousarray(image[:, :, ::-1])
-    # Other formats (L, YUV, ...) cannot be converted back exactly: read the file again in RGB.
-    return read_image_checked(file_name, "RGB")
+    return np.ascontiguousarray(utils.convert_image_to_rgb(image, image_format), dtype=np.uint8)
 
 
 class GridCLIPDatasetMapper(DatasetMapper):
@@ -167,7 +165,7 @@ class GridCLIPDatasetMapper(DatasetMapper):
             moved = transforms.apply_box(boxes.numpy().astype(np.float64))
             dataset_dict["align_boxes"] = torch.as_tensor(moved, dtype=torch.float32)  # K x 4
             if self.with_teacher_images:
-                rgb = image_to_rgb(original, self.image_format, file_name)
+                rgb = image_to_rgb(original, self.image_format)
                 # K x 3 x S x S uint8
                 dataset_dict["teacher_images"] = crop_and_resize(
                     rgb, boxes, self.teacher_input_size

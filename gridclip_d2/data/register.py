@@ -40,16 +40,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
+from ..atomic_write import atomic_json_dump
+from .lvis_stats import FREQUENCIES, images_per_category, lvis_frequency
+
 __all__ = ["load_lvis_format_json", "register_lvis_format"]
 
 logger = logging.getLogger(__name__)
 
-_FREQUENCIES = ("r", "c", "f")
 _REGISTERED: Dict[str, tuple] = {}  # name -> (json file, image root) registered here
-
-
-def _frequency(image_count: int) -> str:
-    return "r" if image_count < 10 else ("c" if image_count < 100 else "f")
 
 
 def _load_api(json_file: str):
@@ -62,7 +60,9 @@ def _load_api(json_file: str):
     try:
         api = LVIS(local)
     except UnicodeDecodeError as e:
-        raise ValueError(f"'{json_file}' is not UTF-8 text (byte {e.start}: {e.reason}); json files must be UTF-8") from None
+        raise ValueError(
+            f"'{json_file}' is not UTF-8 text (byte {e.start}: {e.reason}); json files must be UTF-8"
+        ) from None
     except json.JSONDecodeError as e:
         raise ValueError(f"'{json_file}' is not valid json: {e}") from e
     except (KeyError, TypeError, AssertionError) as e:
@@ -88,7 +88,7 @@ def _load_api(json_file: str):
             raise ValueError(f"'{json_file}': category {cat['id']} has name {ascii(cat['name'])}, which is not "
                              "valid Unicode text (a lone surrogate escape)") from None
         freq = cat.get("frequency")
-        if freq is not None and freq not in _FREQUENCIES:
+        if freq is not None and freq not in FREQUENCIES:
             raise ValueError(
                 f"'{json_file}': category {cat['id']} has frequency {freq!r}; expected r, c or f"
             )
@@ -217,21 +217,21 @@ def _category_metadata(api, json_file: str, train_image_count: Optional[Dict[str
     if all(isinstance(c.get("image_count"), int) for c in cats):
         image_count = [c["image_count"] for c in cats]
     else:
-        per_cat = defaultdict(set)
-        for ann in api.anns.values():
-            img = api.imgs[ann["image_id"]]
-            if _check_box(ann["bbox"], img["width"], img["height"])[1] is not None:
-                per_cat[ann["category_id"]].add(ann["image_id"])
-        image_count = [len(per_cat[c["id"]]) for c in cats]
+        per_cat = images_per_category(
+            (ann["category_id"], ann["image_id"]) for ann in api.anns.values()
+            if _check_box(ann["bbox"], api.imgs[ann["image_id"]]["width"],
+                          api.imgs[ann["image_id"]]["height"])[1] is not None
+        )
+        image_count = [per_cat.get(c["id"], 0) for c in cats]
         logger.warning(f"{json_file}: categories lack 'image_count'; counted from the annotations")
-    if all(c.get("frequency") in _FREQUENCIES for c in cats):
+    if all(c.get("frequency") in FREQUENCIES for c in cats):
         frequency = [c["frequency"] for c in cats]
     elif train_image_count is not None:
-        frequency = [c.get("frequency") or _frequency(train_image_count.get(c["name"], 0)) for c in cats]
+        frequency = [c.get("frequency") or lvis_frequency(train_image_count.get(c["name"], 0)) for c in cats]
         logger.info(f"{json_file}: category frequencies set from the training split's image counts "
                     "(LVIS rule: r < 10 images, c 10-99, f >= 100; a class it lacks is r)")
     else:
-        frequency = [c.get("frequency") or _frequency(n) for c, n in zip(cats, image_count)]
+        frequency = [c.get("frequency") or lvis_frequency(n) for c, n in zip(cats, image_count)]
         logger.warning(f"{json_file}: categories lack 'frequency'; set from the image counts "
                        "(LVIS rule: r < 10 images, c 10-99, f >= 100)")
     return {
@@ -313,10 +313,7 @@ def _evaluation_json(name: str, json_file: str, api, issues, frequency: List[str
     out_dir = os.path.join(tempfile.gettempdir(), "gridclip_d2_lvis_format")
     os.makedirs(out_dir, exist_ok=True)
     out = os.path.join(out_dir, f"{name}-{digest}.json")
-    tmp = f"{out}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, out)
+    atomic_json_dump(data, out)
     logger.warning(f"{json_file} is not ready for lvis-api evaluation ({'; '.join(needs)}); "
                    f"dataset '{name}' is evaluated against a completed copy: {out}")
     return out

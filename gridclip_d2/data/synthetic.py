@@ -51,6 +51,8 @@ from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..atomic_write import atomic_json_dump
+from .lvis_stats import images_per_category, lvis_frequency
 from .lvis_v1 import make_base_split
 from .synthetic_shapes import CATEGORY_NAMES, category_index, render_objects
 
@@ -146,15 +148,6 @@ def _instances_per_image(num_images: int, rng) -> List[List[int]]:
     return out
 
 
-def _frequency(image_count: int) -> str:
-    return "r" if image_count < 10 else ("c" if image_count < 100 else "f")
-
-
-def _write_json(data: dict, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f)
-
-
 def _write_split(out_dir: str, split: str) -> Dict[int, Tuple[int, int]]:
     """Write one split's images and json(s); returns category id -> (image count, instance count)
     of every drawn box."""
@@ -163,7 +156,6 @@ def _write_split(out_dir: str, split: str) -> Dict[int, Tuple[int, int]]:
     os.makedirs(os.path.join(out_dir, split), exist_ok=True)
     num_cats = len(CATEGORY_NAMES)
     images, annotations = [], []
-    image_counts, instance_counts = Counter(), Counter()
     for i, cats in enumerate(_instances_per_image(num_images, rng)):
         image_rng = np.random.RandomState([seed, i])
         height, width = _IMAGE_SIZES[image_rng.randint(len(_IMAGE_SIZES))]
@@ -172,7 +164,6 @@ def _write_split(out_dir: str, split: str) -> Dict[int, Tuple[int, int]]:
         file_name = f"{split}/{image_id:06d}.jpg"
         Image.fromarray(pixels).save(os.path.join(out_dir, file_name), quality=_JPEG_QUALITY)
         present = {k + 1 for k, _ in objects}
-        image_counts.update(present)
         images.append({
             "id": image_id,
             "file_name": file_name,
@@ -183,7 +174,6 @@ def _write_split(out_dir: str, split: str) -> Dict[int, Tuple[int, int]]:
             "not_exhaustive_category_ids": [],
         })
         for k, (x, y, w, h) in objects:
-            instance_counts[k + 1] += 1
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": image_id,
@@ -192,11 +182,14 @@ def _write_split(out_dir: str, split: str) -> Dict[int, Tuple[int, int]]:
                 "area": w * h,
                 "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
             })
-    counts = {c: (image_counts[c], instance_counts[c]) for c in range(1, num_cats + 1)}
+    image_counts = images_per_category((a["category_id"], a["image_id"]) for a in annotations)
+    instance_counts = Counter(a["category_id"] for a in annotations)
+    counts = {c: (image_counts.get(c, 0), instance_counts[c]) for c in range(1, num_cats + 1)}
     categories = [
         {k: v for k, v in cat.items() if k != "novel"} | {
             "image_count": counts[cat["id"]][0], "instance_count": counts[cat["id"]][1],
-            "frequency": _frequency(counts[cat["id"]][0]) if split == "train" else cat["frequency"]}
+            "frequency": lvis_frequency(counts[cat["id"]][0]) if split == "train"
+            else cat["frequency"]}
         for cat in SYNTHETIC_CATEGORIES
     ]
     data = {
@@ -210,10 +203,10 @@ def _write_split(out_dir: str, split: str) -> Dict[int, Tuple[int, int]]:
     ann_dir = os.path.join(out_dir, "annotations")
     os.makedirs(ann_dir, exist_ok=True)
     if split == "train":
-        _write_json(data, os.path.join(ann_dir, "synthetic_train_full.json"))
+        atomic_json_dump(data, os.path.join(ann_dir, "synthetic_train_full.json"))
         novel_ids = [k + 1 for k in SYNTHETIC_NOVEL_CLASS_IDS]
         data = make_base_split(data, source="synthetic_train_full.json", novel_ids=novel_ids)
-    _write_json(data, os.path.join(ann_dir, f"synthetic_{split}.json"))
+    atomic_json_dump(data, os.path.join(ann_dir, f"synthetic_{split}.json"))
     return counts
 
 
@@ -228,7 +221,7 @@ def generate_synthetic_dataset(out_dir: str) -> None:
         for cat in SYNTHETIC_CATEGORIES:
             drawn = counts[cat["id"]]
             expected = (cat["image_count"], cat["instance_count"])
-            if drawn != expected or _frequency(drawn[0]) != cat["frequency"]:
+            if drawn != expected or lvis_frequency(drawn[0]) != cat["frequency"]:
                 raise RuntimeError(
                     f"Synthetic generator drew (images, instances) = {drawn} for '{cat['name']}' "
                     f"but SYNTHETIC_CATEGORIES says {expected}, frequency '{cat['frequency']}'"

@@ -1,13 +1,13 @@
 """Training and evaluation: GridCLIP's Detectron2 trainer, LVIS open-vocabulary evaluation and
 summary, training-curves plot, and multi-process training on CPUs."""
+from . import train_main  # noqa: E402  (setup / main of train_net.py)
 from .ddp import available_cpus, patch_create_ddp_model, set_cpu_threads_per_worker
+from .hardware import adapt_cfg_to_hardware
 from .lvis_evaluator import LVIS_MAX_DETS, OpenVocabLVISEvaluator
 from .ov_summary import format_open_vocabulary_summary, open_vocabulary_summary
 from .plot_curves import PlotTrainingCurves, load_metrics, plot_training_curves
-from .hardware import adapt_cfg_to_hardware
 from .setup import SETUP_MODES, setup_cfg
 from .trainer import Trainer, check_training_vocabulary, test_novel_class_ids, training_split
-from . import train_main  # noqa: E402  (setup / main of train_net.py)
 
 __all__ = [
     "available_cpus",

@@ -25,6 +25,7 @@ import pickle
 from typing import Any, Dict, List
 
 import torch
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
@@ -152,7 +153,8 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
         if not self.save_dir or not self.save_to_disk:
             return
         state = self.model.state_dict()
-        bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        bad = [k for k, v in state.items()
+               if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
             logger.error(
                 "Not saving checkpoint %s: the weights hold NaN/inf (%d tensors, first %s); the run has "

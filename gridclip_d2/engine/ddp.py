@@ -2,54 +2,25 @@
 
 Two things stand between ``train_net.py --num-gpus N`` and N CPU workers:
 
-* Upstream Detectron2's ``create_ddp_model`` always passes ``device_ids=[local_rank]`` to
-  ``DistributedDataParallel``, which DDP rejects for a CPU model. The function is module-level and
-  called inside ``DefaultTrainer.__init__``, so a Trainer subclass cannot intercept it:
-  :func:`patch_create_ddp_model` wraps it where ``DefaultTrainer`` looks it up.
+* Detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]`` to
+  ``DistributedDataParallel``, which DDP rejects for a CPU model:
+  :func:`gridclip_d2.backports.patch_create_ddp_model` (re-exported here) fixes that.
 * N workers on a CPU each start with every core's worth of intra-op threads and fight over the
   cores; :func:`set_cpu_threads_per_worker` divides the cores among the local workers (one thread
   each on a 2-core machine was 2.6x faster than the default there).
 """
-import functools
 import logging
 import os
 
 import torch
+
 from detectron2.utils import comm
+
+from ..backports import patch_create_ddp_model
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["patch_create_ddp_model", "set_cpu_threads_per_worker", "available_cpus"]
-
-
-def _model_on_cpu(model: torch.nn.Module) -> bool:
-    first = next(model.parameters(), None)
-    return first is None or not first.is_cuda
-
-
-def patch_create_ddp_model() -> None:
-    """Make ``detectron2.engine.defaults.create_ddp_model`` give CPU models ``device_ids=None``.
-
-    Idempotent: the wrapper is installed once; calling this again changes nothing. GPU models and
-    explicit ``device_ids`` pass through unchanged.
-    """
-    import detectron2.engine as d2_engine
-    import detectron2.engine.defaults as d2_defaults
-
-    original = d2_defaults.create_ddp_model
-    if getattr(original, "_gridclip_cpu_fix", False):
-        return
-
-    @functools.wraps(original)
-    def create_ddp_model(model, *, fp16_compression=False, **kwargs):
-        # DDP must not be told a device for CPU modules; upstream sets [local_rank] unless given.
-        if comm.get_world_size() > 1 and "device_ids" not in kwargs and _model_on_cpu(model):
-            kwargs["device_ids"] = None
-        return original(model, fp16_compression=fp16_compression, **kwargs)
-
-    create_ddp_model._gridclip_cpu_fix = True
-    d2_defaults.create_ddp_model = create_ddp_model  # what DefaultTrainer.__init__ calls
-    d2_engine.create_ddp_model = create_ddp_model  # the public re-export
 
 
 def available_cpus() -> int:

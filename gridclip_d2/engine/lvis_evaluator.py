@@ -16,9 +16,12 @@ import os
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+
 from detectron2.evaluation import LVISEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
+
+from ..backports import lvis_numpy_aliases
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +129,8 @@ class OpenVocabLVISEvaluator(LVISEvaluator):
         logger.info(f"Evaluating with max detections per image = {self._max_dets_per_image}")
         dt = LVISResults(self._lvis_api, lvis_results, max_dets=self._max_dets_per_image)
         lvis_eval = LVISEval(self._lvis_api, dt, task)
-        lvis_eval.run()
+        with lvis_numpy_aliases():
+            lvis_eval.run()
         lvis_eval.print_results()
         res = lvis_eval.get_results()
         results = {metric: float(res[metric] * 100) for metric in _METRICS}

@@ -12,6 +12,8 @@ from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
+
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
@@ -21,15 +23,14 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
-from torch.nn.parallel import DistributedDataParallel
 
+from ..backports import TrainerStateBackport, patch_create_ddp_model
 from ..data.mapper import GridCLIPDatasetMapper
 from ..modeling.clip_text import clean_name
 from ..modeling.model_vocabulary import names_mismatch, read_sidecar, vocabulary_from_cfg
 from .checkpointer import GridCLIPCheckpointer
-from .ddp import patch_create_ddp_model
-from .loss_watch import LossWatch
 from .hardware import adapt_cfg_to_hardware
+from .loss_watch import LossWatch
 from .lvis_evaluator import LVIS_MAX_DETS, OpenVocabLVISEvaluator
 from .ov_summary import format_open_vocabulary_summary, open_vocabulary_summary
 from .plot_curves import PlotTrainingCurves
@@ -82,7 +83,8 @@ def check_training_vocabulary(cfg) -> None:
     if not classes:
         raise ValueError(f"Training set {name!r} (DATASETS.TRAIN[0]) has no 'thing_classes': is it registered?")
     names, source = vocabulary_from_cfg(cfg)
-    problem = names_mismatch(classes, names, f"the classes of training set {name!r}", f"the model's vocabulary ({source})")
+    problem = names_mismatch(classes, names, f"the classes of training set {name!r}",
+                             f"the model's vocabulary ({source})")
     if problem:
         raise ValueError(f"Cannot train: {problem}. Training labels index the vocabulary, so they must be equal")
 
@@ -98,11 +100,12 @@ def _share_buffers_of_rank0(model: torch.nn.Module) -> None:
         torch.distributed.broadcast(buf.data, src=0)
 
 
-class Trainer(DefaultTrainer):
+class Trainer(TrainerStateBackport, DefaultTrainer):
     """``DefaultTrainer`` with GridCLIP's mapper, the LVIS evaluator and the curves plot.
 
     ``train()`` returns the evaluation results of the end of training (with the
-    ``"open_vocabulary"`` summary per test set), on the main process.
+    ``"open_vocabulary"`` summary per test set), on the main process. Checkpoints carry the
+    optimizer state (:class:`~gridclip_d2.backports.TrainerStateBackport`).
     """
 
     def __init__(self, cfg):
@@ -126,21 +129,6 @@ class Trainer(DefaultTrainer):
     def train(self):
         super().train()
         return getattr(self, "_last_eval_results", None)
-
-    # Detectron2 v0.6's DefaultTrainer checkpoints the iteration and hook states but not its inner
-    # SimpleTrainer's (the optimizer: SGD momentum); a resumed run would restart momentum from 0.
-    # Later Detectron2 versions save it under the same "_trainer" key.
-    def state_dict(self):
-        ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
-        else:
-            logger.warning("The checkpoint has no optimizer state: resuming with a fresh optimizer")
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -1,4 +1,2 @@
 # Importing these modules registers them with Detectron2's registries.
-from . import clip_resnet  # noqa: F401
-from . import gridclip  # noqa: F401
-from . import necks  # noqa: F401
+from . import clip_resnet, gridclip, necks  # noqa: F401  (only registration)

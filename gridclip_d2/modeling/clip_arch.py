@@ -4,8 +4,8 @@
 ``clip.model.CLIP(**dataclasses.asdict(arch))`` builds the reference model. ``CLIP_ARCHS`` names the
 OpenAI ResNet models (the values ``clip.build_model`` infers from their checkpoints) and the reduced
 ``RNtiny`` / ``RNtiny96`` (the same ModifiedResNet class with one block per stage and narrow
-channels; the second is the small CLIP pretrained for the embedded CPU default). ``infer_arch`` reads an architecture off an OpenAI-layout state dict the way
-``clip.model.build_model`` does.
+channels; the second is the small CLIP pretrained for the embedded CPU default). ``infer_arch``
+reads an architecture off an OpenAI-layout state dict the way ``clip.model.build_model`` does.
 """
 import dataclasses
 from typing import Dict, Mapping, Optional, Tuple
@@ -36,10 +36,6 @@ class CLIPArch:
     def vision_heads(self) -> int:
         # as clip.model.CLIP: one attention-pool head per 64 channels of res5 (width * 32)
         return self.vision_width * 32 // 64
-
-    @property
-    def res5_channels(self) -> int:
-        return self.vision_width * 32
 
 
 def _openai(embed_dim, resolution, layers, width, text_width):

@@ -20,9 +20,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+from clip.model import ModifiedResNet
 from torch import nn
 
-from clip.model import ModifiedResNet
 from detectron2.config import configurable
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone

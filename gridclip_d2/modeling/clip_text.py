@@ -13,13 +13,12 @@ Names are cleaned as ViLD does for LVIS ("aerosol_can" -> "aerosol can").
 import logging
 from typing import List, Optional, Sequence
 
+import clip
 import torch
 import torch.nn.functional as F
+from clip.model import LayerNorm, Transformer
 from torch import nn
 from tqdm import tqdm
-
-import clip
-from clip.model import LayerNorm, Transformer
 
 from .clip_arch import CLIPArch, arch_name, get_arch, infer_arch
 from .clip_weights import clip_state_dict_from_cfg, load_clip_state_dict, load_exact

@@ -2,7 +2,7 @@
 
 ``MODEL.CLIP.WEIGHTS`` is one of:
 
-- an OpenAI model name (a key of ``clip._MODELS``, e.g. ``"RN50"``): the file named after the URL's
+- an OpenAI model name (one of ``clip.available_models()``, e.g. ``"RN50"``): the file named after the URL's
   basename is looked up in ``MODEL.CLIP.DOWNLOAD_ROOT`` (or clip's default ``~/.cache/clip``) and
   downloaded there by ``clip._download`` when absent and online;
 - a path to a TorchScript archive (the format OpenAI distributes) or to a plain state dict;
@@ -22,11 +22,10 @@ import logging
 import os
 from typing import Dict, Iterable, Mapping, Optional
 
-import torch
-from torch import nn
-
 import clip
+import torch
 from clip.model import CLIP
+from torch import nn
 
 from .clip_arch import arch_name, get_arch, infer_arch
 
@@ -61,6 +60,8 @@ def openai_checkpoint_path(name: str, download_root: str = "") -> str:
     Raises FileNotFoundError saying where it looked and how to get the file when it is absent and
     cannot be downloaded (offline).
     """
+    # clip's public API has no URL lookup and no download without loading the model: its private
+    # _MODELS table and _download (clip-anytorch 2.6) give the file without building a model.
     url = clip.clip._MODELS[name]
     root = os.path.expanduser(download_root) if download_root else _default_download_root()
     path = os.path.join(root, os.path.basename(url))
@@ -131,7 +132,7 @@ def load_clip_state_dict(
             _CACHE[key] = _random_clip_state_dict(arch, int(seed))
         return dict(_CACHE[key])
 
-    if weights in clip.clip._MODELS:
+    if weights in clip.available_models():
         path = openai_checkpoint_path(weights, download_root)
     elif weights == "synthetic":
         # the small CLIP of the embedded default: pretrained on first use, then cached
@@ -143,7 +144,7 @@ def load_clip_state_dict(
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"CLIP weights (MODEL.CLIP.WEIGHTS) {weights!r}: no such file, and not an OpenAI model "
-                f"name ({sorted(n for n in clip.clip._MODELS if n.startswith('RN'))}). "
+                f"name ({sorted(n for n in clip.available_models() if n.startswith('RN'))}). "
                 "MODEL.CLIP.WEIGHTS \"\" trains from a randomly initialised CLIP."
             )
     key = ("file",) + _file_key(path)

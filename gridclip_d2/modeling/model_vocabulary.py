@@ -177,7 +177,8 @@ def explicit_vocabulary_from_cfg(cfg) -> Optional[Tuple[List[str], str]]:
                 f"MODEL.GRIDCLIP.VOCABULARY {vocabulary!r}: expected {' or '.join(BUILTIN_VOCABULARIES)}, "
                 "or a .txt / .json file of names"
             )
-        return read_vocabulary_file(vocabulary, "MODEL.GRIDCLIP.VOCABULARY file"), f"MODEL.GRIDCLIP.VOCABULARY {vocabulary}"
+        names = read_vocabulary_file(vocabulary, "MODEL.GRIDCLIP.VOCABULARY file")
+        return names, f"MODEL.GRIDCLIP.VOCABULARY {vocabulary}"
     return None
 
 

@@ -14,8 +14,8 @@ The embeddings are one stacked tensor so that :meth:`TeacherCache.load` can memo
 (``torch.load(mmap=True)``): data-loader workers and processes on one machine share the pages
 instead of each holding a copy. ``meta`` records what produced the embeddings; loading against a
 config whose teacher or training set (name, SHA-1 of its json) differs fails with the field and the
-file named. Writes go to a temporary
-file in the same folder, renamed over the target only once complete.
+file named. Writes go to a temporary file in the same folder, renamed over the target only once
+complete.
 """
 import hashlib
 import logging
@@ -25,6 +25,7 @@ from typing import Any, Dict, Hashable, List, Optional, Sequence
 import torch
 
 from ..atomic_write import atomic_torch_save
+from ..config import cache_in_use, teacher_input_size_from_cfg  # also imported from here
 
 __all__ = [
     "TeacherCache",
@@ -66,21 +67,6 @@ def dataset_identity(dataset_names: Sequence[str]) -> List[Dict[str, str]]:
     return out
 
 
-def teacher_input_size_from_cfg(cfg) -> int:
-    """IMAGE_ALIGN.TEACHER_INPUT_SIZE, or the CLIP architecture's native resolution when 0."""
-    size = int(cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE)
-    if size > 0:
-        return size
-    if size < 0:
-        raise ValueError(f"MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE must be >= 0, got {size}")
-    from .clip_arch import CLIP_ARCHS
-
-    arch = cfg.MODEL.CLIP.ARCH
-    if arch not in CLIP_ARCHS:
-        raise ValueError(f"MODEL.CLIP.ARCH {arch!r} is not one of {sorted(CLIP_ARCHS)}")
-    return int(CLIP_ARCHS[arch].image_resolution)
-
-
 def cache_meta_from_cfg(cfg, dataset_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """What a cache must have been made with to serve this config's teacher on ``dataset_names``
     (default: DATASETS.TRAIN)."""
@@ -95,13 +81,6 @@ def cache_meta_from_cfg(cfg, dataset_names: Optional[Sequence[str]] = None) -> D
         "grids": [int(g) for g in cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.GRIDS],
         "size": teacher_input_size_from_cfg(cfg),
     }
-
-
-def cache_in_use(cfg) -> bool:
-    """True when IMAGE_ALIGN.CACHE_FILE is set and exists: teacher outputs come from the file, so
-    neither the on-the-fly teacher nor the mapper's ``teacher_images`` are needed."""
-    path = cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE
-    return bool(path) and os.path.isfile(path)
 
 
 class TeacherCache:
@@ -149,10 +128,6 @@ class TeacherCache:
 
     def __getitem__(self, image_id) -> torch.Tensor:
         return self.embeddings[self._index[image_id]]  # K x D
-
-    def get(self, image_id) -> Optional[torch.Tensor]:
-        i = self._index.get(image_id)
-        return None if i is None else self.embeddings[i]
 
     def check_meta(self, expected: Dict[str, Any]):
         """Raise naming the first field where this cache differs from ``expected``."""

@@ -19,20 +19,19 @@ resumed run sees the batches an uninterrupted run would (same machine and thread
 same weights).
 """
 import dataclasses
-import json
 import logging
 import math
 import os
 import time
 from typing import Optional
 
+import clip
 import torch
 import torch.nn.functional as F
+from clip.model import CLIP, convert_weights
 from tqdm import tqdm
 
-import clip
-from clip.model import CLIP, convert_weights
-
+from ..atomic_write import atomic_json_dump, atomic_torch_save
 from ..data.synthetic_captions import NUM_PAIRS, load_caption_dataset
 from ..modeling.clip_arch import get_arch
 from ..modeling.clip_resnet import normalize_clip_input
@@ -59,12 +58,6 @@ def final_weights_name(arch: str) -> str:
     return f"{arch}_synthetic.pt"
 
 
-def _atomic_save(obj, path: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _lr_at(step: int, cfg: PretrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -83,7 +76,7 @@ def _optimizer(model: CLIP, cfg: PretrainConfig) -> torch.optim.Optimizer:
 
 def _colour_pools(named) -> list:
     """Per colour, the indices of the captions that name an object of that colour."""
-    from ..data.synthetic_shapes import SHAPES, COLOURS
+    from ..data.synthetic_shapes import COLOURS, SHAPES
 
     pools = [[] for _ in COLOURS]
     for i, cats in enumerate(named):
@@ -175,21 +168,18 @@ def pretrain_clip(
         bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}",
                         refresh=False)
         if (step + 1) % cfg.checkpoint_period == 0 and step + 1 < cfg.steps:
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "step": step + 1, "config": dataclasses.asdict(cfg)}, ckpt_path)
     logger.info(f"CLIP pretraining: {cfg.steps - start} steps in {time.perf_counter() - t0:.0f} s")
 
     model = model.to(memory_format=torch.contiguous_format).eval()
     convert_weights(model)  # OpenAI's layout: fp16 conv / linear / projection weights
     final = os.path.join(output_dir, final_weights_name(cfg.arch))
-    _atomic_save(model.state_dict(), final)
+    atomic_torch_save(model.state_dict(), final)
     logger.info(f"Wrote {final}")
     if evaluate:
         from .zero_shot import zero_shot_report
 
         report = zero_shot_report(final, cfg.arch, datasets_root)
-        tmp = os.path.join(output_dir, f"zero_shot.json.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, os.path.join(output_dir, "zero_shot.json"))
+        atomic_json_dump(report, os.path.join(output_dir, "zero_shot.json"), indent=1)
     return final

@@ -10,9 +10,8 @@ import sys
 
 import pytest
 
-from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
 
 from gridclip_d2.data.lvis_v1 import (
     lvis_v1_class_frequency,

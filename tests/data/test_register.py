@@ -15,6 +15,7 @@ from detectron2.evaluation import LVISEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from gridclip_d2 import add_gridclip_config
+from gridclip_d2.backports import lvis_numpy_aliases
 from gridclip_d2.data import register_from_cfg, register_lvis_format
 from gridclip_d2.data.register import load_lvis_format_json
 
@@ -110,7 +111,8 @@ def _gt_as_detections(name, records, extra=None):
         inst.scores = torch.linspace(1.0, 0.9, len(boxes))
         inst.pred_classes = torch.tensor(classes, dtype=torch.int64)
         evaluator.process([r], [{"instances": inst}])
-    return evaluator.evaluate()["bbox"]
+    with lvis_numpy_aliases():  # Detectron2's own evaluator runs lvis-api
+        return evaluator.evaluate()["bbox"]
 
 
 def test_file_name_relative_json(records_of):

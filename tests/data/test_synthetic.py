@@ -7,13 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
+from lvis import LVIS
 from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from lvis import LVIS
 
 from gridclip_d2.data import synthetic
-from gridclip_d2.data.synthetic_shapes import COLOURS
 from gridclip_d2.data.synthetic import (
     SYNTHETIC_CATEGORIES,
     SYNTHETIC_NOVEL_CLASS_IDS,
@@ -21,6 +20,7 @@ from gridclip_d2.data.synthetic import (
     ensure_synthetic_dataset,
     generate_synthetic_dataset,
 )
+from gridclip_d2.data.synthetic_shapes import COLOURS
 
 
 @pytest.fixture(scope="module")

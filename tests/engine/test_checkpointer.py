@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 

@@ -1,10 +1,12 @@
 """Multi-process training on CPUs: the create_ddp_model fix, under a real 2-rank gloo group."""
 import torch
 import torch.distributed as dist
+
+import detectron2.engine.defaults as d2_defaults
 from detectron2.engine import launch
 from detectron2.utils import comm
 
-import detectron2.engine.defaults as d2_defaults
+from gridclip_d2 import backports
 from gridclip_d2.engine import ddp
 
 
@@ -45,12 +47,12 @@ def _worker(result_dir):
         out["upstream_error"] = str(e) or type(e).__name__
     # 2. The installed (patched) Detectron2 function, wrapped.
     installed = d2_defaults.create_ddp_model
-    ddp.patch_create_ddp_model()
+    backports.patch_create_ddp_model()
     out["installed"] = _train_replicas()
     # 3. Upstream's function, wrapped; patching twice installs one wrapper.
     d2_defaults.create_ddp_model = _upstream_create_ddp_model
-    ddp.patch_create_ddp_model()
-    ddp.patch_create_ddp_model()
+    backports.patch_create_ddp_model()
+    backports.patch_create_ddp_model()
     out["wraps_upstream"] = d2_defaults.create_ddp_model.__wrapped__ is _upstream_create_ddp_model
     out["upstream"] = _train_replicas()
     d2_defaults.create_ddp_model = installed
@@ -71,7 +73,7 @@ def test_cpu_ddp_two_gloo_ranks(tmp_path, monkeypatch):
 
 
 def test_single_process_is_untouched():
-    ddp.patch_create_ddp_model()
+    backports.patch_create_ddp_model()
     model = torch.nn.Linear(2, 2)
     assert d2_defaults.create_ddp_model(model) is model
     assert ddp.set_cpu_threads_per_worker() == torch.get_num_threads()

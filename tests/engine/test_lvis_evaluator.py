@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 

@@ -3,8 +3,9 @@ import json
 
 import numpy as np
 import pytest
-from detectron2.utils.events import EventStorage, JSONWriter
 from PIL import Image
+
+from detectron2.utils.events import EventStorage, JSONWriter
 
 from gridclip_d2.engine import PlotTrainingCurves, load_metrics, plot_training_curves
 

@@ -1,10 +1,10 @@
 """CLIPResNet backbone: exact reproduction of clip's image tower, freezing, norms, key checks, teacher."""
+import clip
 import pytest
 import torch
+from clip.model import CLIP, AttentionPool2d
 from torch import nn
 
-import clip
-from clip.model import CLIP, AttentionPool2d
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_backbone
 

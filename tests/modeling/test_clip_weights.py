@@ -3,10 +3,9 @@ import os
 import shutil
 import urllib.error
 
+import clip
 import pytest
 import torch
-
-import clip
 from clip.model import CLIP
 
 from gridclip_d2.modeling import clip_weights

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
@@ -104,7 +105,9 @@ def test_sidecar_mismatches_name_both_sides(tiny_cfg, npy, caplog):
     # Other CLIP weights (same architecture): the text fingerprint differs.
     other = cfg.clone()
     other.MODEL.CLIP.WEIGHTS = ""
-    with pytest.raises(ValueError, match=r"three.npy were made with CLIP weights .*rntiny_state_dict.pt.* other weights"):
+    with pytest.raises(
+        ValueError, match=r"three.npy were made with CLIP weights .*rntiny_state_dict.pt.* other weights"
+    ):
         TextClassifier(other, names=["zebra", "traffic_cone", "kite"])
 
     # Other prompts than the model embeds later vocabularies with.

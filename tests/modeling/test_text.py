@@ -1,12 +1,11 @@
 """Text side: CLIP text encoder, prompt handling, the frozen text classifier, vocabularies."""
 import functools
 
+import clip
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import clip
 
 from gridclip_d2.data.vocabulary import get_vocabulary
 from gridclip_d2.modeling.clip_text import (
@@ -56,12 +55,15 @@ def test_synonyms_and_templates_are_averaged(clip_tiny_checkpoints):
     encoder = build_text_encoder(path, "RNtiny")
     templates = ["a {}", "a photo of the {}."]
     got = encode_names(encoder, ["kite", "car"], templates, synonyms=[["kite", "paper_kite"], []])
-    texts = ["a kite", "a photo of the kite.", "a paper kite", "a photo of the paper kite.", "a car", "a photo of the car."]
+    texts = ["a kite", "a photo of the kite.", "a paper kite", "a photo of the paper kite.", "a car",
+             "a photo of the car."]
     ref = _reference_embeddings(path, texts)
     expected = F.normalize(torch.stack([ref[:4].mean(0), ref[4:].mean(0)]), dim=-1)
     assert (got - expected).abs().max() < TOL
     # batching does not change the result
-    assert (encode_names(encoder, ["kite", "car"], templates, [["kite", "paper_kite"], []], batch_size=1) - got).abs().max() < 1e-6
+    batched = encode_names(encoder, ["kite", "car"], templates, [["kite", "paper_kite"], []],
+                           batch_size=1)
+    assert (batched - got).abs().max() < 1e-6
 
 
 def test_prompts():

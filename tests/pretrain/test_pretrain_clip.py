@@ -3,10 +3,9 @@
 import os
 import sys
 
+import clip
 import pytest
 import torch
-
-import clip
 from clip.model import build_model
 
 from gridclip_d2.data.synthetic_captions import caption_for, load_caption_dataset
