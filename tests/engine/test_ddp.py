@@ -45,7 +45,7 @@ def _worker(result_dir):
         out["upstream_error"] = ""
     except (ValueError, RuntimeError, AssertionError) as e:
         out["upstream_error"] = str(e) or type(e).__name__
-    # 2. The installed (patched) Detectron2 function, wrapped.
+    # 2. The installed Detectron2 function, wrapped.
     installed = d2_defaults.create_ddp_model
     backports.patch_create_ddp_model()
     out["installed"] = _train_replicas()
