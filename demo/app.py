@@ -38,22 +38,25 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 class UnreadableUpload(str):
-    """What :class:`UploadedImage` passes on for a file it cannot decode: the reason."""
+    """What an image input made by :func:`tolerant_image` passes on for a file it cannot decode."""
 
 
-class UploadedImage(gr.Image):
-    """``gr.Image`` whose unreadable uploads reach the event handler as an :class:`UnreadableUpload`
+def tolerant_image(**kwargs) -> gr.Image:
+    """A ``gr.Image`` whose unreadable uploads reach the event handler as an :class:`UnreadableUpload`
     (shown as a message on the page) instead of failing inside Gradio with its internal error text.
-    Written here: Gradio has no option for it."""
+    Written here: Gradio has no option for it. (The instance's ``preprocess`` is wrapped: a subclass
+    of a Gradio component makes Gradio write a .pyi file beside this script.)"""
+    image = gr.Image(**kwargs)
+    preprocess = image.preprocess
 
-    def get_block_name(self) -> str:
-        return "image"  # the front end of gr.Image
-
-    def preprocess(self, payload):
+    def tolerant(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except Exception as e:
             return UnreadableUpload(type(e.__cause__ or e).__name__)
+
+    image.preprocess = tolerant
+    return image
 
 
 class DetectionPage:
@@ -113,7 +116,7 @@ def build_page(page: DetectionPage, examples: Sequence[str] = (), lvis_names: Se
         )
         with gr.Row():
             with gr.Column():
-                image = UploadedImage(label="Image", type="numpy", sources=["upload", "clipboard"], elem_id="image")
+                image = tolerant_image(label="Image", type="numpy", sources=["upload", "clipboard"], elem_id="image")
                 vocabulary = gr.Textbox(label="Vocabulary (comma-separated class names)", value=training,
                                         lines=2, elem_id="vocabulary")
                 with gr.Row():
