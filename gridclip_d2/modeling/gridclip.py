@@ -222,7 +222,7 @@ class GridCLIP(FCOS):
         image, resized to the input's "height" x "width".
         """
         images = self.preprocess_image(batched_inputs)
-        features, dense_embedding = self._backbone_features(images.tensor)
+        features, dense_embedding = self._backbone_features(self._inference_layout(images.tensor))
         features = [features[f] for f in self.head_in_features]
         predictions = self.head(features, dense_embedding)
 
@@ -240,6 +240,15 @@ class GridCLIP(FCOS):
             width = input_per_image.get("width", image_size[1])
             processed_results.append({"instances": detector_postprocess(results_per_image, height, width)})
         return processed_results
+
+    def _inference_layout(self, x: Tensor) -> Tensor:
+        """N x 3 x H x W images, channels-last for CPU inference: oneDNN's own layout for
+        convolutions, which otherwise reorders around each of them (~15% of an RN50-FPN inference
+        here). Every later op keeps the layout; the numbers are the same up to float rounding.
+        Training keeps the default layout (losses bit for bit as before)."""
+        if self.training or x.device.type != "cpu":
+            return x
+        return x.contiguous(memory_format=torch.channels_last)
 
     def _backbone_features(self, x: Tensor) -> Tuple[Dict[str, Tensor], Optional[Tensor]]:
         """Backbone features; with dense CLIP levels also ``bottom_up.dense_embedding(res5)``
