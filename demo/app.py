@@ -23,6 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio i
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `predictor` next to this file

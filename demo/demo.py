@@ -22,6 +22,7 @@ import time
 
 import cv2
 import tqdm
+
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 

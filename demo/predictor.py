@@ -9,6 +9,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Instances
 from detectron2.utils.video_visualizer import VideoVisualizer

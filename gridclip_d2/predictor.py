@@ -25,6 +25,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image

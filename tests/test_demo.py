@@ -8,10 +8,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from PIL import Image
 
 from gridclip_d2 import add_gridclip_config
 
@@ -154,6 +155,7 @@ def test_lvis_config_with_a_custom_vocabulary_needs_no_lvis_file(tmp_path, monke
     """The LVIS config, OpenAI-format RN50 weights and a GridCLIP checkpoint: a custom vocabulary
     needs neither the LVIS text embeddings nor LVIS's names, and no teacher is built."""
     from conftest import make_random_clip
+
     from gridclip_d2.modeling import clip_text
 
     lvis_config = os.path.join(REPO, "configs", "GridCLIP_LVIS.yaml")

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model

@@ -10,11 +10,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from matplotlib import cbook
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, pairwise_iou
-from matplotlib import cbook
 
 from gridclip_d2 import GridCLIPPredictor, add_gridclip_config
 
@@ -39,6 +40,7 @@ def exported(tmp_path_factory):
     args = ["--config-file", CONFIG, "--vocabulary", VOCABULARY, "--sample-image", PHOTO,
             "--score-thresh", "0.1", "--opts", "MODEL.WEIGHTS", weights]
     written = export_model.main(args[:6] + ["--output", str(root / "out")] + args[6:])
+    assert sorted(written) == ["onnx", "torchscript"]
     return root / "out", weights, args
 
 

@@ -6,12 +6,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from matplotlib import cbook
+from PIL import Image
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import pairwise_iou
-from matplotlib import cbook
-from PIL import Image
 
 from gridclip_d2 import GridCLIPPredictor, add_gridclip_config
 from gridclip_d2.modeling import clip_text

@@ -16,10 +16,11 @@ import urllib.request
 
 import pytest
 import torch
+from matplotlib import cbook
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from matplotlib import cbook
 
 from gridclip_d2 import add_gridclip_config
 
@@ -117,7 +118,8 @@ def test_page_detects_a_custom_vocabulary_in_a_photograph(page_url, browser, tmp
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    image = os.path.abspath(os.environ.get("GRIDCLIP_WEB_TEST_IMAGE") or cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    photo = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    image = os.path.abspath(os.environ.get("GRIDCLIP_WEB_TEST_IMAGE") or photo)
     vocabulary = os.environ.get("GRIDCLIP_WEB_TEST_VOCABULARY", "person, necktie, flag")
     names = [n.strip() for n in vocabulary.split(",")]
     browser.get(page_url)

@@ -16,6 +16,7 @@ import logging
 
 import numpy as np
 import torch
+
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils.logger import setup_logger

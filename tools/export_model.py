@@ -37,6 +37,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
+
 from detectron2.data.detection_utils import read_image
 from detectron2.export import TracingAdapter
 from detectron2.layers import nms
