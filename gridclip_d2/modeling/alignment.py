@@ -27,13 +27,19 @@ from torchvision.ops import roi_align
 
 from detectron2.config import configurable
 
+from ..config import cache_in_use
 from .clip_resnet import build_clip_teacher, normalize_clip_input
 from .mean_roi_align import mean_roi_align
-from .teacher_cache import TeacherCache, cache_in_use, cache_meta_from_cfg
+from .teacher_cache import TeacherCache, cache_meta_from_cfg
 
 __all__ = ["ImageAlignment", "pool_regions", "encode_teacher_images"]
 
 logger = logging.getLogger(__name__)
+
+
+def _check_pool(pool: str) -> None:
+    if pool not in ("mean", "max"):
+        raise ValueError(f"MODEL.GRIDCLIP.IMAGE_ALIGN.POOL must be 'mean' or 'max', got {pool!r}")
 
 
 def pool_regions(
@@ -53,8 +59,7 @@ def pool_regions(
     Returns:
         (sum K_i) x D, L2-normalised: regions of image 0 first, then image 1, ...
     """
-    if pool not in ("mean", "max"):
-        raise ValueError(f"MODEL.GRIDCLIP.IMAGE_ALIGN.POOL must be 'mean' or 'max', got {pool!r}")
+    _check_pool(pool)
     if len(grid_embeddings) != len(strides) or not grid_embeddings:
         raise ValueError(
             f"need one stride per grid-embedding level, got {len(grid_embeddings)} levels and "
@@ -132,20 +137,15 @@ class ImageAlignment(nn.Module):
             pool_resolution: RoIAlign bins per side when pooling a region.
         """
         super().__init__()
-        if pool not in ("mean", "max"):
-            raise ValueError(
-                f"MODEL.GRIDCLIP.IMAGE_ALIGN.POOL must be 'mean' or 'max', got {pool!r}"
-            )
+        _check_pool(pool)  # at build time, not at the first training step
         if teacher is None and cache is None:
             raise ValueError("ImageAlignment needs a teacher, a teacher cache, or both")
         self.loss_weight = float(loss_weight)
         self.pool = pool
         self.pool_resolution = int(pool_resolution)
         self.teacher = teacher
-        if teacher is not None:
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            teacher.eval()
+        if teacher is not None:  # any teacher given (build_clip_teacher's is frozen already)
+            teacher.requires_grad_(False).eval()
         self.cache = cache  # plain attribute: not a module, not in the state dict
         # The teacher is a fixed function of MODEL.CLIP.WEIGHTS, rebuilt with the model: keep it out
         # of checkpoints (it would double an RN50 checkpoint) and never load it from one.

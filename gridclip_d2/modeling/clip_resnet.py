@@ -261,7 +261,13 @@ class CLIPResNet(Backbone):
 
 
 class _FrozenCLIPResNet(CLIPResNet):
-    """A CLIPResNet that stays in eval mode whatever ``train()`` is asked (a fixed teacher)."""
+    """A CLIPResNet without gradients that stays in eval mode whatever ``train()`` is asked (a
+    fixed teacher)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.requires_grad_(False)
+        self.eval()
 
     def train(self, mode: bool = True):
         return super().train(False)
@@ -284,7 +290,7 @@ def build_clip_teacher(cfg) -> CLIPResNet:
     Initialised from the same weights as the backbone (for ``WEIGHTS == ""``: the same seeded random
     CLIP). Input: ``normalize_clip_input`` of uint8 RGB crops; use ``encode_image``.
     """
-    teacher = _FrozenCLIPResNet(
+    return _FrozenCLIPResNet(
         cfg.MODEL.CLIP.ARCH,
         out_features=("res5",),
         norm="FrozenBN",
@@ -292,7 +298,4 @@ def build_clip_teacher(cfg) -> CLIPResNet:
         state_dict=clip_state_dict_from_cfg(cfg),
         freeze_attnpool=True,
     )
-    for p in teacher.parameters():
-        p.requires_grad = False
-    return teacher.eval()
 
