@@ -16,7 +16,7 @@ The towers are written here instead of using Detectron2's ``RetinaNetHead``/``FC
 output per class, whereas GridCLIP's classifier is the frozen text-embedding matrix.
 """
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +25,21 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 
-__all__ = ["GridCLIPHead"]
+__all__ = ["GridCLIPHead", "GridHeadOutputs"]
+
+
+class GridHeadOutputs(NamedTuple):
+    """What :class:`GridCLIPHead` returns: each field a list over levels (shapes in the module
+    docstring)."""
+
+    logits: List[Tensor]
+    box_deltas: List[Tensor]
+    centerness: List[Tensor]
+    grid_embeddings: List[Tensor]
+
+    def dense_predictions(self) -> List[List[Tensor]]:
+        """``[logits, box_deltas, centerness]``: what Detectron2's ``DenseDetector`` decodes."""
+        return [self.logits, self.box_deltas, self.centerness]
 
 
 def _tower(channels: int, num_convs: int, norm: str) -> nn.Sequential:
@@ -204,8 +218,8 @@ class GridCLIPHead(nn.Module):
                 to the projected embedding before the final normalisation.
 
         Returns:
-            (logits, box_deltas, centerness, grid_embeddings), each a list over levels (see the
-            module docstring for shapes).
+            :class:`GridHeadOutputs` (logits, box_deltas, centerness, grid_embeddings), each a list
+            over levels (see the module docstring for shapes).
         """
         if len(features) != self.num_levels:
             raise ValueError(f"GridCLIPHead was built for {self.num_levels} levels, got {len(features)}")
@@ -232,4 +246,4 @@ class GridCLIPHead(nn.Module):
             # exp of a clamped exponent: e^8 strides is far beyond any box, and exp cannot overflow.
             box_deltas.append(torch.exp((self.bbox_pred(reg) * self.scales[i]).clamp(max=8.0)))  # N x 4 x Hi x Wi
             centerness.append(self.ctrness(reg))  # N x 1 x Hi x Wi
-        return logits, box_deltas, centerness, grid_embeddings
+        return GridHeadOutputs(logits, box_deltas, centerness, grid_embeddings)

@@ -32,7 +32,7 @@ from detectron2.utils.events import get_event_storage
 from .alignment import ImageAlignment
 from .clip_text import text_embeddings_from_cfg
 from .fed_loss import fed_loss_class_weights, sample_fed_loss_classes
-from .grid_head import GridCLIPHead
+from .grid_head import GridCLIPHead, GridHeadOutputs
 from .model_vocabulary import training_metadata, vocabulary_from_cfg
 from .text_classifier import TextClassifier, load_text_embeddings
 
@@ -224,16 +224,16 @@ class GridCLIP(FCOS):
         images = self.preprocess_image(batched_inputs)
         features, dense_embedding = self._backbone_features(self._inference_layout(images.tensor))
         features = [features[f] for f in self.head_in_features]
-        predictions = self.head(features, dense_embedding)
+        outputs = self.head(features, dense_embedding)
 
         if self.training:
             missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
             if missing:
                 raise ValueError(f"GridCLIP training needs 'instances' in every input; inputs {missing} lack them")
             gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-            return self.forward_training(images, features, predictions, gt_instances, batched_inputs)
+            return self.forward_training(images, features, outputs, gt_instances, batched_inputs)
 
-        results = self.forward_inference(images, features, predictions[:3])
+        results = self.forward_inference(images, features, outputs.dense_predictions())
         processed_results = []
         for results_per_image, input_per_image, image_size in zip(results, batched_inputs, images.image_sizes):
             height = input_per_image.get("height", image_size[0])
@@ -265,9 +265,9 @@ class GridCLIP(FCOS):
             handle.remove()
         return features, bottom_up.dense_embedding(captured["res5"])
 
-    def forward_training(self, images, features, predictions, gt_instances, batched_inputs=None):
+    def forward_training(self, images, features, outputs: GridHeadOutputs, gt_instances, batched_inputs=None):
         pred_logits, pred_deltas, pred_centerness = self._transpose_dense_predictions(
-            list(predictions[:3]), [self.num_classes, 4, 1]
+            outputs.dense_predictions(), [self.num_classes, 4, 1]
         )  # N x Ri x C, N x Ri x 4, N x Ri x 1 per level
         self._check_finite(logits=pred_logits, box_deltas=pred_deltas, centerness=pred_centerness)
         anchors = self.anchor_generator(features)
@@ -276,7 +276,7 @@ class GridCLIP(FCOS):
         if self.image_alignment is not None:
             if batched_inputs is None:
                 raise ValueError("the image-level alignment needs the batched inputs")
-            losses.update(self.image_alignment(predictions[3], self.strides, batched_inputs))
+            losses.update(self.image_alignment(outputs.grid_embeddings, self.strides, batched_inputs))
         return losses
 
     @staticmethod
@@ -468,7 +468,9 @@ class GridCLIP(FCOS):
             emb = embeddings
         emb = torch.as_tensor(np.asarray(emb) if not isinstance(emb, Tensor) else emb, dtype=torch.float32)
         if emb.ndim != 2 or emb.shape[0] == 0:
-            raise ValueError(f"set_vocabulary: embeddings must be a non-empty C x D matrix, got shape {tuple(emb.shape)}")
+            raise ValueError(
+                f"set_vocabulary: embeddings must be a non-empty C x D matrix, got shape {tuple(emb.shape)}"
+            )
         if emb.shape[1] != self.head.embed_dim:
             raise ValueError(
                 f"set_vocabulary: embeddings have dim {emb.shape[1]}, the model's CLIP embedding dim is "

@@ -38,7 +38,9 @@ def _head(**kwargs):
 def test_output_shapes_and_unit_embeddings():
     head = _head()
     feats = _features()
-    logits, deltas, ctr, emb = head(feats)
+    outputs = head(feats)
+    logits, deltas, ctr, emb = outputs.logits, outputs.box_deltas, outputs.centerness, outputs.grid_embeddings
+    assert outputs.dense_predictions() == [logits, deltas, ctr]
     for f, lg, dl, ct, em in zip(feats, logits, deltas, ctr, emb):
         n, _, h, w = f.shape
         assert lg.shape == (n, C, h, w)
