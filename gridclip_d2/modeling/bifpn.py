@@ -22,18 +22,11 @@ from torch import nn
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import Backbone
 
+from .config_checks import check_group_norm, check_in_features
+
 __all__ = ["BiFPN", "BiFPNLayer", "FastNormalizedFusion"]
 
 _FUSION_EPS = 1e-4
-
-
-def _check_norm(norm: str, channels: int):
-    if norm == "GN" and channels % 32 != 0:
-        raise ValueError(
-            f"BiFPN norm 'GN' uses 32 groups, which must divide the channel count; got "
-            f"out_channels={channels} (MODEL.BIFPN.OUT_CHANNELS). Use a multiple of 32 or another "
-            f"MODEL.BIFPN.NORM."
-        )
 
 
 def _resize_to(x: torch.Tensor, size) -> torch.Tensor:
@@ -148,14 +141,9 @@ class BiFPN(Backbone):
             raise ValueError(
                 f"BiFPN num_repeats (MODEL.BIFPN.NUM_REPEATS) must be >= 1, got {num_repeats}"
             )
-        _check_norm(norm, out_channels)
+        check_group_norm(norm, out_channels, "MODEL.BIFPN.NORM", "MODEL.BIFPN.OUT_CHANNELS")
         shapes = bottom_up.output_shape()
-        missing = [f for f in in_features if f not in shapes]
-        if not in_features or missing:
-            raise ValueError(
-                f"BiFPN in_features (MODEL.BIFPN.IN_FEATURES) {list(in_features)} must be a "
-                f"non-empty subset of the bottom-up outputs {list(shapes)}; missing {missing}"
-            )
+        check_in_features(in_features, shapes, "MODEL.BIFPN.IN_FEATURES", "the bottom-up backbone")
         strides = [shapes[f].stride for f in in_features]
         for a, b in zip(strides[:-1], strides[1:]):
             if b != 2 * a:

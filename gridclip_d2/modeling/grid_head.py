@@ -25,6 +25,8 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 
+from .config_checks import check_group_norm
+
 __all__ = ["GridCLIPHead", "GridHeadOutputs"]
 
 
@@ -106,11 +108,7 @@ class GridCLIPHead(nn.Module):
         if len(channels) != 1:
             raise ValueError(f"GridCLIPHead needs the same channels on every level, got {sorted(channels)}")
         in_channels = channels.pop()
-        if norm == "GN" and in_channels % 32 != 0:
-            raise ValueError(
-                f"MODEL.GRIDCLIP.HEAD_NORM='GN' uses GroupNorm(32, C); the neck's {in_channels} channels "
-                "are not a multiple of 32"
-            )
+        check_group_norm(norm, in_channels, "MODEL.GRIDCLIP.HEAD_NORM", "the neck (MODEL.FPN/BIFPN.OUT_CHANNELS)")
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"MODEL.GRIDCLIP.PRIOR_PROB must lie in (0, 1), got {prior_prob}")
         if temperature <= 0:

@@ -31,6 +31,7 @@ from detectron2.utils.events import get_event_storage
 
 from .alignment import ImageAlignment
 from .clip_text import text_embeddings_from_cfg
+from .config_checks import check_in_features
 from .fed_loss import fed_loss_class_weights, sample_fed_loss_classes
 from .grid_head import GridCLIPHead, GridHeadOutputs
 from .model_vocabulary import training_metadata, vocabulary_from_cfg
@@ -172,12 +173,7 @@ class GridCLIP(FCOS):
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         in_features = list(cfg.MODEL.GRIDCLIP.IN_FEATURES)
-        missing = [f for f in in_features if f not in shapes]
-        if missing:
-            raise ValueError(
-                f"MODEL.GRIDCLIP.IN_FEATURES {in_features}: {missing} not produced by backbone "
-                f"{cfg.MODEL.BACKBONE.NAME} (it gives {sorted(shapes)})"
-            )
+        check_in_features(in_features, shapes, "MODEL.GRIDCLIP.IN_FEATURES", f"backbone {cfg.MODEL.BACKBONE.NAME}")
         classifier = TextClassifier(cfg, names=names, names_source=names_source)
         head = GridCLIPHead(cfg, [shapes[f] for f in in_features], classifier=classifier)
         novel = list(metadata.get("novel_class_ids", [])) if metadata is not None and g.IGNORE_NOVEL_CLASSES else []

@@ -14,18 +14,11 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 
 from .bifpn import BiFPN
 from .clip_resnet import build_clip_resnet_backbone
+from .config_checks import check_in_features
 
 __all__ = ["build_clip_resnet_fpn_backbone", "build_clip_resnet_bifpn_backbone"]
 
-
-def _check_in_features(bottom_up, in_features, key: str):
-    available = list(bottom_up.output_shape())
-    missing = [f for f in in_features if f not in available]
-    if missing or not in_features:
-        raise ValueError(
-            f"{key} {list(in_features)} must be a non-empty subset of the CLIP backbone's outputs "
-            f"{available} (MODEL.CLIP.OUT_FEATURES); missing {missing}"
-        )
+_CLIP_OUTPUTS = "the CLIP backbone (MODEL.CLIP.OUT_FEATURES)"
 
 
 @BACKBONE_REGISTRY.register()
@@ -33,7 +26,7 @@ def build_clip_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """CLIP ResNet + Detectron2 FPN (MODEL.FPN.*) + P6/P7 from p5."""
     bottom_up = build_clip_resnet_backbone(cfg, input_shape)
     in_features = list(cfg.MODEL.FPN.IN_FEATURES)
-    _check_in_features(bottom_up, in_features, "MODEL.FPN.IN_FEATURES")
+    check_in_features(in_features, bottom_up.output_shape(), "MODEL.FPN.IN_FEATURES", _CLIP_OUTPUTS)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     return FPN(
         bottom_up=bottom_up,
@@ -50,7 +43,7 @@ def build_clip_resnet_bifpn_backbone(cfg, input_shape: ShapeSpec) -> BiFPN:
     """CLIP ResNet + BiFPN (MODEL.BIFPN.*): p3..p7."""
     bottom_up = build_clip_resnet_backbone(cfg, input_shape)
     in_features = list(cfg.MODEL.BIFPN.IN_FEATURES)
-    _check_in_features(bottom_up, in_features, "MODEL.BIFPN.IN_FEATURES")
+    check_in_features(in_features, bottom_up.output_shape(), "MODEL.BIFPN.IN_FEATURES", _CLIP_OUTPUTS)
     return BiFPN(
         bottom_up=bottom_up,
         in_features=in_features,
