@@ -32,6 +32,7 @@ from detectron2.utils.events import get_event_storage
 from .alignment import ImageAlignment
 from .clip_text import text_embeddings_from_cfg
 from .config_checks import check_in_features
+from .dense_decoding import decode_level, topk_flat
 from .fed_loss import fed_loss_class_weights, sample_fed_loss_classes
 from .grid_head import GridCLIPHead, GridHeadOutputs
 from .model_vocabulary import training_metadata, vocabulary_from_cfg
@@ -40,25 +41,6 @@ from .text_classifier import TextClassifier, load_text_embeddings
 __all__ = ["GridCLIP", "topk_flat"]
 
 logger = logging.getLogger(__name__)
-
-
-def topk_flat(flat: Tensor, k: int, max_chunks: int = 16) -> Tuple[Tensor, Tensor]:
-    """``flat.topk(k, sorted=True)`` of a 1-d tensor, as the top k of the per-chunk top k.
-
-    PyTorch's CPU top-k runs a 1-d tensor on one thread; viewed as m equal rows (m divides
-    ``len(flat)``), the rows' top k run in parallel and hold every element of the global top k.
-    The same values and, for distinct values, the same indices (among equal values at the k-th
-    place, either may be kept, as with any top-k).
-    """
-    n = flat.numel()
-    chunks = next((m for m in range(min(max_chunks, n // max(4 * k, 1)), 1, -1) if n % m == 0), 1)
-    if chunks == 1 or flat.device.type != "cpu":
-        return flat.topk(k, sorted=True)
-    size = n // chunks
-    values, idxs = flat.view(chunks, size).topk(k, dim=1, sorted=False)  # m x k
-    idxs = idxs + torch.arange(0, n, size, device=flat.device)[:, None]
-    values, pick = values.reshape(-1).topk(k, sorted=True)
-    return values, idxs.reshape(-1)[pick]
 
 
 @META_ARCH_REGISTRY.register()
@@ -410,25 +392,15 @@ class GridCLIP(FCOS):
         ``topk_candidates`` of the location x class scores above ``score_thresh``), boxes clipped to
         the image. The base thresholds and sorts every score first (~10M per image with LVIS's
         1203 classes and a 1e-4 threshold); a top-k over the flattened scores followed by the
-        threshold on the k survivors selects the same set (:func:`topk_flat`).
+        threshold on the k survivors selects the same set (:func:`.dense_decoding.topk_flat`).
 
         Args:
             anchors: Ri anchor boxes of the level.
             pred_scores: Ri x C scores in [0, 1].
             pred_deltas: Ri x 4 box deltas.
         """
-        num_classes = pred_scores.shape[1]
-        flat = pred_scores.reshape(-1)
-        num_topk = min(topk_candidates, flat.numel())
-        scores, idxs = topk_flat(flat, num_topk)  # descending
-        keep = scores > score_thresh
-        scores, idxs = scores[keep], idxs[keep]
-        anchor_idxs = torch.div(idxs, num_classes, rounding_mode="floor")
-        classes_idxs = idxs - anchor_idxs * num_classes
-        pred_boxes = self.box2box_transform.apply_deltas(pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs])
-        pred_boxes = Boxes(pred_boxes)
-        pred_boxes.clip(image_size)
-        return Instances(image_size, pred_boxes=pred_boxes, scores=scores, pred_classes=classes_idxs)
+        return decode_level(self.box2box_transform, anchors, pred_scores, pred_deltas, score_thresh,
+                            topk_candidates, image_size)
 
     # ------------------------------------------------------------------ vocabulary
     @torch.no_grad()
