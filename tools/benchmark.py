@@ -437,7 +437,7 @@ def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str, peak: 
     with PeakRSS() as rss:
         times = repeat(timer, lambda: outputs.append(run()), args.warmup, args.repeats)
     detections = len(outputs[-1][0]["instances"])
-    del outputs
+    outputs.clear()
     peak_mb = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else rss.peak_mb
     logger.info("%s: latency median %.3f s, %d detections", name, statistics.median(times), detections)
     batch_images = [random_image(h, w, seed=i) for i in range(args.batch)]
@@ -471,7 +471,7 @@ def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str, peak: 
         rec["teacher_crops_per_image"] = crops
         rec["teacher_s_per_image"] = round(teacher_cost_s(
             tcfg, device, timer, crops, min(crops, args.teacher_measure_crops), args.train_repeats), 4)
-    del model, run
+    model = run = None  # freed before the next model is built
     gc.collect()
     return rec
 
@@ -487,7 +487,6 @@ def embedded_default_training(args) -> Dict[str, float]:
     from detectron2.modeling import build_model
 
     from gridclip_d2.engine.setup import setup_cfg
-    from gridclip_d2.modeling.teacher_cache import teacher_input_size_from_cfg
 
     cfg = setup_cfg(os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml"), mode="inference",
                     freeze=False, overrides=["MODEL.DEVICE", args.device, "MODEL.CLIP.WEIGHTS", ""])
@@ -614,7 +613,7 @@ def machine_description(device: str) -> str:
     cpu = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}")
 
@@ -722,7 +721,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         rec["achieved_fraction_of_matmul_peak"] = round(rec["achieved_gflops_per_s"] / peak, 3)
     add_ratios(records)
     result = {"machine": machine, "device": args.device, "amp": bool(args.amp), "flush_denormal": flushed,
-              "date": time.strftime("%Y-%m-%d"), "command": " ".join(["tools/benchmark.py"] + list(argv or sys.argv[1:])),
+              "date": time.strftime("%Y-%m-%d"),
+              "command": " ".join(["tools/benchmark.py"] + list(argv or sys.argv[1:])),
               "matmul_peak_gflops_per_s": round(peak, 1), "models": records}
     if embedded is not None:
         result["embedded_default_train"] = embedded
