@@ -5,8 +5,13 @@ resolves to a file that is made on first use and cached: ``tools/pretrain_clip.p
 written to ``$DETECTRON2_DATASETS/synthetic_clip/`` (default ``datasets/synthetic_clip``), under a
 per-machine lock so that concurrent workers make it once. Later uses load the file.
 """
+import contextlib
 import os
+import random
 from typing import Optional
+
+import numpy as np
+import torch
 
 __all__ = ["SYNTHETIC_CLIP_NAME", "SYNTHETIC_CLIP_ARCH", "synthetic_clip_path", "ensure_synthetic_clip"]
 
@@ -42,6 +47,19 @@ def ensure_synthetic_clip(datasets_root: Optional[str] = None) -> str:
                 f"MODEL.CLIP.WEIGHTS '{SYNTHETIC_CLIP_NAME}': {path} does not exist; pretraining the "
                 "small CLIP on synthetic image-caption pairs now (once; tools/pretrain_clip.py)"
             )
-            pretrain_clip(os.path.dirname(path), PretrainConfig(arch=SYNTHETIC_CLIP_ARCH),
-                          resume=True, datasets_root=datasets_root)
+            with _global_rng_kept():
+                pretrain_clip(os.path.dirname(path), PretrainConfig(arch=SYNTHETIC_CLIP_ARCH),
+                              resume=True, datasets_root=datasets_root)
     return path
+
+
+@contextlib.contextmanager
+def _global_rng_kept():
+    """Run a block without changing the global random states (torch, numpy, random) its caller
+    sees: pretraining on first use must not change the detector that is built after it, or a run
+    from nothing would differ from a run with the small CLIP cached."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(py_state)
+    np.random.set_state(np_state)
