@@ -88,3 +88,21 @@ def gridclip_cfg():
         return cfg
 
     return make
+
+
+@pytest.fixture(scope="session")
+def synthetic_weights(tmp_path_factory):
+    """A GridCLIP checkpoint of the embedded default (configs/GridCLIP_synthetic.yaml) as training
+    writes it: the small CLIP's backbone and a random head (seed 0). For inference tests (predictor,
+    export, web page, display threshold)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    add_gridclip_config(cfg)
+    cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                     "configs", "GridCLIP_synthetic.yaml"))
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("synthetic_weights")
+    DetectionCheckpointer(build_model(cfg), save_dir=str(root)).save("model")
+    return str(root / "model.pth")

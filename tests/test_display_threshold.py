@@ -7,12 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
 from detectron2.structures import Boxes, BoxMode, Instances
-
-from gridclip_d2 import add_gridclip_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
@@ -35,14 +30,9 @@ def test_match_counts_each_object_once_and_only_with_its_class():
     assert rows[1] == pytest.approx((0.85, 1, 1.0, 0.5, 2 / 3))
 
 
-def test_threshold_table_on_a_labelled_set(tmp_path, capsys):
-    cfg = get_cfg()
-    add_gridclip_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    torch.manual_seed(0)
-    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
+def test_threshold_table_on_a_labelled_set(synthetic_weights, capsys):
     best = tool.main(["--config-file", CONFIG, "--max-images", "3", "--opts", "MODEL.WEIGHTS",
-                      str(tmp_path / "model.pth")])
+                      synthetic_weights])
     out = capsys.readouterr().out
     assert "Displayed detections on synthetic_val (3 images" in out
     assert out.count("\n| 0.") == 19 and f"at score threshold {best:.2f}" in out

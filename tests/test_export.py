@@ -12,12 +12,9 @@ import pytest
 import torch
 from matplotlib import cbook
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
 from detectron2.structures import Boxes, pairwise_iou
 
-from gridclip_d2 import GridCLIPPredictor, add_gridclip_config
+from gridclip_d2 import GridCLIPPredictor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
@@ -29,14 +26,9 @@ spec.loader.exec_module(export_model)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    cfg = get_cfg()
-    add_gridclip_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    torch.manual_seed(0)
+def exported(tmp_path_factory, synthetic_weights):
     root = tmp_path_factory.mktemp("export")
-    DetectionCheckpointer(build_model(cfg), save_dir=str(root)).save("model")
-    weights = str(root / "model.pth")
+    weights = synthetic_weights
     args = ["--config-file", CONFIG, "--vocabulary", VOCABULARY, "--sample-image", PHOTO,
             "--score-thresh", "0.1", "--opts", "MODEL.WEIGHTS", weights]
     written = export_model.main(args[:6] + ["--output", str(root / "out")] + args[6:])

@@ -9,12 +9,9 @@ import torch
 from matplotlib import cbook
 from PIL import Image
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
 from detectron2.structures import pairwise_iou
 
-from gridclip_d2 import GridCLIPPredictor, add_gridclip_config
+from gridclip_d2 import GridCLIPPredictor
 from gridclip_d2.modeling import clip_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,21 +21,8 @@ VOCABULARY = ["person", "necktie", "flag"]
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """A GridCLIP checkpoint as training writes it (the small CLIP's backbone, a random head)."""
-    cfg = get_cfg()
-    add_gridclip_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    root = tmp_path_factory.mktemp("predictor_weights")
-    DetectionCheckpointer(model, save_dir=str(root)).save("model")
-    return str(root / "model.pth")
-
-
-@pytest.fixture(scope="module")
-def predictor(weights):
-    return GridCLIPPredictor.from_config_file(CONFIG, weights=weights, vocabulary=VOCABULARY,
+def predictor(synthetic_weights):
+    return GridCLIPPredictor.from_config_file(CONFIG, weights=synthetic_weights, vocabulary=VOCABULARY,
                                               score_thresh=0.0, batch_size=2)
 
 

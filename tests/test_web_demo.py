@@ -15,14 +15,7 @@ import time
 import urllib.request
 
 import pytest
-import torch
 from matplotlib import cbook
-
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
-
-from gridclip_d2 import add_gridclip_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
@@ -41,18 +34,11 @@ def _free_port():
 
 
 @pytest.fixture(scope="module")
-def page_url(tmp_path_factory):
+def page_url(tmp_path_factory, synthetic_weights):
     """demo/app.py serving a GridCLIP checkpoint (the small CLIP's backbone, a random head, unless
     GRIDCLIP_WEB_TEST_WEIGHTS names trained weights) on a free local port."""
-    weights = os.environ.get("GRIDCLIP_WEB_TEST_WEIGHTS")
+    weights = os.environ.get("GRIDCLIP_WEB_TEST_WEIGHTS") or synthetic_weights
     root = tmp_path_factory.mktemp("web")
-    if not weights:
-        cfg = get_cfg()
-        add_gridclip_config(cfg)
-        cfg.merge_from_file(CONFIG)
-        torch.manual_seed(0)
-        DetectionCheckpointer(build_model(cfg), save_dir=str(root)).save("model")
-        weights = str(root / "model.pth")
     port = _free_port()
     log = open(root / "app.log", "w")
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
