@@ -234,12 +234,12 @@ class GridCLIPPredictor:
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         return {"image": tensor, "height": height, "width": width}
 
-    def _display(self, instances: Instances) -> Instances:
+    def display_filter(self, instances: Instances) -> Instances:
+        """What is shown of the model's ``instances``: scores >= ``score_thresh``, then NMS across
+        classes at ``nms_thresh`` (1.0 keeps every box); sorted by score. No Python branch on the
+        data, so a trace of it holds for any number of detections (tools/export_model.py)."""
         instances = instances[instances.scores >= self.score_thresh]
-        if self.nms_thresh < 1.0 and len(instances) > 1:
-            keep = nms(instances.pred_boxes.tensor, instances.scores, self.nms_thresh)  # any class
-            instances = instances[keep]
-        return instances
+        return instances[nms(instances.pred_boxes.tensor, instances.scores, self.nms_thresh)]
 
     @torch.no_grad()
     def predict(
@@ -271,7 +271,7 @@ class GridCLIPPredictor:
             instances = output["instances"].to("cpu")
             instances = instances[instances.scores.argsort(descending=True)]
             if display:
-                instances = self._display(instances)
+                instances = self.display_filter(instances)
             instances.pred_class_names = ClassNames(names[int(c)] for c in instances.pred_classes)
             results.append(instances)
         return results

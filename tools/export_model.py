@@ -40,7 +40,6 @@ import torch
 
 from detectron2.data.detection_utils import read_image
 from detectron2.export import TracingAdapter
-from detectron2.layers import nms
 from detectron2.utils.logger import setup_logger
 
 from gridclip_d2 import GridCLIPPredictor
@@ -64,11 +63,7 @@ class DisplayDetector(torch.nn.Module):
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         height, width = image.shape[-2:]
         instances = self.model([{"image": image, "height": height, "width": width}])[0]["instances"]
-        # The predictor's display filtering, without its Python branches: traced once, it must hold
-        # for any number of detections.
-        instances = instances[instances.scores >= self.predictor.score_thresh]
-        keep = nms(instances.pred_boxes.tensor, instances.scores, self.predictor.nms_thresh)
-        instances = instances[keep]  # sorted by score
+        instances = self.predictor.display_filter(instances)
         return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
 
 
