@@ -179,8 +179,11 @@ class BiFPN(Backbone):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """x: N x 3 x H x W (normalised image) -> {"p3": N x C x H/8 x W/8, ..., "p7": ...}."""
-        bottom_up = self.bottom_up(x)
-        feats = [lat(bottom_up[f]) for f, lat in zip(self.in_features, self.laterals)]
+        return self.pyramid(self.bottom_up(x))
+
+    def pyramid(self, bottom_up_features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The levels from the bottom-up features (a dict holding ``in_features``)."""
+        feats = [lat(bottom_up_features[f]) for f, lat in zip(self.in_features, self.laterals)]
         for _ in range(self.num_extra_levels):
             feats.append(F.max_pool2d(feats[-1], kernel_size=3, stride=2, padding=1))
         for layer in self.layers:

@@ -36,6 +36,7 @@ from .dense_decoding import decode_level, topk_flat
 from .fed_loss import fed_loss_class_weights, sample_fed_loss_classes
 from .grid_head import GridCLIPHead, GridHeadOutputs
 from .model_vocabulary import training_metadata, vocabulary_from_cfg
+from .necks import DENSE_CLIP
 from .text_classifier import TextClassifier, load_text_embeddings
 
 __all__ = ["GridCLIP", "topk_flat"]
@@ -76,7 +77,7 @@ class GridCLIP(FCOS):
         """
         Args:
             backbone: a Detectron2 backbone giving ``head_in_features``; with
-                ``head.dense_clip_levels`` it must expose ``bottom_up`` (a ``CLIPResNet`` returning res5).
+                ``head.dense_clip_levels`` also ``"dense_clip"`` (:data:`.necks.DENSE_CLIP`, N x D x h x w).
             head: the :class:`GridCLIPHead`; its classifier holds the C x D text embeddings.
             head_in_features: backbone outputs fed to the head, finest first.
             num_classes: C, number of rows of the head's text embeddings.
@@ -109,12 +110,11 @@ class GridCLIP(FCOS):
             )
         shapes = backbone.output_shape()
         self.strides = [shapes[f].stride for f in self.head_in_features]
-        if head.dense_clip_levels:
-            bottom_up = getattr(backbone, "bottom_up", None)
-            if bottom_up is None or not hasattr(bottom_up, "dense_embedding"):
-                raise ValueError("MODEL.GRIDCLIP.DENSE_CLIP_LEVELS needs a backbone with a CLIPResNet `bottom_up`")
-            if "res5" not in bottom_up.output_shape():
-                raise ValueError("MODEL.GRIDCLIP.DENSE_CLIP_LEVELS needs 'res5' in MODEL.CLIP.OUT_FEATURES")
+        if head.dense_clip_levels and DENSE_CLIP not in shapes:
+            raise ValueError(
+                f"MODEL.GRIDCLIP.DENSE_CLIP_LEVELS needs a backbone with a {DENSE_CLIP!r} output "
+                f"(build_clip_resnet_fpn_backbone or build_clip_resnet_bifpn_backbone); it gives {list(shapes)}"
+            )
         self.image_alignment = image_alignment
         self.encode_vocabulary = encode_vocabulary
         self.input_format = input_format
@@ -192,17 +192,18 @@ class GridCLIP(FCOS):
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         """
-        The steps of ``DenseDetector.forward``, plus two things it cannot pass along: the dense CLIP
-        embedding of res5 goes to the head, and the batched inputs (``align_boxes``,
-        ``teacher_images``, ``image_id``) go to the image-level alignment loss.
+        The steps of ``DenseDetector.forward``, plus two things it cannot pass along: the
+        backbone's dense CLIP embedding (its ``"dense_clip"`` output) goes to the head, and the
+        batched inputs (``align_boxes``, ``teacher_images``, ``image_id``) go to the image-level
+        alignment loss.
 
         Returns: a dict of losses in training; in inference, one ``{"instances": Instances}`` per
         image, resized to the input's "height" x "width".
         """
         images = self.preprocess_image(batched_inputs)
-        features, dense_embedding = self._backbone_features(self._inference_layout(images.tensor))
-        features = [features[f] for f in self.head_in_features]
-        outputs = self.head(features, dense_embedding)
+        backbone_features = self.backbone(self._inference_layout(images.tensor))
+        features = [backbone_features[f] for f in self.head_in_features]
+        outputs = self.head(features, backbone_features.get(DENSE_CLIP))
 
         if self.training:
             missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
@@ -227,21 +228,6 @@ class GridCLIP(FCOS):
         if self.training or x.device.type != "cpu":
             return x
         return x.contiguous(memory_format=torch.channels_last)
-
-    def _backbone_features(self, x: Tensor) -> Tuple[Dict[str, Tensor], Optional[Tensor]]:
-        """Backbone features; with dense CLIP levels also ``bottom_up.dense_embedding(res5)``
-        (N x D x h x w). The neck runs the CLIP ResNet inside its own forward, so res5 is captured by
-        a forward hook that lives only for this call."""
-        if not self.head.dense_clip_levels:
-            return self.backbone(x), None
-        captured = {}
-        bottom_up = self.backbone.bottom_up
-        handle = bottom_up.register_forward_hook(lambda module, inputs, output: captured.update(output))
-        try:
-            features = self.backbone(x)
-        finally:
-            handle.remove()
-        return features, bottom_up.dense_embedding(captured["res5"])
 
     def forward_training(self, images, features, outputs: GridHeadOutputs, gt_instances, batched_inputs=None):
         pred_logits, pred_deltas, pred_centerness = self._transpose_dense_predictions(

@@ -9,7 +9,7 @@ import torch
 
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.layers import batched_nms
+from detectron2.layers import ShapeSpec, batched_nms
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.fcos import FCOS
@@ -193,8 +193,8 @@ def _predict(model, image):
     model.eval()
     with torch.no_grad():
         images = model.preprocess_image([{"image": image}])
-        features, dense = model._backbone_features(images.tensor)
-        logits = model.head([features[f] for f in model.head_in_features], dense)[0]
+        features = model.backbone(images.tensor)
+        logits = model.head([features[f] for f in model.head_in_features]).logits
         return logits, model([{"image": image}])[0]["instances"]
 
 
@@ -256,12 +256,12 @@ def test_dense_clip_levels_through_the_model():
     cfg.MODEL.GRIDCLIP.DENSE_CLIP_LEVELS = ["p5"]
     model = _small_model(cfg)
     assert model.head.dense_clip_levels == [2]
+    assert model.backbone.output_shape()["dense_clip"] == ShapeSpec(channels=128, stride=32)
     image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
     model.train()
     with EventStorage():
         losses = model([{"image": image, "instances": _gt([[10, 10, 60, 80]], [3], (96, 128))}])
     assert all(torch.isfinite(v) for v in losses.values())
-    assert not model.backbone.bottom_up._forward_hooks  # the res5 hook lives for one call only
     sum(losses.values()).backward()
     layer4 = model.backbone.bottom_up.visual.layer4
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in layer4.parameters())

@@ -5,6 +5,7 @@ from torch import nn
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone, build_backbone
+from detectron2.modeling.backbone.fpn import FPN
 
 from gridclip_d2.modeling.bifpn import BiFPN, FastNormalizedFusion
 from gridclip_d2.modeling.clip_resnet import CLIPResNet
@@ -138,4 +139,41 @@ def test_neck_config_errors(neck_cfg):
     neck_cfg.MODEL.BACKBONE.NAME = "build_clip_resnet_bifpn_backbone"
     neck_cfg.MODEL.BIFPN.OUT_CHANNELS = 40
     with pytest.raises(ValueError, match="MODEL.BIFPN.OUT_CHANNELS"):
+        build_backbone(neck_cfg)
+
+
+@pytest.mark.parametrize("fuse_type", ["sum", "avg"])
+def test_clip_fpn_pyramid_is_detectron2_fpn(neck_cfg, fuse_type):
+    """CLIPFPN writes out FPN's top-down pass; it must give FPN.forward's numbers exactly."""
+    neck_cfg.MODEL.BACKBONE.NAME = "build_clip_resnet_fpn_backbone"
+    neck_cfg.MODEL.FPN.FUSE_TYPE = fuse_type
+    neck = build_backbone(neck_cfg).eval()
+    assert isinstance(neck, FPN)
+    x = torch.randn(2, 3, 96, 160, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, reference = neck(x), FPN.forward(neck, x)
+    assert list(ours) == list(reference) == LEVELS
+    for k in LEVELS:
+        assert torch.equal(ours[k], reference[k]), k
+
+
+@pytest.mark.parametrize("name", ["build_clip_resnet_fpn_backbone", "build_clip_resnet_bifpn_backbone"])
+def test_necks_output_the_dense_clip_embedding_when_asked(neck_cfg, name):
+    neck_cfg.MODEL.BACKBONE.NAME = name
+    plain = build_backbone(neck_cfg)
+    assert "dense_clip" not in plain.output_shape()
+    neck_cfg.MODEL.GRIDCLIP.DENSE_CLIP_LEVELS = ["p5"]
+    neck = build_backbone(neck_cfg).eval()
+    assert neck.output_shape()["dense_clip"] == ShapeSpec(channels=128, stride=32)
+    x = torch.randn(1, 3, 128, 192, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = neck(x)
+        expected = neck.bottom_up.dense_embedding(neck.bottom_up(x)["res5"])
+    assert set(out) == set(LEVELS) | {"dense_clip"}
+    assert out["dense_clip"].shape == (1, 128, 4, 6)
+    assert torch.equal(out["dense_clip"], expected)
+
+    neck_cfg.MODEL.CLIP.OUT_FEATURES = ["res3", "res4"]
+    neck_cfg.MODEL.FPN.IN_FEATURES = neck_cfg.MODEL.BIFPN.IN_FEATURES = ["res3", "res4"]
+    with pytest.raises(ValueError, match="DENSE_CLIP_LEVELS needs 'res5' in MODEL.CLIP.OUT_FEATURES"):
         build_backbone(neck_cfg)
