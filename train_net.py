@@ -21,6 +21,7 @@ or from a script, with ``gridclip_d2.engine.train_main`` (see its docstring; no 
 ``main(args)`` returns the evaluation results: ``{"bbox": {...}, "open_vocabulary": {...}}`` for one
 test set, keyed by test set name for several.
 """
+
 from detectron2.engine import default_argument_parser, launch
 
 from gridclip_d2.engine import Trainer

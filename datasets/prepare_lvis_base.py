@@ -13,6 +13,7 @@ counted from its annotations (the ``image_count_per_class`` metadata of the LVIS
 Both are written atomically; ``--src`` is only read. ``$DETECTRON2_DATASETS`` defaults to
 ``datasets``.
 """
+
 import argparse
 import json
 import logging
@@ -35,11 +36,17 @@ def _write_json(obj, path: str) -> None:
 def main(argv=None) -> int:
     root = os.getenv("DETECTRON2_DATASETS", "datasets")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--src", default=os.path.join(root, "lvis/lvis_v1_train.json"),
-                        help="LVIS v1 train json (read only)")
+    parser.add_argument(
+        "--src",
+        default=os.path.join(root, "lvis/lvis_v1_train.json"),
+        help="LVIS v1 train json (read only)",
+    )
     parser.add_argument("--out", default=os.path.join(root, BASE_JSON), help="base-split json")
-    parser.add_argument("--cat-info", default=os.path.join(root, CAT_INFO_JSON),
-                        help="per-category counts of --src ('' to skip)")
+    parser.add_argument(
+        "--cat-info",
+        default=os.path.join(root, CAT_INFO_JSON),
+        help="per-category counts of --src ('' to skip)",
+    )
     args = parser.parse_args(argv)
 
     if not os.path.isfile(args.src):
@@ -57,8 +64,10 @@ def main(argv=None) -> int:
     expected = {c["id"]: c["name"] for c in LVIS_CATEGORIES}
     found = {c.get("id"): c.get("name") for c in data["categories"]}
     if found != expected:
-        logger.warning(f"{args.src}: categories differ from LVIS v1's {len(expected)} "
-                       f"({len(found)} found); lvis_v1_train_base expects LVIS v1's")
+        logger.warning(
+            f"{args.src}: categories differ from LVIS v1's {len(expected)} "
+            f"({len(found)} found); lvis_v1_train_base expects LVIS v1's"
+        )
 
     try:
         base = make_base_split(data, source=args.src)
@@ -66,9 +75,11 @@ def main(argv=None) -> int:
         parser.error(str(e))
     rare = sum(c["frequency"] == "r" for c in data["categories"])
     removed = len(data["annotations"]) - len(base["annotations"])
-    logger.info(f"Removed {removed} of {len(data['annotations'])} annotations "
-                f"({rare} rare categories); kept {len(base['categories'])} categories, "
-                f"{len(base['images'])} images")
+    logger.info(
+        f"Removed {removed} of {len(data['annotations'])} annotations "
+        f"({rare} rare categories); kept {len(base['categories'])} categories, "
+        f"{len(base['images'])} images"
+    )
     _write_json(base, args.out)
     logger.info(f"Wrote {args.out}")
     if args.cat_info:

@@ -12,6 +12,7 @@ Detectron2's ``Visualizer`` and a table of them (class, score, box), one box and
 object (MODEL.GRIDCLIP.DISPLAY). A missing image, an unreadable upload or an empty vocabulary is
 answered with a message on the page.
 """
+
 import argparse
 import os
 import sys
@@ -68,22 +69,35 @@ class DetectionPage:
         self.training_classes = list(predictor.vocabulary)
         self.lock = threading.Lock()  # one model, one request at a time
 
-    def detect(self, image: Optional[np.ndarray], vocabulary: str, threshold: float
-               ) -> Tuple[Optional[np.ndarray], List[list], str]:
+    def detect(
+        self, image: Optional[np.ndarray], vocabulary: str, threshold: float
+    ) -> Tuple[Optional[np.ndarray], List[list], str]:
         """(drawn RGB image, table rows, message) for an RGB ``image`` and comma-separated names."""
         if image is None:
             return None, [], "Upload an image or pick an example first."
         if isinstance(image, UnreadableUpload):
-            return None, [], f"The uploaded file is not an image that can be read ({image}). Upload a JPEG or PNG."
+            return (
+                None,
+                [],
+                f"The uploaded file is not an image that can be read ({image}). Upload a JPEG or PNG.",
+            )
         try:
             names, _ = parse_vocabulary(vocabulary or "")
         except ValueError as e:
-            return None, [], f"Vocabulary: {e}. Type class names separated by commas, e.g. \"cat, dog\"."
+            return (
+                None,
+                [],
+                f'Vocabulary: {e}. Type class names separated by commas, e.g. "cat, dog".',
+            )
         image = np.asarray(image)
         if image.ndim == 3 and image.shape[2] == 4:
             image = image[:, :, :3]
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            return None, [], f"Cannot use this image (an array of shape {image.shape}, {image.dtype})."
+            return (
+                None,
+                [],
+                f"Cannot use this image (an array of shape {image.shape}, {image.dtype}).",
+            )
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
         start = time.time()
@@ -92,22 +106,31 @@ class DetectionPage:
             self.predictor.score_thresh = float(threshold)
             instances = self.predictor(image, format="RGB")
         drawn = draw_instances(image, instances, names).get_image()
-        rows = [[name, round(float(score), 3), *[round(float(v), 1) for v in box]]
-                for name, score, box in zip(instances.pred_class_names, instances.scores,
-                                            instances.pred_boxes.tensor)]
+        rows = [
+            [name, round(float(score), 3), *[round(float(v), 1) for v in box]]
+            for name, score, box in zip(
+                instances.pred_class_names, instances.scores, instances.pred_boxes.tensor
+            )
+        ]
         found = sorted(set(instances.pred_class_names))
-        message = (f"{len(instances)} detection(s) at score >= {threshold:.2f} among {len(names)} class(es) "
-                   f"in {time.time() - start:.1f} s" + (f": {', '.join(found)}" if found else ""))
+        message = (
+            f"{len(instances)} detection(s) at score >= {threshold:.2f} among {len(names)} class(es) "
+            f"in {time.time() - start:.1f} s" + (f": {', '.join(found)}" if found else "")
+        )
         return drawn, rows, message
 
 
 def example_images(folder: str = EXAMPLES) -> List[str]:
     if not os.path.isdir(folder):
         return []
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(
+        os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)
+    )
 
 
-def build_page(page: DetectionPage, examples: Sequence[str] = (), lvis_names: Sequence[str] = ()) -> gr.Blocks:
+def build_page(
+    page: DetectionPage, examples: Sequence[str] = (), lvis_names: Sequence[str] = ()
+) -> gr.Blocks:
     training = ", ".join(page.training_classes)
     with gr.Blocks(title="GridCLIP open-vocabulary detection") as blocks:
         gr.Markdown(
@@ -117,37 +140,68 @@ def build_page(page: DetectionPage, examples: Sequence[str] = (), lvis_names: Se
         )
         with gr.Row():
             with gr.Column():
-                image = tolerant_image(label="Image", type="numpy", sources=["upload", "clipboard"], elem_id="image")
-                vocabulary = gr.Textbox(label="Vocabulary (comma-separated class names)", value=training,
-                                        lines=2, elem_id="vocabulary")
+                image = tolerant_image(
+                    label="Image", type="numpy", sources=["upload", "clipboard"], elem_id="image"
+                )
+                vocabulary = gr.Textbox(
+                    label="Vocabulary (comma-separated class names)",
+                    value=training,
+                    lines=2,
+                    elem_id="vocabulary",
+                )
                 with gr.Row():
-                    training_button = gr.Button(f"Training classes ({len(page.training_classes)})",
-                                                size="sm", elem_id="preset-training")
-                    lvis_button = gr.Button(f"LVIS ({len(lvis_names)})", size="sm", elem_id="preset-lvis",
-                                            visible=bool(lvis_names))
-                threshold = gr.Slider(0.0, 1.0, value=page.predictor.score_thresh, step=0.01,
-                                      label="Score threshold", elem_id="threshold")
+                    training_button = gr.Button(
+                        f"Training classes ({len(page.training_classes)})",
+                        size="sm",
+                        elem_id="preset-training",
+                    )
+                    lvis_button = gr.Button(
+                        f"LVIS ({len(lvis_names)})",
+                        size="sm",
+                        elem_id="preset-lvis",
+                        visible=bool(lvis_names),
+                    )
+                threshold = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=page.predictor.score_thresh,
+                    step=0.01,
+                    label="Score threshold",
+                    elem_id="threshold",
+                )
                 detect = gr.Button("Detect", variant="primary", elem_id="detect")
             with gr.Column():
-                result = gr.Image(label="Detections", type="numpy", interactive=False, elem_id="result")
+                result = gr.Image(
+                    label="Detections", type="numpy", interactive=False, elem_id="result"
+                )
                 status = gr.Markdown(elem_id="status")
-                table = gr.Dataframe(headers=TABLE_HEADERS, label="Detections (boxes in pixels: x0, y0, x1, y1)",
-                                     interactive=False, elem_id="detections")
+                table = gr.Dataframe(
+                    headers=TABLE_HEADERS,
+                    label="Detections (boxes in pixels: x0, y0, x1, y1)",
+                    interactive=False,
+                    elem_id="detections",
+                )
         if examples:
             gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Examples")
         training_button.click(lambda: training, outputs=vocabulary)
         lvis_button.click(lambda: ", ".join(lvis_names), outputs=vocabulary)
-        detect.click(page.detect, inputs=[image, vocabulary, threshold], outputs=[result, table, status])
+        detect.click(
+            page.detect, inputs=[image, vocabulary, threshold], outputs=[result, table, status]
+        )
     return blocks
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the network)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the network)"
+    )
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--examples", default=EXAMPLES, help="folder of example images")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs"
+    )
     return parser
 
 
@@ -157,8 +211,14 @@ def main(argv=None):
     predictor = GridCLIPPredictor.from_config_file(args.config_file, opts=args.opts)
     lvis_names = [c["name"] for c in get_vocabulary("lvis")]
     blocks = build_page(DetectionPage(predictor), example_images(args.examples), lvis_names)
-    blocks.launch(server_name=args.host, server_port=args.port, share=False, show_error=True,
-                  footer_links=[], theme=gr.themes.Default(font=["sans-serif"], font_mono=["monospace"]))
+    blocks.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=False,
+        show_error=True,
+        footer_links=[],
+        theme=gr.themes.Default(font=["sans-serif"], font_mono=["monospace"]),
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ written to ``--output`` (a folder, or a file name for a single input) under the 
 without ``--output`` they are shown in a window. Inputs are never overwritten, nor files the demo did
 not write (unless ``--overwrite``); outputs are checked before the model is built.
 """
+
 import argparse
 import glob
 import json
@@ -47,23 +48,36 @@ def get_parser():
     parser.add_argument("--video-input", help="path to a video file")
     parser.add_argument("--webcam", action="store_true", help="take frames from webcam 0")
     parser.add_argument(
-        "--output", help="folder to write results to (or an image / .mp4 file name for a single "
-        "input); shown in a window when absent")
+        "--output",
+        help="folder to write results to (or an image / .mp4 file name for a single "
+        "input); shown in a window when absent",
+    )
     parser.add_argument(
-        "--vocabulary", choices=["lvis", "synthetic", "custom"], default=None,
+        "--vocabulary",
+        choices=["lvis", "synthetic", "custom"],
+        default=None,
         help="classes to detect; default: the model's vocabulary (MODEL.GRIDCLIP.CLASS_NAMES / "
-        "VOCABULARY / the TEXT_EMBEDDINGS sidecar / the training set's classes)")
+        "VOCABULARY / the TEXT_EMBEDDINGS sidecar / the training set's classes)",
+    )
     parser.add_argument(
-        "--custom-vocabulary", default="",
-        help="for --vocabulary custom: comma-separated class names, or a text file with one a line")
+        "--custom-vocabulary",
+        default="",
+        help="for --vocabulary custom: comma-separated class names, or a text file with one a line",
+    )
     parser.add_argument(
-        "--overwrite", action="store_true",
-        help="overwrite existing output files the demo did not write (inputs are never overwritten)")
+        "--overwrite",
+        action="store_true",
+        help="overwrite existing output files the demo did not write (inputs are never overwritten)",
+    )
     parser.add_argument(
-        "--confidence-threshold", type=float, default=None,
-        help="minimum score of drawn detections (default: MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH)")
+        "--confidence-threshold",
+        type=float,
+        default=None,
+        help="minimum score of drawn detections (default: MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH)",
+    )
     parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs"
+    )
     return parser
 
 
@@ -88,16 +102,20 @@ def setup_cfg(args):
 def vocabulary_names(args):
     """Class names of the chosen vocabulary, or None to keep the model's training classes."""
     if args.custom_vocabulary and args.vocabulary not in (None, "custom"):
-        raise ValueError(f"--custom-vocabulary is only used with --vocabulary custom, "
-                         f"not --vocabulary {args.vocabulary}")
+        raise ValueError(
+            f"--custom-vocabulary is only used with --vocabulary custom, "
+            f"not --vocabulary {args.vocabulary}"
+        )
     if args.vocabulary is None and args.custom_vocabulary:
         args.vocabulary = "custom"
     if args.vocabulary is None:
         return None
     if args.vocabulary == "custom":
         if not args.custom_vocabulary.strip(" ,"):
-            raise ValueError('--vocabulary custom needs --custom-vocabulary "name1,name2,..." '
-                             "or a text file with one name per line")
+            raise ValueError(
+                '--vocabulary custom needs --custom-vocabulary "name1,name2,..." '
+                "or a text file with one name per line"
+            )
         if os.path.isfile(args.custom_vocabulary):
             return [c["name"] for c in get_vocabulary("custom", file=args.custom_vocabulary)]
         return [c["name"] for c in get_vocabulary("custom", custom=args.custom_vocabulary)]
@@ -112,9 +130,9 @@ def collect_inputs(patterns):
         pattern = os.path.expanduser(pattern)
         if os.path.isdir(pattern):
             found = sorted(
-                os.path.join(pattern, f) for f in os.listdir(pattern)
-                if f.lower().endswith(IMAGE_EXTENSIONS)
-                and os.path.isfile(os.path.join(pattern, f))
+                os.path.join(pattern, f)
+                for f in os.listdir(pattern)
+                if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(pattern, f))
             )
             if not found:
                 missing.append(f"{pattern} (folder without images)")
@@ -167,23 +185,31 @@ def output_paths(inputs, output, overwrite=False):
         os.path.isdir(output) or len(inputs) > 1 or not output.lower().endswith(FILE_EXTENSIONS)
     )
     if as_folder and os.path.exists(output) and not os.path.isdir(output):
-        raise ValueError(f"--output: {output} is an existing file, but {len(inputs)} inputs need a folder")
+        raise ValueError(
+            f"--output: {output} is an existing file, but {len(inputs)} inputs need a folder"
+        )
     outs = [os.path.join(output, os.path.basename(p)) for p in inputs] if as_folder else [output]
     seen = {}
     for src, dst in zip(inputs, outs):
         if os.path.realpath(dst) in seen:
-            raise ValueError(f"--output: {seen[os.path.realpath(dst)]} and {src} would both be "
-                             f"written to {dst}; give them distinct file names")
+            raise ValueError(
+                f"--output: {seen[os.path.realpath(dst)]} and {src} would both be "
+                f"written to {dst}; give them distinct file names"
+            )
         seen[os.path.realpath(dst)] = src
     input_set = {os.path.realpath(p) for p in inputs}
     clash = [d for d in outs if os.path.realpath(d) in input_set]
     if clash:
-        raise ValueError(f"--output: refusing to overwrite input file(s): {', '.join(clash)}; "
-                         "choose another output folder")
+        raise ValueError(
+            f"--output: refusing to overwrite input file(s): {', '.join(clash)}; "
+            "choose another output folder"
+        )
     foreign = [d for d in outs if os.path.exists(d) and not _written_by_demo(d)]
     if foreign and not overwrite:
-        raise ValueError(f"--output: refusing to overwrite {len(foreign)} existing file(s) the demo did not "
-                         f"write: {', '.join(foreign[:5])}; choose another output, or pass --overwrite")
+        raise ValueError(
+            f"--output: refusing to overwrite {len(foreign)} existing file(s) the demo did not "
+            f"write: {', '.join(foreign[:5])}; choose another output, or pass --overwrite"
+        )
     os.makedirs(output if as_folder else os.path.dirname(os.path.abspath(output)), exist_ok=True)
     return outs
 
@@ -275,20 +301,28 @@ def main(argv=None):
     if sources != 1:
         raise SystemExit("give exactly one of --input, --video-input or --webcam")
     if not args.output and not has_display():
-        raise SystemExit("No display to show the results on (DISPLAY is not set): pass --output FOLDER "
-                         "to write the drawn images there (e.g. --output out/), or run where a screen is")
+        raise SystemExit(
+            "No display to show the results on (DISPLAY is not set): pass --output FOLDER "
+            "to write the drawn images there (e.g. --output out/), or run where a screen is"
+        )
     # Inputs and outputs are checked before the model is built.
     inputs = collect_inputs(args.input) if args.input else None
     if args.video_input and not os.path.isfile(args.video_input):
         raise FileNotFoundError(f"--video-input: not found: {args.video_input}")
     if inputs is not None:
-        outs = output_paths(inputs, args.output, args.overwrite) if args.output else [None] * len(inputs)
+        outs = (
+            output_paths(inputs, args.output, args.overwrite)
+            if args.output
+            else [None] * len(inputs)
+        )
     elif args.video_input:
         outs = video_output(args.video_input, args.output, args.overwrite) if args.output else None
     cfg = setup_cfg(args)
     demo = VisualizationDemo(cfg, confidence_threshold=args.confidence_threshold)
-    logger.info(f"Vocabulary: {len(demo.class_names)} classes ({', '.join(demo.class_names[:8])}"
-                f"{', ...' if len(demo.class_names) > 8 else ''})")
+    logger.info(
+        f"Vocabulary: {len(demo.class_names)} classes ({', '.join(demo.class_names[:8])}"
+        f"{', ...' if len(demo.class_names) > 8 else ''})"
+    )
     if inputs is not None:
         run_images(demo, inputs, outs)
     elif args.video_input:

@@ -4,6 +4,7 @@
 test-time resize, any vocabulary, one box and one label per object: the display filtering of
 MODEL.GRIDCLIP.DISPLAY) and draws the result, labelling boxes with the predictor's vocabulary.
 """
+
 import hashlib
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -30,8 +31,9 @@ def vocabulary_metadata(names: Sequence[str]):
     return meta
 
 
-def draw_instances(rgb: np.ndarray, instances: Instances, names: Sequence[str],
-                   instance_mode=ColorMode.IMAGE) -> VisImage:
+def draw_instances(
+    rgb: np.ndarray, instances: Instances, names: Sequence[str], instance_mode=ColorMode.IMAGE
+) -> VisImage:
     """``instances`` drawn on an H x W x 3 RGB image, labelled with ``names`` (the vocabulary)."""
     visualizer = Visualizer(rgb, vocabulary_metadata(names), instance_mode=instance_mode)
     return visualizer.draw_instance_predictions(predictions=instances)

@@ -2,6 +2,7 @@
 
 Importing the package registers its backbones, meta-architecture and data sets with Detectron2.
 """
+
 from . import data, modeling  # noqa: F401  (only registration)
 from .config import add_gridclip_config
 from .predictor import GridCLIPPredictor

@@ -2,6 +2,7 @@
 go to a temporary file in the same folder, which is flushed, synced and renamed over the target
 (``os.replace`` is atomic within a file system). On failure the temporary file is removed and the
 previous target, if any, is untouched."""
+
 import json
 import os
 import tempfile

@@ -28,6 +28,7 @@ Elsewhere, because the code is part of a class there:
   ``get_fed_loss_cls_weights`` and ``FastRCNNOutputLayers.get_fed_loss_classes``; v0.6 has
   neither): ``modeling/fed_loss.py``.
 """
+
 import contextlib
 import functools
 import logging
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 def _version(text: str) -> tuple:
-    """"0.6" -> (0, 6); "0.5.3" -> (0, 5, 3); non-numeric parts end the tuple."""
+    """ "0.6" -> (0, 6); "0.5.3" -> (0, 5, 3); non-numeric parts end the tuple."""
     out = []
     for part in text.split("."):
         if not part.isdigit():

@@ -4,6 +4,7 @@ Detectron2's own keys keep their meaning (MODEL.BACKBONE.FREEZE_AT, MODEL.FPN.*,
 TEST.DETECTIONS_PER_IMAGE, DATALOADER.SAMPLER_TRAIN, ...). Only what Detectron2 lacks is added here.
 Below them, what several layers read off a config (the data mapper and the model alike).
 """
+
 import os
 
 from detectron2.config import CfgNode as CN

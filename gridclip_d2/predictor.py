@@ -19,6 +19,7 @@ which keeps other-class copies of a box for the AP of every class; the predictor
 under ``score_thresh`` and suppresses boxes that overlap a higher-scoring box of any class by more
 than ``nms_thresh`` IoU (MODEL.GRIDCLIP.DISPLAY). ``display=False`` returns the model's output as is.
 """
+
 import logging
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -125,13 +126,17 @@ class GridCLIPPredictor:
         self.cfg.freeze()
         self.model = build_model(self.cfg).eval()
         if cfg.MODEL.WEIGHTS:
-            GridCLIPCheckpointer(self.model, allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS).load(cfg.MODEL.WEIGHTS)
+            GridCLIPCheckpointer(self.model, allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS).load(
+                cfg.MODEL.WEIGHTS
+            )
         else:
             logger.warning("MODEL.WEIGHTS is empty: the detector's head is untrained")
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT must be RGB or BGR for the predictor, got {self.input_format!r}")
+            raise ValueError(
+                f"INPUT.FORMAT must be RGB or BGR for the predictor, got {self.input_format!r}"
+            )
         display = cfg.MODEL.GRIDCLIP.DISPLAY
         self.score_thresh = float(display.SCORE_THRESH if score_thresh is None else score_thresh)
         self.nms_thresh = float(display.NMS_THRESH if nms_thresh is None else nms_thresh)
@@ -141,11 +146,15 @@ class GridCLIPPredictor:
         # Text embeddings of every vocabulary used so far (C x D, on the CPU), by names.
         self._embeddings: Dict[Tuple[str, ...], torch.Tensor] = {}
         if self.model.vocabulary:
-            self._embeddings[tuple(self.model.vocabulary)] = self.model.head.classifier.embeddings.cpu()
+            self._embeddings[tuple(self.model.vocabulary)] = (
+                self.model.head.classifier.embeddings.cpu()
+            )
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
         if not self.model.vocabulary:
-            raise ValueError("the model's vocabulary has no names: give the names to label boxes with")
+            raise ValueError(
+                "the model's vocabulary has no names: give the names to label boxes with"
+            )
 
     @classmethod
     def from_config_file(
@@ -185,11 +194,17 @@ class GridCLIPPredictor:
         names, npy = parse_vocabulary(vocabulary)
         if npy is not None:
             if names is None:
-                raise ValueError(f"{npy} has no sidecar naming its rows: pass the names as a list instead")
+                raise ValueError(
+                    f"{npy} has no sidecar naming its rows: pass the names as a list instead"
+                )
             if tuple(names) not in self._embeddings:
                 check_sidecar(
-                    npy, read_sidecar(npy), names=names, names_source="its own names",
-                    arch=self.cfg.MODEL.CLIP.ARCH, fingerprint=text_fingerprint(clip_state_dict_from_cfg(self.cfg)),
+                    npy,
+                    read_sidecar(npy),
+                    names=names,
+                    names_source="its own names",
+                    arch=self.cfg.MODEL.CLIP.ARCH,
+                    fingerprint=text_fingerprint(clip_state_dict_from_cfg(self.cfg)),
                     prompts=prompts_from_cfg(self.cfg),
                 )
                 self._embeddings[tuple(names)] = load_text_embeddings(npy, expected_rows=len(names))
@@ -215,7 +230,9 @@ class GridCLIPPredictor:
                 raise ValueError(f"image: cannot read {path} ({type(e).__name__}: {e})") from None
         if not isinstance(image, np.ndarray):  # a PIL image
             if not hasattr(image, "convert"):
-                raise TypeError(f"image: expected a path, a numpy array or a PIL image, got {type(image).__name__}")
+                raise TypeError(
+                    f"image: expected a path, a numpy array or a PIL image, got {type(image).__name__}"
+                )
             image, format = np.asarray(image.convert("RGB")), "RGB"
         if format not in ("RGB", "BGR"):
             raise ValueError(f"format must be 'RGB' or 'BGR', got {format!r}")
@@ -263,7 +280,9 @@ class GridCLIPPredictor:
         try:
             outputs = []
             for start in range(0, len(arrays), self.batch_size):
-                outputs += self.model([self._inputs(a) for a in arrays[start:start + self.batch_size]])
+                outputs += self.model(
+                    [self._inputs(a) for a in arrays[start : start + self.batch_size]]
+                )
         finally:
             self.model.test_score_thresh = protocol_thresh
         names = self.model.vocabulary

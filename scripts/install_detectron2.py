@@ -12,6 +12,7 @@ package cannot be half-patched silently.
 Usage (what ``make`` runs): python scripts/install_detectron2.py [--build-dir DIR]
 Where upstream Detectron2 is reachable, install it instead (see README) and skip this script.
 """
+
 import argparse
 import glob
 import hashlib
@@ -54,44 +55,78 @@ def __getattr__(name):
 
 # (file, old text or regex, new text, why). `None` as old means "create the file".
 PATCHES = [
-    ("setup.py", "ext_modules=get_extensions(),", "ext_modules=[],",
-     "no C++ sources are shipped, so building the extension fails"),
-    ("setup.py", 'package_data={"detectron2.model_zoo": get_model_zoo_configs()},',
-     'package_data={"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]},',
-     "the model-zoo config glob looks in ./configs, which this layout does not have"),
-    ("detectron2/_C.py", None, C_STANDIN,
-     "`from detectron2 import _C` at import time would fail without the extension"),
-    ("detectron2/data/transforms/transform.py", "interp=Image.LINEAR", "interp=Image.BILINEAR",
-     "PIL.Image.LINEAR was removed in Pillow 10 (evaluated as a default argument at import)"),
-    ("detectron2/model_zoo/model_zoo.py", "import pkg_resources\n", "",
-     "pkg_resources is gone from setuptools >= 82; use importlib.resources instead"),
-    ("detectron2/model_zoo/model_zoo.py",
-     'cfg_file = pkg_resources.resource_filename(\n'
-     '        "detectron2.model_zoo", os.path.join("configs", config_path)\n    )',
-     'import importlib.resources\n\n'
-     '    cfg_file = str(importlib.resources.files("detectron2.model_zoo") / "configs" / config_path)',
-     "same as above"),
-    ("detectron2/engine/launch.py",
-     '    assert torch.cuda.is_available(), "cuda is not available. Please check your installation."\n',
-     "    has_gpu = torch.cuda.is_available()\n",
-     "CPU workers (gloo) must be able to start; upstream fixed this in 2023"),
-    ("detectron2/engine/launch.py", 'backend="NCCL",', 'backend="NCCL" if has_gpu else "GLOO",',
-     "same as above"),
-    ("detectron2/engine/launch.py",
-     "    assert num_gpus_per_machine <= torch.cuda.device_count()\n    torch.cuda.set_device(local_rank)\n",
-     "    if has_gpu:\n        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
-     "        torch.cuda.set_device(local_rank)\n",
-     "same as above"),
-    ("detectron2/data/common.py",
-     "cur_idx = self._rng.sample(self._fallback_candidates, k=1)[0]",
-     "cur_idx = self._rng.sample(sorted(self._fallback_candidates), k=1)[0]",
-     "random.sample no longer takes a set (Python 3.11): the first image a mapper skips would end "
-     "training instead of being replaced by another"),
-    ("detectron2/export/__init__.py", "\nfrom .api import *\n",
-     "\ntry:\n    from caffe2.proto import caffe2_pb2 as _tmp  # noqa: F401\nexcept ImportError:\n"
-     "    pass  # caffe2 is optional\nelse:\n    from .api import *\n",
-     "caffe2 is no longer part of PyTorch: `import detectron2.export` (TracingAdapter, for TorchScript "
-     "and ONNX export) failed; upstream made caffe2 optional the same way in 2022"),
+    (
+        "setup.py",
+        "ext_modules=get_extensions(),",
+        "ext_modules=[],",
+        "no C++ sources are shipped, so building the extension fails",
+    ),
+    (
+        "setup.py",
+        'package_data={"detectron2.model_zoo": get_model_zoo_configs()},',
+        'package_data={"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]},',
+        "the model-zoo config glob looks in ./configs, which this layout does not have",
+    ),
+    (
+        "detectron2/_C.py",
+        None,
+        C_STANDIN,
+        "`from detectron2 import _C` at import time would fail without the extension",
+    ),
+    (
+        "detectron2/data/transforms/transform.py",
+        "interp=Image.LINEAR",
+        "interp=Image.BILINEAR",
+        "PIL.Image.LINEAR was removed in Pillow 10 (evaluated as a default argument at import)",
+    ),
+    (
+        "detectron2/model_zoo/model_zoo.py",
+        "import pkg_resources\n",
+        "",
+        "pkg_resources is gone from setuptools >= 82; use importlib.resources instead",
+    ),
+    (
+        "detectron2/model_zoo/model_zoo.py",
+        "cfg_file = pkg_resources.resource_filename(\n"
+        '        "detectron2.model_zoo", os.path.join("configs", config_path)\n    )',
+        "import importlib.resources\n\n"
+        '    cfg_file = str(importlib.resources.files("detectron2.model_zoo") / "configs" / config_path)',
+        "same as above",
+    ),
+    (
+        "detectron2/engine/launch.py",
+        '    assert torch.cuda.is_available(), "cuda is not available. Please check your installation."\n',
+        "    has_gpu = torch.cuda.is_available()\n",
+        "CPU workers (gloo) must be able to start; upstream fixed this in 2023",
+    ),
+    (
+        "detectron2/engine/launch.py",
+        'backend="NCCL",',
+        'backend="NCCL" if has_gpu else "GLOO",',
+        "same as above",
+    ),
+    (
+        "detectron2/engine/launch.py",
+        "    assert num_gpus_per_machine <= torch.cuda.device_count()\n    torch.cuda.set_device(local_rank)\n",
+        "    if has_gpu:\n        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
+        "        torch.cuda.set_device(local_rank)\n",
+        "same as above",
+    ),
+    (
+        "detectron2/data/common.py",
+        "cur_idx = self._rng.sample(self._fallback_candidates, k=1)[0]",
+        "cur_idx = self._rng.sample(sorted(self._fallback_candidates), k=1)[0]",
+        "random.sample no longer takes a set (Python 3.11): the first image a mapper skips would end "
+        "training instead of being replaced by another",
+    ),
+    (
+        "detectron2/export/__init__.py",
+        "\nfrom .api import *\n",
+        "\ntry:\n    from caffe2.proto import caffe2_pb2 as _tmp  # noqa: F401\nexcept ImportError:\n"
+        "    pass  # caffe2 is optional\nelse:\n    from .api import *\n",
+        "caffe2 is no longer part of PyTorch: `import detectron2.export` (TracingAdapter, for TorchScript "
+        "and ONNX export) failed; upstream made caffe2 optional the same way in 2022",
+    ),
 ]
 
 # np.float / np.int / np.bool / np.str were removed in numpy 1.24; they meant the builtins.
@@ -140,8 +175,20 @@ def main():
     os.makedirs(build_dir, exist_ok=True)
     pip = [sys.executable, "-m", "pip"]
     # --no-build-isolation: its setup.py imports torch, already installed here.
-    subprocess.check_call(pip + ["download", "-q", "--no-deps", "--no-binary", ":all:",
-                                "--no-build-isolation", SDIST, "-d", build_dir])
+    subprocess.check_call(
+        pip
+        + [
+            "download",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--no-build-isolation",
+            SDIST,
+            "-d",
+            build_dir,
+        ]
+    )
     (archive,) = glob.glob(os.path.join(build_dir, "pb1-detectron2-0.6.tar.gz"))
     if sha256(archive) != SDIST_SHA256:
         raise SystemExit(f"{archive}: sha256 mismatch, refusing to build")

@@ -7,6 +7,7 @@ with ``torch.jit.trace_module`` on ``encode_image`` / ``encode_text`` (with Open
 parameters are randomised so that a wrong key mapping cannot go unnoticed; weights are rounded to
 fp16 values, so ``clip.load(path, jit=False)`` and a float32 loader see the same numbers.
 """
+
 import dataclasses
 import os
 import warnings
@@ -100,8 +101,13 @@ def synthetic_weights(tmp_path_factory):
 
     cfg = get_cfg()
     add_gridclip_config(cfg)
-    cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                     "configs", "GridCLIP_synthetic.yaml"))
+    cfg.merge_from_file(
+        os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            "configs",
+            "GridCLIP_synthetic.yaml",
+        )
+    )
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("synthetic_weights")
     DetectionCheckpointer(build_model(cfg), save_dir=str(root)).save("model")

@@ -1,5 +1,6 @@
 """tools/ablate.py: runs train_net.py per row and seed, reads APbase / APnovel back, reuses finished
 runs, and prints the table (a quick version: a few iterations per run)."""
+
 import json
 import os
 import sys

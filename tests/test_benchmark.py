@@ -1,4 +1,5 @@
 """tools/benchmark.py: the --quick run has every column and sane values; bad flags are named."""
+
 import json
 import os
 import subprocess
@@ -12,19 +13,38 @@ sys.path.insert(0, os.path.join(REPO, "tools"))
 
 import benchmark  # noqa: E402
 
-RECORD_KEYS = ["model", "size", "latency_ms_median", "latency_ms_min", "latency_ms_max", "images_per_s",
-               "detections", "train_step_s", "peak_memory_mb", "gflops", "achieved_gflops_per_s",
-               "latency_ratio_to_faster_rcnn", "stages_ms"]
-GRIDCLIP_KEYS = ["train_step_cached_teacher_s", "train_step_no_image_align_s", "teacher_s_per_image"]
+RECORD_KEYS = [
+    "model",
+    "size",
+    "latency_ms_median",
+    "latency_ms_min",
+    "latency_ms_max",
+    "images_per_s",
+    "detections",
+    "train_step_s",
+    "peak_memory_mb",
+    "gflops",
+    "achieved_gflops_per_s",
+    "latency_ratio_to_faster_rcnn",
+    "stages_ms",
+]
+GRIDCLIP_KEYS = [
+    "train_step_cached_teacher_s",
+    "train_step_no_image_align_s",
+    "teacher_s_per_image",
+]
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["--models", "gridclip_r50_fpn,yolo"], "--models"),
-    (["--models", ","], "--models"),
-    (["--size", "0", "640"], "--size"),
-    (["--size", "640", "99999"], "--size"),
-    (["--amp", "--device", "cpu"], "--amp"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--models", "gridclip_r50_fpn,yolo"], "--models"),
+        (["--models", ","], "--models"),
+        (["--size", "0", "640"], "--size"),
+        (["--size", "640", "99999"], "--size"),
+        (["--amp", "--device", "cpu"], "--amp"),
+    ],
+)
 def test_bad_flags_are_named(argv, flag, capsys):
     with pytest.raises(SystemExit) as e:
         benchmark.parse_args(argv)
@@ -48,8 +68,23 @@ def test_topk_flat_equals_topk():
 @pytest.mark.slow
 def test_quick_run_has_every_column(tmp_path):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
-    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--threads", "2", "--json", str(out_json),
-                           "--plot", str(out_png)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            SCRIPT,
+            "--quick",
+            "--threads",
+            "2",
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for header, _, _ in benchmark.COLUMNS:
         assert f" {header} |" in proc.stdout, header
@@ -65,8 +100,14 @@ def test_quick_run_has_every_column(tmp_path):
             assert key in rec, (name, key)
         assert rec["size"] == list(benchmark.QUICK_SIZE)
         assert rec["latency_ms_min"] <= rec["latency_ms_median"] <= rec["latency_ms_max"]
-        for key in ["latency_ms_min", "images_per_s", "train_step_s", "peak_memory_mb", "gflops",
-                    "achieved_gflops_per_s"]:
+        for key in [
+            "latency_ms_min",
+            "images_per_s",
+            "train_step_s",
+            "peak_memory_mb",
+            "gflops",
+            "achieved_gflops_per_s",
+        ]:
             assert rec[key] > 0, (name, key)
         assert rec["detections"] > 0, name
     assert records["faster_rcnn_r50_fpn"]["latency_ratio_to_faster_rcnn"] == 1.0

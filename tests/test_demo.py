@@ -1,5 +1,6 @@
 """demo/demo.py and demo/predictor.py: images, folders and video through a saved GridCLIP model,
 with a custom vocabulary swapped in at inference."""
+
 import hashlib
 import importlib.util
 import os
@@ -18,11 +19,20 @@ from gridclip_d2 import add_gridclip_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
-SMALL = ["INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "TEST.DETECTIONS_PER_IMAGE", "5"]
+SMALL = [
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "5",
+]
 
 
 def _load_demo():
-    spec = importlib.util.spec_from_file_location("gridclip_demo", os.path.join(REPO, "demo", "demo.py"))
+    spec = importlib.util.spec_from_file_location(
+        "gridclip_demo", os.path.join(REPO, "demo", "demo.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -66,9 +76,26 @@ def _digest(path):
 def test_custom_vocabulary_images_written(weights, images, tmp_path):
     before = [_digest(p) for p in images]
     out = tmp_path / "out"
-    demo.main(["--config-file", CONFIG, "--input", os.path.dirname(images[0]), "--output", str(out),
-               "--vocabulary", "custom", "--custom-vocabulary", "zebra,traffic cone",
-               "--confidence-threshold", "0", "--opts", "MODEL.WEIGHTS", weights, *SMALL])
+    demo.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--input",
+            os.path.dirname(images[0]),
+            "--output",
+            str(out),
+            "--vocabulary",
+            "custom",
+            "--custom-vocabulary",
+            "zebra,traffic cone",
+            "--confidence-threshold",
+            "0",
+            "--opts",
+            "MODEL.WEIGHTS",
+            weights,
+            *SMALL,
+        ]
+    )
     # the drawn images, and the list of what the demo wrote (which a later run may overwrite)
     assert sorted(os.listdir(out)) == [".gridclip_demo_outputs.json", "photo0.png", "photo1.png"]
     for src in images:
@@ -80,10 +107,23 @@ def test_custom_vocabulary_images_written(weights, images, tmp_path):
 
 
 def test_predictor_swaps_vocabulary(weights, images):
-    cfg = demo.setup_cfg(demo.get_parser().parse_args(
-        ["--config-file", CONFIG, "--confidence-threshold", "0", "--opts", "MODEL.WEIGHTS", weights,
-         *SMALL]))
-    vis_demo = demo.VisualizationDemo(cfg, ["zebra", "traffic cone", "kite"], confidence_threshold=0)
+    cfg = demo.setup_cfg(
+        demo.get_parser().parse_args(
+            [
+                "--config-file",
+                CONFIG,
+                "--confidence-threshold",
+                "0",
+                "--opts",
+                "MODEL.WEIGHTS",
+                weights,
+                *SMALL,
+            ]
+        )
+    )
+    vis_demo = demo.VisualizationDemo(
+        cfg, ["zebra", "traffic cone", "kite"], confidence_threshold=0
+    )
     assert vis_demo.class_names == ["zebra", "traffic cone", "kite"]
     assert vis_demo.predictor.model.head.classifier.num_classes == 3
     image = cv2.imread(images[0])
@@ -106,9 +146,24 @@ def test_video(weights, tmp_path):
     writer.release()
     out = tmp_path / "video_out"
     out.mkdir()
-    demo.main(["--config-file", CONFIG, "--video-input", video, "--output", str(out),
-               "--vocabulary", "synthetic", "--confidence-threshold", "0",
-               "--opts", "MODEL.WEIGHTS", weights, *SMALL])
+    demo.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--video-input",
+            video,
+            "--output",
+            str(out),
+            "--vocabulary",
+            "synthetic",
+            "--confidence-threshold",
+            "0",
+            "--opts",
+            "MODEL.WEIGHTS",
+            weights,
+            *SMALL,
+        ]
+    )
     result = cv2.VideoCapture(str(out / "clip.mp4"))
     assert int(result.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     assert int(result.get(cv2.CAP_PROP_FRAME_WIDTH)) == 96
@@ -124,9 +179,13 @@ def test_inputs_and_outputs_checked(images, tmp_path):
         demo.output_paths(images, folder)
     with pytest.raises(ValueError, match="refusing to overwrite input"):
         demo.output_paths(images[:1], images[0])
-    assert demo.output_paths(images[:1], str(tmp_path / "drawn.jpg")) == [str(tmp_path / "drawn.jpg")]
+    assert demo.output_paths(images[:1], str(tmp_path / "drawn.jpg")) == [
+        str(tmp_path / "drawn.jpg")
+    ]
     assert demo.output_paths(images, str(tmp_path / "o")) == [
-        str(tmp_path / "o" / "photo0.png"), str(tmp_path / "o" / "photo1.png")]
+        str(tmp_path / "o" / "photo0.png"),
+        str(tmp_path / "o" / "photo1.png"),
+    ]
     other = tmp_path / "other"
     other.mkdir()
     (other / "photo0.png").write_bytes(b"")
@@ -138,7 +197,10 @@ def test_vocabulary_arguments(tmp_path):
     parse = demo.get_parser().parse_args
     base = ["--config-file", CONFIG, "--input", "x.jpg"]
     assert demo.vocabulary_names(parse(base)) is None
-    assert demo.vocabulary_names(parse(base + ["--custom-vocabulary", "zebra, kite"])) == ["zebra", "kite"]
+    assert demo.vocabulary_names(parse(base + ["--custom-vocabulary", "zebra, kite"])) == [
+        "zebra",
+        "kite",
+    ]
     assert len(demo.vocabulary_names(parse(base + ["--vocabulary", "lvis"]))) == 1203
     vocab_file = tmp_path / "vocab.txt"
     vocab_file.write_text("zebra\n# comment\ntraffic cone, pylon\n")
@@ -159,16 +221,31 @@ def test_lvis_config_with_a_custom_vocabulary_needs_no_lvis_file(tmp_path, monke
     from gridclip_d2.modeling import clip_text
 
     lvis_config = os.path.join(REPO, "configs", "GridCLIP_LVIS.yaml")
-    assert not os.path.exists(os.path.join(REPO, "datasets", "metadata", "lvis_v1_clip_RN50_ensemble.npy"))
+    assert not os.path.exists(
+        os.path.join(REPO, "datasets", "metadata", "lvis_v1_clip_RN50_ensemble.npy")
+    )
     rn50 = str(tmp_path / "RN50.pt")
     torch.save(make_random_clip("RN50").state_dict(), rn50)
     embedded = []
     encode = clip_text.encode_names
-    monkeypatch.setattr(clip_text, "encode_names", lambda enc, names, *a, **k: embedded.append(len(names))
-                        or encode(enc, names, *a, **k))
+    monkeypatch.setattr(
+        clip_text,
+        "encode_names",
+        lambda enc, names, *a, **k: embedded.append(len(names)) or encode(enc, names, *a, **k),
+    )
     opts = ["MODEL.CLIP.WEIGHTS", rn50, "INPUT.MIN_SIZE_TEST", "320", "INPUT.MAX_SIZE_TEST", "480"]
-    argv = ["--config-file", lvis_config, "--input", "x.jpg", "--vocabulary", "custom",
-            "--custom-vocabulary", "person,necktie,flag", "--opts", *opts]
+    argv = [
+        "--config-file",
+        lvis_config,
+        "--input",
+        "x.jpg",
+        "--vocabulary",
+        "custom",
+        "--custom-vocabulary",
+        "person,necktie,flag",
+        "--opts",
+        *opts,
+    ]
     cfg = demo.setup_cfg(demo.get_parser().parse_args(argv))
     model = build_model(cfg)
     assert model.image_alignment is None and model.vocabulary == ["person", "necktie", "flag"]
@@ -179,9 +256,26 @@ def test_lvis_config_with_a_custom_vocabulary_needs_no_lvis_file(tmp_path, monke
     photo = str(tmp_path / "photo.jpg")
     Image.fromarray((np.random.RandomState(1).rand(120, 160, 3) * 255).astype(np.uint8)).save(photo)
     out = tmp_path / "out"
-    demo.main(["--config-file", lvis_config, "--input", photo, "--output", str(out),
-               "--vocabulary", "custom", "--custom-vocabulary", "person,necktie,flag",
-               "--confidence-threshold", "0", "--opts", *opts, "MODEL.WEIGHTS", weights])
+    demo.main(
+        [
+            "--config-file",
+            lvis_config,
+            "--input",
+            photo,
+            "--output",
+            str(out),
+            "--vocabulary",
+            "custom",
+            "--custom-vocabulary",
+            "person,necktie,flag",
+            "--confidence-threshold",
+            "0",
+            "--opts",
+            *opts,
+            "MODEL.WEIGHTS",
+            weights,
+        ]
+    )
     drawn = np.asarray(Image.open(out / "photo.jpg").convert("RGB"))
     assert drawn.shape == (120, 160, 3)
     assert embedded == [3, 3]
@@ -190,13 +284,17 @@ def test_lvis_config_with_a_custom_vocabulary_needs_no_lvis_file(tmp_path, monke
 def test_outputs_checked_before_the_model_and_foreign_files_kept(images, tmp_path):
     existing = tmp_path / "holiday.jpg"  # not an input, not written by the demo
     existing.write_bytes(b"precious")
-    with pytest.raises(ValueError, match=r"refusing to overwrite 1 existing file\(s\) the demo did not write"):
+    with pytest.raises(
+        ValueError, match=r"refusing to overwrite 1 existing file\(s\) the demo did not write"
+    ):
         demo.output_paths(images[:1], str(existing))
     assert existing.read_bytes() == b"precious"
     assert demo.output_paths(images[:1], str(existing), overwrite=True) == [str(existing)]
     text = tmp_path / "notes.txt"
     text.write_text("x")
-    with pytest.raises(ValueError, match="notes.txt is an existing file, but 2 inputs need a folder"):
+    with pytest.raises(
+        ValueError, match="notes.txt is an existing file, but 2 inputs need a folder"
+    ):
         demo.output_paths(images, str(text))
     # Files the demo wrote itself may be written again.
     out = tmp_path / "drawn"
@@ -207,7 +305,16 @@ def test_outputs_checked_before_the_model_and_foreign_files_kept(images, tmp_pat
     assert demo.output_paths(images, str(out)) == outs
     # main() checks before any config or model is read: a bad config file is never reached.
     with pytest.raises(ValueError, match="refusing to overwrite"):
-        demo.main(["--config-file", "no/such/config.yaml", "--input", images[0], "--output", str(existing)])
+        demo.main(
+            [
+                "--config-file",
+                "no/such/config.yaml",
+                "--input",
+                images[0],
+                "--output",
+                str(existing),
+            ]
+        )
 
 
 def test_no_display_asks_for_an_output_before_loading_anything(monkeypatch, images):

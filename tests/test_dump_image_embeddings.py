@@ -1,4 +1,5 @@
 """tools/dump_image_embeddings.py: cached teacher embeddings give the on-the-fly teacher's loss."""
+
 import importlib.util
 import os
 
@@ -31,11 +32,19 @@ def tiny_dataset(tmp_path):
     for i, (h, w) in enumerate(SIZES):
         path = str(tmp_path / f"img{i}.png")
         Image.fromarray(rng.randint(0, 256, (h, w, 3)).astype(np.uint8)).save(path)
-        dicts.append({
-            "file_name": path, "image_id": 10 + i, "height": h, "width": w,
-            "annotations": [{"bbox": [2, 2, 20, 20], "bbox_mode": BoxMode.XYWH_ABS,
-                             "category_id": 0}] if i != 1 else [],
-        })
+        dicts.append(
+            {
+                "file_name": path,
+                "image_id": 10 + i,
+                "height": h,
+                "width": w,
+                "annotations": [
+                    {"bbox": [2, 2, 20, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}
+                ]
+                if i != 1
+                else [],
+            }
+        )
     name = f"gridclip_test_dump_{os.path.basename(str(tmp_path))}"
     DatasetCatalog.register(name, lambda: [dict(d) for d in dicts])
     yield name, dicts
@@ -100,7 +109,9 @@ def test_cached_embeddings_give_the_on_the_fly_loss(dump_cfg, tiny_dataset, tmp_
     # The cache records the data set it embeds and refuses to serve another.
     other_cfg = cached_cfg.clone()
     other_cfg.DATASETS.TRAIN = ("synthetic_train",)
-    with pytest.raises(ValueError, match=rf"datasets=.*'{name}'.*config needs datasets=.*'synthetic_train'"):
+    with pytest.raises(
+        ValueError, match=rf"datasets=.*'{name}'.*config needs datasets=.*'synthetic_train'"
+    ):
         ImageAlignment(other_cfg)
 
 
@@ -109,8 +120,22 @@ def test_command_line(dump_cfg, tiny_dataset, tmp_path):
     config_file = tmp_path / "cfg.yaml"
     config_file.write_text(dump_cfg.dump())
     out = str(tmp_path / "cli.pt")
-    dump_tool.main(["--config-file", str(config_file), "--dataset", name, "--dataset", name,
-                    "--out", out, "--batch-size", "4", "MODEL.CLIP.INIT_SEED", "5"])
+    dump_tool.main(
+        [
+            "--config-file",
+            str(config_file),
+            "--dataset",
+            name,
+            "--dataset",
+            name,
+            "--out",
+            out,
+            "--batch-size",
+            "4",
+            "MODEL.CLIP.INIT_SEED",
+            "5",
+        ]
+    )
     cache = TeacherCache.load(out)
     assert cache.image_ids == [10, 11, 12]  # the repeated data set is not dumped twice
     assert cache.meta["init_seed"] == 5 and cache.meta["grids"] == [1, 2]

@@ -1,4 +1,5 @@
 """tools/dump_text_embeddings.py: outputs, metadata, determinism, errors, and no half-written files."""
+
 import importlib.util
 import json
 import os
@@ -26,10 +27,20 @@ def tool():
 def test_writes_clip_embeddings_and_metadata(tool, clip_tiny_checkpoints, tmp_path):
     out = tmp_path / "custom.npy"
     path = clip_tiny_checkpoints.torchscript_path
-    rc = tool.main([
-        "--clip", path, "--vocabulary", "custom", "--custom-vocabulary", "zebra,traffic_cone,apple",
-        "--prompt", "a photo of {article} {}.", "--out", str(out),
-    ])
+    rc = tool.main(
+        [
+            "--clip",
+            path,
+            "--vocabulary",
+            "custom",
+            "--custom-vocabulary",
+            "zebra,traffic_cone,apple",
+            "--prompt",
+            "a photo of {article} {}.",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     emb = np.load(out)
     assert emb.dtype == np.float32 and emb.shape == (3, 128)
@@ -50,8 +61,19 @@ def test_synonyms_file_and_ensemble(tool, clip_tiny_checkpoints, tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("kite, paper kite\nzebra\n")
     out = tmp_path / "syn.npy"
-    args = ["--clip", clip_tiny_checkpoints.state_dict_path, "--arch", "RNtiny", "--vocabulary", "custom",
-            "--vocabulary-file", str(names), "--prompt-ensemble", "--out", str(out)]
+    args = [
+        "--clip",
+        clip_tiny_checkpoints.state_dict_path,
+        "--arch",
+        "RNtiny",
+        "--vocabulary",
+        "custom",
+        "--vocabulary-file",
+        str(names),
+        "--prompt-ensemble",
+        "--out",
+        str(out),
+    ]
     assert tool.main(args + ["--avg-synonyms"]) == 0
     with_synonyms = np.load(out)
     meta = json.loads((tmp_path / "syn.json").read_text())
@@ -67,7 +89,12 @@ def test_random_clip_is_deterministic(tool, tmp_path):
     outs = []
     for i in range(2):
         out = tmp_path / "metadata" / f"synthetic{i}.npy"  # the folder is made (datasets/metadata/)
-        assert tool.main(["--clip", "", "--arch", "RNtiny", "--vocabulary", "synthetic", "--out", str(out)]) == 0
+        assert (
+            tool.main(
+                ["--clip", "", "--arch", "RNtiny", "--vocabulary", "synthetic", "--out", str(out)]
+            )
+            == 0
+        )
         outs.append(np.load(out))
     assert np.array_equal(outs[0], outs[1])
     from gridclip_d2.data.synthetic import SYNTHETIC_CATEGORIES
@@ -81,9 +108,14 @@ def test_random_clip_is_deterministic(tool, tmp_path):
     "extra, message",
     [
         (["--vocabulary", "custom", "--custom-vocabulary", " , "], "holds no category names"),
-        (["--vocabulary", "custom", "--vocabulary-file", "/nonexistent/names.txt"], "/nonexistent/names.txt not found"),
-        (["--vocabulary", "custom", "--custom-vocabulary", "kite", "--prompt", "a photo"],
-         '--prompt: Prompt \'a photo\' must contain "{}"'),
+        (
+            ["--vocabulary", "custom", "--vocabulary-file", "/nonexistent/names.txt"],
+            "/nonexistent/names.txt not found",
+        ),
+        (
+            ["--vocabulary", "custom", "--custom-vocabulary", "kite", "--prompt", "a photo"],
+            "--prompt: Prompt 'a photo' must contain \"{}\"",
+        ),
         (["--vocabulary", "synthetic", "--custom-vocabulary", "kite"], "need --vocabulary custom"),
     ],
 )
@@ -106,14 +138,19 @@ def test_interrupted_write_keeps_old_file(tool, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tool.np, "save", failing_save)
     with pytest.raises(KeyboardInterrupt):
-        tool.main(["--clip", "", "--arch", "RNtiny", "--vocabulary", "synthetic", "--out", str(out)])
+        tool.main(
+            ["--clip", "", "--arch", "RNtiny", "--vocabulary", "synthetic", "--out", str(out)]
+        )
     monkeypatch.undo()
     assert np.array_equal(np.load(out), np.zeros((2, 2), dtype=np.float32))
     assert sorted(os.listdir(tmp_path)) == ["emb.npy"]
 
 
 def test_random_clip_needs_arch(tool, tmp_path, capsys):
-    assert tool.main(["--clip", "", "--vocabulary", "synthetic", "--out", str(tmp_path / "x.npy")]) == 2
+    assert (
+        tool.main(["--clip", "", "--vocabulary", "synthetic", "--out", str(tmp_path / "x.npy")])
+        == 2
+    )
     assert "needs --arch" in capsys.readouterr().err
 
 
@@ -121,9 +158,24 @@ def test_random_clip_needs_arch(tool, tmp_path, capsys):
 def test_command_line(tmp_path):
     out = tmp_path / "cli.npy"
     result = subprocess.run(
-        [sys.executable, TOOL, "--clip", "", "--arch", "RNtiny", "--vocabulary", "custom",
-         "--custom-vocabulary", "cat,dog", "--out", str(out)],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        [
+            sys.executable,
+            TOOL,
+            "--clip",
+            "",
+            "--arch",
+            "RNtiny",
+            "--vocabulary",
+            "custom",
+            "--custom-vocabulary",
+            "cat,dog",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert np.load(out).shape == (2, 128)

@@ -1,5 +1,6 @@
 """tools/export_model.py: TorchScript and ONNX with a baked vocabulary, equal to eager inference,
 loadable with plain torch.jit.load, and never leaving a wrong or half-written file."""
+
 import hashlib
 import importlib.util
 import json
@@ -20,7 +21,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
 PHOTO = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 VOCABULARY = "person,necktie,flag"
-spec = importlib.util.spec_from_file_location("export_model", os.path.join(REPO, "tools", "export_model.py"))
+spec = importlib.util.spec_from_file_location(
+    "export_model", os.path.join(REPO, "tools", "export_model.py")
+)
 export_model = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(export_model)
 
@@ -29,8 +32,19 @@ spec.loader.exec_module(export_model)
 def exported(tmp_path_factory, synthetic_weights):
     root = tmp_path_factory.mktemp("export")
     weights = synthetic_weights
-    args = ["--config-file", CONFIG, "--vocabulary", VOCABULARY, "--sample-image", PHOTO,
-            "--score-thresh", "0.1", "--opts", "MODEL.WEIGHTS", weights]
+    args = [
+        "--config-file",
+        CONFIG,
+        "--vocabulary",
+        VOCABULARY,
+        "--sample-image",
+        PHOTO,
+        "--score-thresh",
+        "0.1",
+        "--opts",
+        "MODEL.WEIGHTS",
+        weights,
+    ]
     written = export_model.main(args[:6] + ["--output", str(root / "out")] + args[6:])
     assert sorted(written) == ["onnx", "torchscript"]
     return root / "out", weights, args
@@ -38,17 +52,24 @@ def exported(tmp_path_factory, synthetic_weights):
 
 def test_exports_match_eager_inference(exported):
     out, weights, _ = exported
-    assert sorted(os.listdir(out)) == ["model.json", "model.onnx", "model.ts"]  # nothing temporary left
+    assert sorted(os.listdir(out)) == [
+        "model.json",
+        "model.onnx",
+        "model.ts",
+    ]  # nothing temporary left
     meta = json.loads((out / "model.json").read_text())
     assert meta["class_names"] == VOCABULARY.split(",")
     umask = os.umask(0)
     os.umask(umask)
     assert (out / "model.ts").stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it
-    predictor = GridCLIPPredictor.from_config_file(CONFIG, weights=weights, vocabulary=VOCABULARY,
-                                                   score_thresh=0.1)
+    predictor = GridCLIPPredictor.from_config_file(
+        CONFIG, weights=weights, vocabulary=VOCABULARY, score_thresh=0.1
+    )
     expected = predictor(PHOTO)  # the Python API on the photograph (512 x 600)
     assert len(expected) > 1
-    resized = predictor._inputs(predictor._to_model_format(PHOTO, "BGR"))["image"]  # the traced size
+    resized = predictor._inputs(predictor._to_model_format(PHOTO, "BGR"))[
+        "image"
+    ]  # the traced size
     np.save(out.parent / "resized.npy", resized.numpy())
     with torch.no_grad():
         expected_resized = export_model.DisplayDetector(predictor)(resized)
@@ -65,20 +86,27 @@ def test_exports_match_eager_inference(exported):
         "assert not [m for m in sys.modules if m.startswith(('detectron2', 'gridclip_d2', 'clip'))]\n"
         "print(json.dumps({'names': json.loads(extra['model.json'])['class_names'], 'results': results}))\n"
     )
-    result = json.loads(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
-                                       text=True, cwd=str(out)).stdout.splitlines()[-1])
+    result = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", script], check=True, capture_output=True, text=True, cwd=str(out)
+        ).stdout.splitlines()[-1]
+    )
     assert result["names"] == VOCABULARY.split(",")
     (photo_boxes, photo_scores, photo_classes), (boxes, scores, classes) = result["results"]
     # At the traced size: eager inference's detections, exactly.
     assert np.allclose(boxes, expected_resized[0].numpy(), atol=1e-3)
-    assert np.allclose(scores, expected_resized[1].numpy(), atol=1e-5) and classes == expected_resized[2].tolist()
+    assert (
+        np.allclose(scores, expected_resized[1].numpy(), atol=1e-5)
+        and classes == expected_resized[2].tolist()
+    )
     # Any other size is scaled inside the TorchScript (not by PIL as the predictor does), and the
     # boxes come back in the photograph's pixels: most of the predictor's top detections are there.
     photo_boxes = Boxes(torch.tensor(photo_boxes).reshape(-1, 4))
     assert (photo_boxes.tensor[:, 2] <= 512).all() and (photo_boxes.tensor[:, 3] <= 600).all()
     top = expected[:10]
     same = (pairwise_iou(top.pred_boxes, photo_boxes) > 0.5) & (
-        top.pred_classes[:, None] == torch.tensor(photo_classes)[None])
+        top.pred_classes[:, None] == torch.tensor(photo_classes)[None]
+    )
     assert same.any(dim=1).float().mean() >= 0.7, same.any(dim=1)
 
 
@@ -88,16 +116,21 @@ def test_onnx_runs_at_the_traced_size(exported):
     out, weights, _ = exported
     meta = json.loads((out / "model.json").read_text())
     height, width = meta["input"]["height"], meta["input"]["width"]
-    predictor = GridCLIPPredictor.from_config_file(CONFIG, weights=weights, vocabulary=VOCABULARY,
-                                                   score_thresh=0.1)
+    predictor = GridCLIPPredictor.from_config_file(
+        CONFIG, weights=weights, vocabulary=VOCABULARY, score_thresh=0.1
+    )
     image = predictor._inputs(predictor._to_model_format(PHOTO, "BGR"))["image"]
     assert tuple(image.shape) == (3, height, width)
-    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(out / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     boxes, scores, classes = session.run(["boxes", "scores", "classes"], {"image": image.numpy()})
     with torch.no_grad():
         expected = export_model.DisplayDetector(predictor)(image)
     assert len(scores) == len(expected[1]) > 1
-    assert np.allclose(boxes, expected[0].numpy(), atol=1e-3) and np.array_equal(classes, expected[2].numpy())
+    assert np.allclose(boxes, expected[0].numpy(), atol=1e-3) and np.array_equal(
+        classes, expected[2].numpy()
+    )
     with pytest.raises(Exception, match="(?i)dimension"):
         session.run(None, {"image": np.zeros((3, height + 32, width), np.uint8)})
 
@@ -106,12 +139,23 @@ def test_a_failed_check_keeps_the_previous_export(exported, tmp_path, monkeypatc
     out, _, args = exported
     digest = hashlib.sha1((out / "model.ts").read_bytes()).hexdigest()
     run = export_model.run_torchscript
-    monkeypatch.setattr(export_model, "run_torchscript",
-                        lambda path, image: tuple(t + 1 if t.is_floating_point() else t for t in run(path, image)))
+    monkeypatch.setattr(
+        export_model,
+        "run_torchscript",
+        lambda path, image: tuple(t + 1 if t.is_floating_point() else t for t in run(path, image)),
+    )
     with pytest.raises(RuntimeError, match="torchscript export: boxes differ from eager inference"):
         export_model.main(args[:6] + ["--output", str(out), "--format", "torchscript"] + args[6:])
     assert hashlib.sha1((out / "model.ts").read_bytes()).hexdigest() == digest
     assert sorted(os.listdir(out)) == ["model.json", "model.onnx", "model.ts"]
     with pytest.raises(SystemExit, match="--sample-image"):
-        export_model.main(["--config-file", CONFIG, "--sample-image", str(tmp_path / "none.jpg"),
-                           "--output", str(tmp_path)])
+        export_model.main(
+            [
+                "--config-file",
+                CONFIG,
+                "--sample-image",
+                str(tmp_path / "none.jpg"),
+                "--output",
+                str(tmp_path),
+            ]
+        )

@@ -1,5 +1,6 @@
 """gridclip_d2.GridCLIPPredictor, the Python API: a real photograph, a custom vocabulary, every
 input kind, batches, vocabulary changes without reloading, and what is shown by default."""
+
 import importlib.util
 import os
 
@@ -22,8 +23,9 @@ VOCABULARY = ["person", "necktie", "flag"]
 
 @pytest.fixture(scope="module")
 def predictor(synthetic_weights):
-    return GridCLIPPredictor.from_config_file(CONFIG, weights=synthetic_weights, vocabulary=VOCABULARY,
-                                              score_thresh=0.0, batch_size=2)
+    return GridCLIPPredictor.from_config_file(
+        CONFIG, weights=synthetic_weights, vocabulary=VOCABULARY, score_thresh=0.0, batch_size=2
+    )
 
 
 def _same(a, b):
@@ -78,8 +80,11 @@ def test_shown_detections_are_one_box_per_object(predictor):
 def test_vocabulary_changes_without_reloading(predictor, monkeypatch):
     embedded = []
     encode = clip_text.encode_names
-    monkeypatch.setattr(clip_text, "encode_names", lambda enc, names, *a, **k: embedded.append(list(names))
-                        or encode(enc, names, *a, **k))
+    monkeypatch.setattr(
+        clip_text,
+        "encode_names",
+        lambda enc, names, *a, **k: embedded.append(list(names)) or encode(enc, names, *a, **k),
+    )
     model = predictor.model
     predictor.set_vocabulary("zebra, kite")
     assert predictor.vocabulary == ["zebra", "kite"] and embedded == [["zebra", "kite"]]
@@ -92,13 +97,30 @@ def test_vocabulary_changes_without_reloading(predictor, monkeypatch):
 
 
 def test_vocabulary_from_a_text_embedding_file(predictor, tmp_path):
-    spec = importlib.util.spec_from_file_location("dump", os.path.join(REPO, "tools", "dump_text_embeddings.py"))
+    spec = importlib.util.spec_from_file_location(
+        "dump", os.path.join(REPO, "tools", "dump_text_embeddings.py")
+    )
     dump = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dump)
     npy = str(tmp_path / "animals.npy")
     clip_weights = predictor.cfg.MODEL.CLIP.WEIGHTS
-    assert dump.main(["--clip", clip_weights, "--arch", predictor.cfg.MODEL.CLIP.ARCH, "--vocabulary", "custom",
-                      "--custom-vocabulary", "zebra,kite,blue square", "--out", npy]) == 0
+    assert (
+        dump.main(
+            [
+                "--clip",
+                clip_weights,
+                "--arch",
+                predictor.cfg.MODEL.CLIP.ARCH,
+                "--vocabulary",
+                "custom",
+                "--custom-vocabulary",
+                "zebra,kite,blue square",
+                "--out",
+                npy,
+            ]
+        )
+        == 0
+    )
     predictor.set_vocabulary(npy)
     assert predictor.vocabulary == ["zebra", "kite", "blue square"]
     from_file = predictor.model.head.classifier.embeddings.clone()
@@ -107,8 +129,24 @@ def test_vocabulary_from_a_text_embedding_file(predictor, tmp_path):
     assert torch.allclose(predictor.model.head.classifier.embeddings, from_file, atol=1e-5)
     predictor.set_vocabulary(VOCABULARY)
     ensemble = str(tmp_path / "ensemble.npy")
-    assert dump.main(["--clip", clip_weights, "--arch", predictor.cfg.MODEL.CLIP.ARCH, "--vocabulary", "custom",
-                      "--custom-vocabulary", "zebra", "--prompt-ensemble", "--out", ensemble]) == 0
+    assert (
+        dump.main(
+            [
+                "--clip",
+                clip_weights,
+                "--arch",
+                predictor.cfg.MODEL.CLIP.ARCH,
+                "--vocabulary",
+                "custom",
+                "--custom-vocabulary",
+                "zebra",
+                "--prompt-ensemble",
+                "--out",
+                ensemble,
+            ]
+        )
+        == 0
+    )
     with pytest.raises(ValueError, match="prompt"):
         predictor.set_vocabulary(ensemble)  # made with other prompts than the model's
     assert predictor.vocabulary == VOCABULARY

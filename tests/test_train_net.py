@@ -4,6 +4,7 @@
 Runs are tiny (128 px images, 2 images per batch, a few iterations); AP after so few steps is near 0,
 so reproductions are checked on the detections themselves, not only on AP.
 """
+
 import importlib.util
 import json
 import os
@@ -29,14 +30,30 @@ from gridclip_d2 import add_gridclip_config  # noqa: E402
 from gridclip_d2.engine import OpenVocabLVISEvaluator, Trainer, adapt_cfg_to_hardware  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
-_spec = importlib.util.spec_from_file_location("gridclip_demo_for_train_net", os.path.join(REPO, "demo", "demo.py"))
+_spec = importlib.util.spec_from_file_location(
+    "gridclip_demo_for_train_net", os.path.join(REPO, "demo", "demo.py")
+)
 demo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo)
 TINY = [
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "2",
-    "SOLVER.STEPS", "(3,)", "SOLVER.CHECKPOINT_PERIOD", "1000",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.MAX_ITER",
+    "4",
+    "SOLVER.WARMUP_ITERS",
+    "2",
+    "SOLVER.STEPS",
+    "(3,)",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "1000",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
 ]
 
 
@@ -48,14 +65,30 @@ def _args(out_dir, *opts, flags=()):
 def _cli(out_dir, *opts, flags=(), **kwargs):
     """``python train_net.py ...`` in a subprocess (as a user runs it); output goes to a file
     (a pipe nobody reads would block the run once full)."""
-    cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG, *flags,
-           *TINY, "OUTPUT_DIR", str(out_dir), *opts]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "train_net.py"),
+        "--config-file",
+        CONFIG,
+        *flags,
+        *TINY,
+        "OUTPUT_DIR",
+        str(out_dir),
+        *opts,
+    ]
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
     os.makedirs(out_dir, exist_ok=True)
     console = open(os.path.join(out_dir, "console.txt"), "w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=console, stderr=subprocess.STDOUT,
-                            start_new_session=True, **kwargs)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=console,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        **kwargs,
+    )
     proc.console = console.name
     return proc
 
@@ -90,14 +123,27 @@ def _detections(out_dir, dataset="synthetic_val"):
     path = os.path.join(out_dir, "inference", dataset, "lvis_instances_results.json")
     with open(path) as f:
         dets = json.load(f)
-    return sorted((d["image_id"], d["category_id"], round(d["score"], 5),
-                   tuple(round(v, 2) for v in d["bbox"])) for d in dets)
+    return sorted(
+        (
+            d["image_id"],
+            d["category_id"],
+            round(d["score"], 5),
+            tuple(round(v, 2) for v in d["bbox"]),
+        )
+        for d in dets
+    )
 
 
 # ---------------------------------------------------------------------------------- fast checks
 def test_setup_merges_overrides_and_writes_config(tmp_path):
-    args = _args(tmp_path, "SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cuda",
-                 flags=["--num-gpus", "1", "--num-machines", "1", "--machine-rank", "0"])
+    args = _args(
+        tmp_path,
+        "SOLVER.AMP.ENABLED",
+        "True",
+        "MODEL.DEVICE",
+        "cuda",
+        flags=["--num-gpus", "1", "--num-machines", "1", "--machine-rank", "0"],
+    )
     cfg = train_net.setup(args)
     assert cfg.MODEL.META_ARCHITECTURE == "GridCLIP" and cfg.MODEL.CLIP.ARCH == "RNtiny96"
     assert cfg.SOLVER.MAX_ITER == 4 and cfg.INPUT.MIN_SIZE_TRAIN == (128,)
@@ -141,8 +187,9 @@ def test_build_evaluator(tmp_path):
     assert ev._max_dets_per_image == 300 and ev._tasks == ("bbox",)
     assert ev._output_dir == os.path.join(str(tmp_path), "inference", "synthetic_val")
     coco_json = tmp_path / "coco.json"
-    coco_json.write_text(json.dumps({"images": [], "annotations": [],
-                                     "categories": [{"id": 1, "name": "a"}]}))
+    coco_json.write_text(
+        json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]})
+    )
     MetadataCatalog.get("test_train_net_coco").set(evaluator_type="coco", json_file=str(coco_json))
     coco = Trainer.build_evaluator(cfg, "test_train_net_coco", output_folder=str(tmp_path))
     assert isinstance(coco, COCOEvaluator) and coco._use_fast_impl is False
@@ -198,12 +245,25 @@ def _subset_of_synthetic_val(tmp_path, name, shuffle):
     cats = data["categories"]
     if shuffle:
         new_id = {c["id"]: 1000 - 7 * c["id"] for c in cats}  # reverses the order of the ids
-        cats = [dict(c, id=new_id[c["id"]], name="red_circle" if c["name"] == "red circle" else c["name"])
-                for c in cats]
-        cats += [{"id": 5, "name": "pink star", "frequency": "r"}, {"id": 6, "name": "white ring", "frequency": "r"}]
+        cats = [
+            dict(
+                c, id=new_id[c["id"]], name="red_circle" if c["name"] == "red circle" else c["name"]
+            )
+            for c in cats
+        ]
+        cats += [
+            {"id": 5, "name": "pink star", "frequency": "r"},
+            {"id": 6, "name": "white ring", "frequency": "r"},
+        ]
         anns = [dict(a, category_id=new_id[a["category_id"]]) for a in anns]
-        images = [dict(img, neg_category_ids=[new_id[c] for c in img["neg_category_ids"]] + [5, 6],
-                       not_exhaustive_category_ids=[]) for img in images]
+        images = [
+            dict(
+                img,
+                neg_category_ids=[new_id[c] for c in img["neg_category_ids"]] + [5, 6],
+                not_exhaustive_category_ids=[],
+            )
+            for img in images
+        ]
     json_file = tmp_path / f"{name}.json"
     json_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     register_lvis_format(name, str(json_file), meta.image_root)
@@ -218,16 +278,32 @@ def _check_cross_dataset_evaluation(weights, tmp_path):
     _subset_of_synthetic_val(tmp_path, shuffled, shuffle=True)
     out = tmp_path / "cross"
     # No candidate or per-image cap: extra classes then cannot displace any detection.
-    results = train_net.main(_args(
-        out, "MODEL.WEIGHTS", str(weights), "DATASETS.TEST", f"('{original}', '{shuffled}')",
-        "MODEL.GRIDCLIP.SCORE_THRESH_TEST", "0.002", "MODEL.GRIDCLIP.TOPK_CANDIDATES_TEST", "100000",
-        "TEST.DETECTIONS_PER_IMAGE", "100000", flags=["--eval-only"]))
+    results = train_net.main(
+        _args(
+            out,
+            "MODEL.WEIGHTS",
+            str(weights),
+            "DATASETS.TEST",
+            f"('{original}', '{shuffled}')",
+            "MODEL.GRIDCLIP.SCORE_THRESH_TEST",
+            "0.002",
+            "MODEL.GRIDCLIP.TOPK_CANDIDATES_TEST",
+            "100000",
+            "TEST.DETECTIONS_PER_IMAGE",
+            "100000",
+            flags=["--eval-only"],
+        )
+    )
     assert set(results) == {original, shuffled}
 
     def by_name(dataset):
-        names = {c["id"]: c["name"].replace("_", " ") for c in
-                 json.loads((tmp_path / f"{dataset}.json").read_text())["categories"]}
-        return sorted((img, names[cat], score, box) for img, cat, score, box in _detections(out, dataset))
+        names = {
+            c["id"]: c["name"].replace("_", " ")
+            for c in json.loads((tmp_path / f"{dataset}.json").read_text())["categories"]
+        }
+        return sorted(
+            (img, names[cat], score, box) for img, cat, score, box in _detections(out, dataset)
+        )
 
     a, b = by_name(original), by_name(shuffled)
     assert len(a) > 100
@@ -237,14 +313,18 @@ def _check_cross_dataset_evaluation(weights, tmp_path):
     assert results[shuffled]["open_vocabulary"]["num_novel_classes"] == 8
     assert results[original]["open_vocabulary"]["num_novel_classes"] == 6
     log = (out / "log.txt").read_text()
-    assert f"Evaluating {shuffled} with its own 26 classes (24 of them in the model's 24-class vocabulary)" in log
+    assert (
+        f"Evaluating {shuffled} with its own 26 classes (24 of them in the model's 24-class vocabulary)"
+        in log
+    )
 
 
 @pytest.mark.slow
 def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
     # A long run with a checkpoint every 2 iterations, killed once a few checkpoints exist.
-    proc = _cli(tmp_path, "SOLVER.MAX_ITER", "1000", "SOLVER.CHECKPOINT_PERIOD", "2",
-                "DATASETS.TEST", "()")
+    proc = _cli(
+        tmp_path, "SOLVER.MAX_ITER", "1000", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()"
+    )
     try:
         deadline = time.time() + 600
         while len(list(tmp_path.glob("model_*.pth"))) < 2:  # iterations 1 and 3 saved
@@ -259,8 +339,14 @@ def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
     assert done >= 3 and not (tmp_path / "model_final.pth").exists()
 
     max_iter = done + 4
-    resume_args = _args(tmp_path, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "2",
-                        flags=["--resume"])
+    resume_args = _args(
+        tmp_path,
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.CHECKPOINT_PERIOD",
+        "2",
+        flags=["--resume"],
+    )
     # The trainer restores iteration, LR schedule and optimizer (SGD momentum) from the checkpoint.
     saved = torch.load(tmp_path / last, map_location="cpu", weights_only=False)["trainer"]
     trainer = Trainer(train_net.setup(resume_args))
@@ -284,7 +370,10 @@ def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
     assert final["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == max_iter
     # Rows the resumed run wrote (metrics.json is appended to): only iterations after the checkpoint.
     resumed = [r["iteration"] for r in _metrics(tmp_path)[rows_before:] if "total_loss" in r]
-    assert resumed and resumed[-1] == max_iter - 1 and all(it > done for it in resumed), (done, resumed)
+    assert resumed and resumed[-1] == max_iter - 1 and all(it > done for it in resumed), (
+        done,
+        resumed,
+    )
 
 
 @pytest.mark.slow
@@ -295,8 +384,14 @@ def test_two_cpu_workers_train_a_model_that_evaluates(tmp_path):
     assert "1 intra-op thread(s)" in out or os.cpu_count() > 2
     ap_distributed = _metrics(tmp_path)[-1]["bbox/AP"]
     assert (tmp_path / "model_final.pth").is_file()
-    results = train_net.main(_args(tmp_path / "eval", "MODEL.WEIGHTS",
-                                   str(tmp_path / "model_final.pth"), flags=["--eval-only"]))
+    results = train_net.main(
+        _args(
+            tmp_path / "eval",
+            "MODEL.WEIGHTS",
+            str(tmp_path / "model_final.pth"),
+            flags=["--eval-only"],
+        )
+    )
     # One process with 2 threads vs two with 1: float sums differ in the last bits, which may move
     # a few near-threshold detections; everything else must match.
     single, distributed = _detections(tmp_path / "eval"), _detections(tmp_path)
@@ -305,7 +400,9 @@ def test_two_cpu_workers_train_a_model_that_evaluates(tmp_path):
     assert results["bbox"]["AP"] == pytest.approx(ap_distributed, rel=0.05, abs=1e-3)
 
 
-def _write_user_dataset(root, colours=(("red box", (220, 20, 20)), ("blue box", (20, 20, 220))), n=6):
+def _write_user_dataset(
+    root, colours=(("red box", (220, 20, 20)), ("blue box", (20, 20, 220))), n=6
+):
     """A user's LVIS-format set: json with file_name relative to the image folder, non-contiguous
     category ids, no frequency / neg_category_ids (filled in by the registration)."""
     rng = np.random.RandomState(0)
@@ -316,9 +413,16 @@ def _write_user_dataset(root, colours=(("red box", (220, 20, 20)), ("blue box", 
         img = np.full((96, 128, 3), 200, np.uint8)
         for cat, (_, colour) in zip(cats, colours):
             x, y = int(rng.randint(0, 80)), int(rng.randint(0, 50))
-            img[y:y + 40, x:x + 40] = colour
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat["id"],
-                         "bbox": [x, y, 40, 40], "area": 1600})
+            img[y : y + 40, x : x + 40] = colour
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat["id"],
+                    "bbox": [x, y, 40, 40],
+                    "area": 1600,
+                }
+            )
         Image.fromarray(img).save(root / "images" / f"img{i}.png")
         images.append({"id": i + 1, "file_name": f"img{i}.png", "height": 96, "width": 128})
     json_file = root / "user.json"
@@ -332,8 +436,15 @@ def test_user_lvis_data_from_a_script(tmp_path):
 
     json_file, images = _write_user_dataset(tmp_path / "data")
     register_lvis_format("test_user_script_data", json_file, images)
-    results = train_net.main(_args(tmp_path / "out", "DATASETS.TRAIN", "('test_user_script_data',)",
-                                   "DATASETS.TEST", "('test_user_script_data',)"))
+    results = train_net.main(
+        _args(
+            tmp_path / "out",
+            "DATASETS.TRAIN",
+            "('test_user_script_data',)",
+            "DATASETS.TEST",
+            "('test_user_script_data',)",
+        )
+    )
     assert 0.0 <= results["bbox"]["AP"] <= 100.0
     assert results["open_vocabulary"]["num_base_classes"] == 2
     assert _detections(tmp_path / "out", "test_user_script_data")  # the model predicted boxes
@@ -341,17 +452,37 @@ def test_user_lvis_data_from_a_script(tmp_path):
 
 @pytest.mark.slow
 def test_user_split_from_the_command_line_then_demo_and_eval_without_training_images(tmp_path):
-    colours = (("red box", (220, 20, 20)), ("blue box", (20, 20, 220)), ("green box", (20, 200, 20)))
+    colours = (
+        ("red box", (220, 20, 20)),
+        ("blue box", (20, 20, 220)),
+        ("green box", (20, 200, 20)),
+    )
     train_json, train_images = _write_user_dataset(tmp_path / "train", colours)
     test_json, test_images = _write_user_dataset(tmp_path / "test", colours, n=4)
     out = tmp_path / "out"
-    _finish(_cli(out, "DATASETS.GRIDCLIP.NAME", "mydata",
-                 "DATASETS.GRIDCLIP.TRAIN_JSON", train_json, "DATASETS.GRIDCLIP.TRAIN_IMAGES", train_images,
-                 "DATASETS.GRIDCLIP.TEST_JSON", test_json, "DATASETS.GRIDCLIP.TEST_IMAGES", test_images,
-                 "DATASETS.GRIDCLIP.NOVEL_CLASSES", "['green box']"))
+    _finish(
+        _cli(
+            out,
+            "DATASETS.GRIDCLIP.NAME",
+            "mydata",
+            "DATASETS.GRIDCLIP.TRAIN_JSON",
+            train_json,
+            "DATASETS.GRIDCLIP.TRAIN_IMAGES",
+            train_images,
+            "DATASETS.GRIDCLIP.TEST_JSON",
+            test_json,
+            "DATASETS.GRIDCLIP.TEST_IMAGES",
+            test_images,
+            "DATASETS.GRIDCLIP.NOVEL_CLASSES",
+            "['green box']",
+        )
+    )
     log = (out / "log.txt").read_text()
     assert "dropped 6 boxes of its 1 novel classes" in log
-    assert "Open-vocabulary summary on mydata_test (trained on mydata_train: 2 base + 1 novel classes)" in log
+    assert (
+        "Open-vocabulary summary on mydata_test (trained on mydata_train: 2 base + 1 novel classes)"
+        in log
+    )
     assert "AP novel" in log
     final = _metrics(out)[-1]
     assert "open_vocabulary/APnovel" in final and "open_vocabulary/APbase" in final
@@ -364,17 +495,49 @@ def test_user_split_from_the_command_line_then_demo_and_eval_without_training_im
     shutil.rmtree(train_images)  # the training images are gone
     weights = str(out / "model_final.pth")
     demo_out = tmp_path / "drawn"
-    demo.main(["--config-file", str(saved), "--input", os.path.join(test_images, "img0.png"),
-               "--output", str(demo_out), "--custom-vocabulary", "green box,red box",
-               "--confidence-threshold", "0", "--opts", "MODEL.WEIGHTS", weights])
+    demo.main(
+        [
+            "--config-file",
+            str(saved),
+            "--input",
+            os.path.join(test_images, "img0.png"),
+            "--output",
+            str(demo_out),
+            "--custom-vocabulary",
+            "green box,red box",
+            "--confidence-threshold",
+            "0",
+            "--opts",
+            "MODEL.WEIGHTS",
+            weights,
+        ]
+    )
     assert (demo_out / "img0.png").is_file()
     # Without a vocabulary the demo labels with the model's own (the training classes).
-    vis = demo.VisualizationDemo(demo.setup_cfg(demo.get_parser().parse_args(
-        ["--config-file", str(saved), "--input", "x", "--opts", "MODEL.WEIGHTS", weights])))
+    vis = demo.VisualizationDemo(
+        demo.setup_cfg(
+            demo.get_parser().parse_args(
+                ["--config-file", str(saved), "--input", "x", "--opts", "MODEL.WEIGHTS", weights]
+            )
+        )
+    )
     assert vis.class_names == ["red box", "blue box", "green box"]
     assert vis.predictor.model.image_alignment is None  # no teacher at inference
 
-    results = train_net.main(train_net.default_argument_parser().parse_args(
-        ["--config-file", str(saved), "--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "eval")]))
+    results = train_net.main(
+        train_net.default_argument_parser().parse_args(
+            [
+                "--config-file",
+                str(saved),
+                "--eval-only",
+                "MODEL.WEIGHTS",
+                weights,
+                "OUTPUT_DIR",
+                str(tmp_path / "eval"),
+            ]
+        )
+    )
     assert results["open_vocabulary"]["num_novel_classes"] == 1
-    assert results["open_vocabulary"]["APnovel"] == pytest.approx(final["open_vocabulary/APnovel"], nan_ok=True)
+    assert results["open_vocabulary"]["APnovel"] == pytest.approx(
+        final["open_vocabulary/APnovel"], nan_ok=True
+    )

@@ -6,6 +6,7 @@ The screenshot goes to $GRIDCLIP_WEB_TEST_SCREENSHOT when set (the README's pict
 with GRIDCLIP_WEB_TEST_WEIGHTS / _IMAGE / _VOCABULARY naming the trained embedded default, one of
 its validation images and the classes to name); otherwise to the test's temporary folder.
 """
+
 import os
 import shutil
 import socket
@@ -22,8 +23,11 @@ CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="headless Chromium is not installed: "
-                       "apt-get install chromium chromium-driver (.ci/run does)"),
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="headless Chromium is not installed: "
+        "apt-get install chromium chromium-driver (.ci/run does)",
+    ),
 ]
 
 
@@ -42,9 +46,23 @@ def page_url(tmp_path_factory, synthetic_weights):
     port = _free_port()
     log = open(root / "app.log", "w")
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
-    server = subprocess.Popen([sys.executable, os.path.join(REPO, "demo", "app.py"), "--config-file", CONFIG,
-                               "--port", str(port), "--opts", "MODEL.WEIGHTS", weights],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(REPO, "demo", "app.py"),
+            "--config-file",
+            CONFIG,
+            "--port",
+            str(port),
+            "--opts",
+            "MODEL.WEIGHTS",
+            weights,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while True:
@@ -69,9 +87,17 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-quic", "--disable-component-update",
-                 "--disable-sync", "--window-size=1280,1000"]:
+    for flag in [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-quic",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+    ]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -127,16 +153,26 @@ def test_page_detects_a_custom_vocabulary_in_a_photograph(page_url, browser, tmp
     browser.find_element(By.CSS_SELECTOR, "#image button[aria-label='Remove Image']").click()
     browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(image)
     _type(textbox, vocabulary)
-    if "GRIDCLIP_WEB_TEST_WEIGHTS" not in os.environ:  # a random head scores lower than a trained one
+    if (
+        "GRIDCLIP_WEB_TEST_WEIGHTS" not in os.environ
+    ):  # a random head scores lower than a trained one
         _type(browser.find_element(By.CSS_SELECTOR, "#threshold input[type=number]"), "0.6")
     time.sleep(2)
     status = _detect_and_wait(browser, status)
     assert "detection(s) at score >=" in status, status
+
     def table_cells(d):  # the table's visible text: its header, then 6 cells a detection
-        lines = [t.strip() for t in d.find_element(By.CSS_SELECTOR, "#detections").text.split("\n") if t.strip()]
+        lines = [
+            t.strip()
+            for t in d.find_element(By.CSS_SELECTOR, "#detections").text.split("\n")
+            if t.strip()
+        ]
         header = lines.index("class") if "class" in lines else -1
-        return header >= 0 and lines[header:header + 6] == ["class", "score", "x0", "y0", "x1", "y1"] and \
-            lines[header + 6:]
+        return (
+            header >= 0
+            and lines[header : header + 6] == ["class", "score", "x0", "y0", "x1", "y1"]
+            and lines[header + 6 :]
+        )
 
     rows = WebDriverWait(browser, 30).until(table_cells)
     classes = rows[0::6]

@@ -39,6 +39,7 @@ Output: a markdown table on stdout, ``--json`` (``{"machine", "matmul_peak_gflop
 "models": [one record per model and size], "embedded_default_train": {...}}``) and ``--plot``
 (a bar chart PNG).
 """
+
 import argparse
 import contextlib
 import ctypes
@@ -65,7 +66,10 @@ REFERENCE = "faster_rcnn_r50_fpn"
 NUM_CLASSES = 1203  # the LVIS vocabulary
 DEFAULT_SIZES = ((640, 640), (800, 1333))
 QUICK_SIZE = (256, 256)  # a multiple of 128: BiFPN pads to it
-QUICK_OVERRIDES = ["MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE", "64"]  # --quick: small teacher crops
+QUICK_OVERRIDES = [
+    "MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE",
+    "64",
+]  # --quick: small teacher crops
 VILD_CROPS = 300  # ViLD's teacher embeds this many proposal crops per training image
 
 logger = logging.getLogger("benchmark")
@@ -104,7 +108,7 @@ def matmul_peak_gflops(device: str, n: int, repeats: int = 10) -> float:
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     times = repeat(Timer(device), lambda: torch.mm(a, b), warmup=2, repeats=repeats)
-    return 2 * n ** 3 / min(times) / 1e9
+    return 2 * n**3 / min(times) / 1e9
 
 
 class PeakRSS:
@@ -120,7 +124,7 @@ class PeakRSS:
         try:
             with open("/proc/self/statm") as f:
                 pages = int(f.read().split()[1])
-            return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+            return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
         except OSError:  # not Linux: the lifetime peak is all there is
             import resource
 
@@ -147,20 +151,32 @@ class PeakRSS:
 
 
 # ---------------------------------------------------------------------------------------- models
-def _gridclip_cfg(config: str, device: str, embeddings_npy: str, image_align: bool = True,
-                  extra: Sequence[str] = ()):
+def _gridclip_cfg(
+    config: str,
+    device: str,
+    embeddings_npy: str,
+    image_align: bool = True,
+    extra: Sequence[str] = (),
+):
     from gridclip_d2.engine.setup import setup_cfg
 
     cfg = setup_cfg(
-        os.path.join(REPO, "configs", config), mode="inference", freeze=False,
+        os.path.join(REPO, "configs", config),
+        mode="inference",
+        freeze=False,
         overrides=[
-            "MODEL.DEVICE", device,
-            "MODEL.CLIP.WEIGHTS", "",  # random CLIP RN50 (seeded)
-            "MODEL.GRIDCLIP.TEXT_EMBEDDINGS", embeddings_npy,
-            "MODEL.GRIDCLIP.VOCABULARY", "lvis",
+            "MODEL.DEVICE",
+            device,
+            "MODEL.CLIP.WEIGHTS",
+            "",  # random CLIP RN50 (seeded)
+            "MODEL.GRIDCLIP.TEXT_EMBEDDINGS",
+            embeddings_npy,
+            "MODEL.GRIDCLIP.VOCABULARY",
+            "lvis",
             # the federated loss samples 50 classes from LVIS's class counts, which need the data
             # set on disk; the full 1203-class focal loss is what RetinaNet computes too
-            "MODEL.GRIDCLIP.USE_FED_LOSS", "False",
+            "MODEL.GRIDCLIP.USE_FED_LOSS",
+            "False",
             *extra,
         ],
     )
@@ -188,7 +204,10 @@ def _zero_box_deltas(model: torch.nn.Module, name: str) -> None:
     if name.startswith("retinanet"):
         convs = [model.head.bbox_pred]
     elif name.startswith("faster_rcnn"):
-        convs = [model.proposal_generator.rpn_head.anchor_deltas, model.roi_heads.box_predictor.bbox_pred]
+        convs = [
+            model.proposal_generator.rpn_head.anchor_deltas,
+            model.roi_heads.box_predictor.bbox_pred,
+        ]
     else:
         convs = [model.head.bbox_pred]  # GridCLIP: exp(0) = one stride on each side
     with torch.no_grad():
@@ -207,8 +226,9 @@ def write_random_embeddings(folder: str, dim: int = 1024, num: int = NUM_CLASSES
     return path
 
 
-def build(name: str, device: str, workdir: str, image_align: bool = True,
-          extra: Sequence[str] = ()) -> Tuple[torch.nn.Module, object]:
+def build(
+    name: str, device: str, workdir: str, image_align: bool = True, extra: Sequence[str] = ()
+) -> Tuple[torch.nn.Module, object]:
     """(model in eval mode with zeroed box deltas, its config)."""
     from detectron2.modeling import build_model
 
@@ -233,9 +253,14 @@ def random_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
 
 
-def train_inputs(images: Sequence[torch.Tensor], teacher_images: bool, grids=(1, 2, 3),
-                 teacher_size: int = 224, num_boxes: int = 5,
-                 num_classes: int = NUM_CLASSES) -> List[dict]:
+def train_inputs(
+    images: Sequence[torch.Tensor],
+    teacher_images: bool,
+    grids=(1, 2, 3),
+    teacher_size: int = 224,
+    num_boxes: int = 5,
+    num_classes: int = NUM_CLASSES,
+) -> List[dict]:
     """Training inputs with ``num_boxes`` random boxes and, for GridCLIP, the alignment regions."""
     from detectron2.structures import Boxes, Instances
 
@@ -247,13 +272,18 @@ def train_inputs(images: Sequence[torch.Tensor], teacher_images: bool, grids=(1,
         g = torch.Generator().manual_seed(100 + i)
         xy = torch.rand(num_boxes, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
         wh = (0.1 + 0.3 * torch.rand(num_boxes, 2, generator=g)) * torch.tensor([w, h])
-        inst = Instances((h, w), gt_boxes=Boxes(torch.cat([xy, xy + wh], dim=1)),
-                         gt_classes=torch.randint(0, num_classes, (num_boxes,), generator=g))
+        inst = Instances(
+            (h, w),
+            gt_boxes=Boxes(torch.cat([xy, xy + wh], dim=1)),
+            gt_classes=torch.randint(0, num_classes, (num_boxes,), generator=g),
+        )
         x = {"image": image, "image_id": i, "height": h, "width": w, "instances": inst}
         boxes = crop_boxes(grids, w, h)
         x["align_boxes"] = boxes
         if teacher_images:
-            x["teacher_images"] = crop_and_resize(image.permute(1, 2, 0).numpy(), boxes, teacher_size)
+            x["teacher_images"] = crop_and_resize(
+                image.permute(1, 2, 0).numpy(), boxes, teacher_size
+            )
         out.append(x)
     return out
 
@@ -261,8 +291,11 @@ def train_inputs(images: Sequence[torch.Tensor], teacher_images: bool, grids=(1,
 # ---------------------------------------------------------------------------------------- measures
 def inference_fn(model, images: Sequence[torch.Tensor], amp: bool, device: str):
     inputs = [{"image": im} for im in images]
-    autocast = (torch.autocast("cuda", dtype=torch.float16) if amp and device.startswith("cuda")
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast("cuda", dtype=torch.float16)
+        if amp and device.startswith("cuda")
+        else contextlib.nullcontext()
+    )
 
     def run():
         with torch.no_grad(), autocast:
@@ -292,9 +325,14 @@ def stage_times(model, run: Callable, timer: Timer, repeats: int) -> Dict[str, f
 
     handles = []
     for key, module in stages.items():
-        handles.append(module.register_forward_pre_hook(lambda m, i, key=key: current.__setitem__(key, now())))
-        handles.append(module.register_forward_hook(
-            lambda m, i, o, key=key: spent[key].append(now() - current[key])))
+        handles.append(
+            module.register_forward_pre_hook(lambda m, i, key=key: current.__setitem__(key, now()))
+        )
+        handles.append(
+            module.register_forward_hook(
+                lambda m, i, o, key=key: spent[key].append(now() - current[key])
+            )
+        )
     totals = []
     try:
         for _ in range(repeats):
@@ -361,8 +399,9 @@ def train_step_fn(model, inputs: List[dict]):
     return step
 
 
-def teacher_cost_s(cfg, device: str, timer: Timer, num_crops: int, measure_crops: int,
-                   repeats: int) -> float:
+def teacher_cost_s(
+    cfg, device: str, timer: Timer, num_crops: int, measure_crops: int, repeats: int
+) -> float:
     """Seconds of the frozen CLIP image encoder on ``num_crops`` crops of one image, timed on
     ``measure_crops`` of them and scaled linearly (the encoder runs crops independently)."""
     from gridclip_d2.modeling.alignment import encode_teacher_images
@@ -384,15 +423,21 @@ def _cached_teacher(model, inputs: List[dict]) -> None:
     align = model.image_alignment
     dim = model.head.embed_dim
     g = torch.Generator().manual_seed(1)
-    embeddings = {x["image_id"]: torch.nn.functional.normalize(
-        torch.randn(len(x["align_boxes"]), dim, generator=g), dim=1) for x in inputs}
-    align.cache = TeacherCache.from_dict({"arch": "", "weights": "", "init_seed": 0, "grids": [],
-                                          "size": 0}, embeddings)
+    embeddings = {
+        x["image_id"]: torch.nn.functional.normalize(
+            torch.randn(len(x["align_boxes"]), dim, generator=g), dim=1
+        )
+        for x in inputs
+    }
+    align.cache = TeacherCache.from_dict(
+        {"arch": "", "weights": "", "init_seed": 0, "grids": [], "size": 0}, embeddings
+    )
     align.teacher = None
 
 
-def measure_training(name: str, model, cfg, images: List[torch.Tensor], timer: Timer,
-                     repeats: int) -> Dict[str, float]:
+def measure_training(
+    name: str, model, cfg, images: List[torch.Tensor], timer: Timer, repeats: int
+) -> Dict[str, float]:
     """Median seconds of one training step: ``train_step_s`` (GridCLIP: the shipped setting, the
     teacher on the fly), and for GridCLIP also ``train_step_cached_teacher_s`` and
     ``train_step_no_image_align_s``."""
@@ -404,20 +449,31 @@ def measure_training(name: str, model, cfg, images: List[torch.Tensor], timer: T
         from gridclip_d2.modeling.teacher_cache import teacher_input_size_from_cfg
 
         size = teacher_input_size_from_cfg(cfg)
-        inputs = train_inputs(images, teacher_images=True, grids=grids, teacher_size=size,
-                              num_classes=model.num_classes)
-        out["train_step_s"] = statistics.median(repeat(timer, train_step_fn(model, inputs), 1, repeats))
+        inputs = train_inputs(
+            images,
+            teacher_images=True,
+            grids=grids,
+            teacher_size=size,
+            num_classes=model.num_classes,
+        )
+        out["train_step_s"] = statistics.median(
+            repeat(timer, train_step_fn(model, inputs), 1, repeats)
+        )
         align = model.image_alignment
         _cached_teacher(model, inputs)
         out["train_step_cached_teacher_s"] = statistics.median(
-            repeat(timer, train_step_fn(model, inputs), 1, repeats))
+            repeat(timer, train_step_fn(model, inputs), 1, repeats)
+        )
         model.image_alignment = None
         out["train_step_no_image_align_s"] = statistics.median(
-            repeat(timer, train_step_fn(model, inputs), 1, repeats))
+            repeat(timer, train_step_fn(model, inputs), 1, repeats)
+        )
         model.image_alignment = align
     else:
         inputs = train_inputs(images, teacher_images=False)
-        out["train_step_s"] = statistics.median(repeat(timer, train_step_fn(model, inputs), 1, repeats))
+        out["train_step_s"] = statistics.median(
+            repeat(timer, train_step_fn(model, inputs), 1, repeats)
+        )
     model.eval()
     return {k: round(v, 4) for k, v in out.items()}
 
@@ -427,7 +483,9 @@ def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str, peak: 
     device, timer = args.device, Timer(args.device)
     h, w = size
     logger.info("%s at %dx%d: building", name, h, w)
-    model, cfg = build(name, device, workdir, image_align=name.startswith("gridclip"), extra=args.overrides)
+    model, cfg = build(
+        name, device, workdir, image_align=name.startswith("gridclip"), extra=args.overrides
+    )
     image = random_image(h, w)
     run = inference_fn(model, [image], args.amp, device)
     cuda = device.startswith("cuda")
@@ -438,10 +496,14 @@ def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str, peak: 
         times = repeat(timer, lambda: outputs.append(run()), args.warmup, args.repeats)
     detections = len(outputs[-1][0]["instances"])
     outputs.clear()
-    peak_mb = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else rss.peak_mb
-    logger.info("%s: latency median %.3f s, %d detections", name, statistics.median(times), detections)
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss.peak_mb
+    logger.info(
+        "%s: latency median %.3f s, %d detections", name, statistics.median(times), detections
+    )
     batch_images = [random_image(h, w, seed=i) for i in range(args.batch)]
-    batch_times = repeat(timer, inference_fn(model, batch_images, args.amp, device), 1, args.batch_repeats)
+    batch_times = repeat(
+        timer, inference_fn(model, batch_images, args.amp, device), 1, args.batch_repeats
+    )
     stages = stage_times(model, run, timer, args.stage_repeats)
     gflops = count_gflops(model, image) if not args.no_flops else float("nan")
     median = statistics.median(times)
@@ -466,11 +528,28 @@ def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str, peak: 
     if name.startswith("gridclip") or name == REFERENCE:
         from gridclip_d2.data.alignment_crops import num_regions
 
-        tcfg = cfg if name.startswith("gridclip") else build_teacher_cfg(device, workdir, args.overrides)
-        crops = num_regions(tcfg.MODEL.GRIDCLIP.IMAGE_ALIGN.GRIDS) if name.startswith("gridclip") else VILD_CROPS
+        tcfg = (
+            cfg
+            if name.startswith("gridclip")
+            else build_teacher_cfg(device, workdir, args.overrides)
+        )
+        crops = (
+            num_regions(tcfg.MODEL.GRIDCLIP.IMAGE_ALIGN.GRIDS)
+            if name.startswith("gridclip")
+            else VILD_CROPS
+        )
         rec["teacher_crops_per_image"] = crops
-        rec["teacher_s_per_image"] = round(teacher_cost_s(
-            tcfg, device, timer, crops, min(crops, args.teacher_measure_crops), args.train_repeats), 4)
+        rec["teacher_s_per_image"] = round(
+            teacher_cost_s(
+                tcfg,
+                device,
+                timer,
+                crops,
+                min(crops, args.teacher_measure_crops),
+                args.train_repeats,
+            ),
+            4,
+        )
     model = run = None  # freed before the next model is built
     gc.collect()
     return rec
@@ -478,7 +557,9 @@ def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str, peak: 
 
 def build_teacher_cfg(device: str, workdir: str, extra: Sequence[str] = ()):
     """The GridCLIP config whose CLIP (RN50) is the teacher of a ViLD-style Faster R-CNN."""
-    return _gridclip_cfg("GridCLIP_LVIS.yaml", device, write_random_embeddings(workdir), True, extra)
+    return _gridclip_cfg(
+        "GridCLIP_LVIS.yaml", device, write_random_embeddings(workdir), True, extra
+    )
 
 
 def embedded_default_training(args) -> Dict[str, float]:
@@ -488,16 +569,26 @@ def embedded_default_training(args) -> Dict[str, float]:
 
     from gridclip_d2.engine.setup import setup_cfg
 
-    cfg = setup_cfg(os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml"), mode="inference",
-                    freeze=False, overrides=["MODEL.DEVICE", args.device, "MODEL.CLIP.WEIGHTS", ""])
+    cfg = setup_cfg(
+        os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml"),
+        mode="inference",
+        freeze=False,
+        overrides=["MODEL.DEVICE", args.device, "MODEL.CLIP.WEIGHTS", ""],
+    )
     cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED = True
     torch.manual_seed(0)
     model = build_model(cfg)
     side = cfg.INPUT.MIN_SIZE_TRAIN[0]
     images = [random_image(side, side, seed=20 + i) for i in range(cfg.SOLVER.IMS_PER_BATCH)]
-    rec = measure_training("gridclip_embedded_default", model, cfg, images, Timer(args.device),
-                           args.embedded_repeats)
-    rec = {"config": "configs/GridCLIP_synthetic.yaml", "batch": len(images), "size": [side, side], **rec}
+    rec = measure_training(
+        "gridclip_embedded_default", model, cfg, images, Timer(args.device), args.embedded_repeats
+    )
+    rec = {
+        "config": "configs/GridCLIP_synthetic.yaml",
+        "batch": len(images),
+        "size": [side, side],
+        **rec,
+    }
     base = rec["train_step_no_image_align_s"]
     rec["teacher_on_the_fly_overhead"] = round(rec["train_step_s"] / base - 1, 3)
     rec["cached_teacher_overhead"] = round(rec["train_step_cached_teacher_s"] / base - 1, 3)
@@ -542,18 +633,27 @@ def add_ratios(records: List[dict]) -> None:
     """``latency_ratio_to_faster_rcnn`` (and train / teacher ratios) against the same size's
     Faster R-CNN record, when it was measured."""
     for rec in records:
-        ref = next((r for r in records if r["model"] == REFERENCE and r["size"] == rec["size"]), None)
+        ref = next(
+            (r for r in records if r["model"] == REFERENCE and r["size"] == rec["size"]), None
+        )
         if ref is None:
             continue
-        rec["latency_ratio_to_faster_rcnn"] = round(rec["latency_ms_median"] / ref["latency_ms_median"], 3)
+        rec["latency_ratio_to_faster_rcnn"] = round(
+            rec["latency_ms_median"] / ref["latency_ms_median"], 3
+        )
         rec["train_step_ratio_to_faster_rcnn"] = round(rec["train_step_s"] / ref["train_step_s"], 3)
         if "teacher_s_per_image" in rec:
-            rec["teacher_ratio_to_faster_rcnn"] = round(rec["teacher_s_per_image"] / ref["teacher_s_per_image"], 4)
+            rec["teacher_ratio_to_faster_rcnn"] = round(
+                rec["teacher_s_per_image"] / ref["teacher_s_per_image"], 4
+            )
 
 
 def markdown_table(records: List[dict]) -> str:
-    cols = [c for c in COLUMNS if c[1] != "latency_ratio_to_faster_rcnn"
-            or any(c[1] in r for r in records)]
+    cols = [
+        c
+        for c in COLUMNS
+        if c[1] != "latency_ratio_to_faster_rcnn" or any(c[1] in r for r in records)
+    ]
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     for rec in records:
         lines.append("| " + " | ".join(_cell(rec, key, fmt) for _, key, fmt in cols) + " |")
@@ -569,16 +669,18 @@ def stages_table(records: List[dict]) -> str:
 
 
 def embedded_table(rec: dict) -> str:
-    return "\n".join([
-        "| embedded default training step (batch %d, %dx%d) | s | vs no image align |" % (
-            rec["batch"], rec["size"][0], rec["size"][1]),
-        "|---|---|---|",
-        f"| image-level alignment, teacher on the fly | {rec['train_step_s']:.3f} | "
-        f"{100 * rec['teacher_on_the_fly_overhead']:+.0f}% |",
-        f"| image-level alignment, cached teacher | {rec['train_step_cached_teacher_s']:.3f} | "
-        f"{100 * rec['cached_teacher_overhead']:+.0f}% |",
-        f"| no image-level alignment | {rec['train_step_no_image_align_s']:.3f} | |",
-    ])
+    return "\n".join(
+        [
+            "| embedded default training step (batch %d, %dx%d) | s | vs no image align |"
+            % (rec["batch"], rec["size"][0], rec["size"][1]),
+            "|---|---|---|",
+            f"| image-level alignment, teacher on the fly | {rec['train_step_s']:.3f} | "
+            f"{100 * rec['teacher_on_the_fly_overhead']:+.0f}% |",
+            f"| image-level alignment, cached teacher | {rec['train_step_cached_teacher_s']:.3f} | "
+            f"{100 * rec['cached_teacher_overhead']:+.0f}% |",
+            f"| no image-level alignment | {rec['train_step_no_image_align_s']:.3f} | |",
+        ]
+    )
 
 
 def plot(records: List[dict], path: str, machine: str) -> None:
@@ -593,9 +695,13 @@ def plot(records: List[dict], path: str, machine: str) -> None:
         recs = [r for r in records if tuple(r["size"]) == size]
         names = [r["model"].replace("_r50_", "\n") for r in recs]
         ms = [r["latency_ms_median"] for r in recs]
-        err = [[m - r["latency_ms_min"] for m, r in zip(ms, recs)],
-               [r["latency_ms_max"] - m for m, r in zip(ms, recs)]]
-        ax.bar(names, ms, yerr=err, color=["C0" if "gridclip" in r["model"] else "C7" for r in recs])
+        err = [
+            [m - r["latency_ms_min"] for m, r in zip(ms, recs)],
+            [r["latency_ms_max"] - m for m, r in zip(ms, recs)],
+        ]
+        ax.bar(
+            names, ms, yerr=err, color=["C0" if "gridclip" in r["model"] else "C7" for r in recs]
+        )
         ax.set_yscale("log")
         ax.set_ylabel("ms per image (median, min-max)")
         ax.set_title(f"{size[0]}x{size[1]}, 1203 classes", fontsize=9)
@@ -609,24 +715,39 @@ def plot(records: List[dict], path: str, machine: str) -> None:
 
 def machine_description(device: str) -> str:
     if device.startswith("cuda"):
-        return (f"{torch.cuda.get_device_name()}, CUDA {torch.version.cuda}, torch {torch.__version__}")
+        return (
+            f"{torch.cuda.get_device_name()}, CUDA {torch.version.cuda}, torch {torch.__version__}"
+        )
     cpu = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}")
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
+            )
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
+    )
 
 
 # ---------------------------------------------------------------------------------------- main
 def parse_args(argv: Optional[Sequence[str]] = None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help=f"small input ({QUICK_SIZE[0]}x{QUICK_SIZE[1]}), 64 px teacher crops, few repeats: a "
-                        "smoke test")
-    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
-                   help="input height and width (default: 640x640 and 800x1333)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"small input ({QUICK_SIZE[0]}x{QUICK_SIZE[1]}), 64 px teacher crops, few repeats: a "
+        "smoke test",
+    )
+    p.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        help="input height and width (default: 640x640 and 800x1333)",
+    )
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
     p.add_argument("--json", default="", help="write the records to this JSON file")
     p.add_argument("--plot", default="", help="write a bar chart of the latencies to this PNG")
@@ -634,28 +755,42 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     p.add_argument("--amp", action="store_true", help="inference under CUDA autocast (float16)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=None, help="timed inference repeats (default 5)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed inference runs first (default 1)")
+    p.add_argument(
+        "--warmup", type=int, default=None, help="untimed inference runs first (default 1)"
+    )
     p.add_argument("--batch", type=int, default=None, help="batch size of images/s (CPU 2, GPU 8)")
-    p.add_argument("--train-batch", type=int, default=None, help="images per training step (CPU 1, GPU 2)")
+    p.add_argument(
+        "--train-batch", type=int, default=None, help="images per training step (CPU 1, GPU 2)"
+    )
     p.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
-    p.add_argument("--no-embedded", action="store_true",
-                   help="skip the embedded default's training-step table")
-    p.add_argument("--profile", action="store_true",
-                   help="also print torch.profiler's per-op table of one inference per model")
+    p.add_argument(
+        "--no-embedded", action="store_true", help="skip the embedded default's training-step table"
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print torch.profiler's per-op table of one inference per model",
+    )
     args = p.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
-        p.error(f"--models: unknown model(s) {unknown or args.models!r}; choose from {', '.join(MODELS)}")
+        p.error(
+            f"--models: unknown model(s) {unknown or args.models!r}; choose from {', '.join(MODELS)}"
+        )
     args.models = models
     if args.size is not None and (args.size[0] < 32 or args.size[1] < 32 or max(args.size) > 4096):
-        p.error(f"--size: H and W must be between 32 and 4096 pixels, got {args.size[0]} {args.size[1]}")
+        p.error(
+            f"--size: H and W must be between 32 and 4096 pixels, got {args.size[0]} {args.size[1]}"
+        )
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     if args.amp and not args.device.startswith("cuda"):
         p.error("--amp: autocast here is a GPU feature (float32 on CPU)")
     cuda = args.device.startswith("cuda")
-    args.sizes = [tuple(args.size)] if args.size else ([QUICK_SIZE] if args.quick else list(DEFAULT_SIZES))
+    args.sizes = (
+        [tuple(args.size)] if args.size else ([QUICK_SIZE] if args.quick else list(DEFAULT_SIZES))
+    )
     quick = args.quick
     args.repeats = args.repeats or (2 if quick else 5)
     args.warmup = args.warmup if args.warmup is not None else 1
@@ -678,7 +813,9 @@ def profile_inference(model_name: str, args, workdir: str, size: Tuple[int, int]
     model, _ = build(model_name, args.device, workdir, image_align=False, extra=args.overrides)
     run = inference_fn(model, [random_image(*size)], args.amp, args.device)
     run()
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    acts = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if args.device.startswith("cuda") else []
+    )
     with profile(activities=acts) as prof:
         run()
     key = "self_cuda_time_total" if args.device.startswith("cuda") else "self_cpu_time_total"
@@ -687,8 +824,9 @@ def profile_inference(model_name: str, args, workdir: str, size: Tuple[int, int]
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S"
+    )
     for noisy in ("detectron2", "fvcore", "gridclip_d2", "fvcore.nn.jit_analysis"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if args.threads:
@@ -713,17 +851,25 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 eta = (time.time() - start) / done * (total - done)
                 logger.info("%d/%d models done, ETA %.0f s", done, total, eta)
                 if args.profile:
-                    print(f"\n{name} {size[0]}x{size[1]}: torch.profiler, one inference\n"
-                          + profile_inference(name, args, workdir, size))
+                    print(
+                        f"\n{name} {size[0]}x{size[1]}: torch.profiler, one inference\n"
+                        + profile_inference(name, args, workdir, size)
+                    )
         embedded = None if args.no_embedded else embedded_default_training(args)
     peak = max(peak, matmul_peak_gflops(args.device, args.matmul_n))
     for rec in records:
         rec["achieved_fraction_of_matmul_peak"] = round(rec["achieved_gflops_per_s"] / peak, 3)
     add_ratios(records)
-    result = {"machine": machine, "device": args.device, "amp": bool(args.amp), "flush_denormal": flushed,
-              "date": time.strftime("%Y-%m-%d"),
-              "command": " ".join(["tools/benchmark.py"] + list(argv or sys.argv[1:])),
-              "matmul_peak_gflops_per_s": round(peak, 1), "models": records}
+    result = {
+        "machine": machine,
+        "device": args.device,
+        "amp": bool(args.amp),
+        "flush_denormal": flushed,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["tools/benchmark.py"] + list(argv or sys.argv[1:])),
+        "matmul_peak_gflops_per_s": round(peak, 1),
+        "models": records,
+    }
     if embedded is not None:
         result["embedded_default_train"] = embedded
     print(f"\n{machine}; float32 matmul peak {peak:.1f} GFLOP/s\n")

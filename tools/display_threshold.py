@@ -11,6 +11,7 @@ displayed detection is correct when it overlaps a not-yet-matched ground-truth b
 by IoU >= --iou (greedy by score, as COCO-style matching does). Prints a markdown table and the
 threshold with the best F1.
 """
+
 import argparse
 import logging
 
@@ -61,10 +62,16 @@ def threshold_table(scores, correct, num_gt, thresholds):
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--dataset", default="", help="a registered labelled set (default: DATASETS.TEST[0])")
+    parser.add_argument(
+        "--dataset", default="", help="a registered labelled set (default: DATASETS.TEST[0])"
+    )
     parser.add_argument("--iou", type=float, default=0.5, help="IoU for a detection to be correct")
-    parser.add_argument("--max-images", type=int, default=0, help="use at most this many images (0: all)")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
+    parser.add_argument(
+        "--max-images", type=int, default=0, help="use at most this many images (0: all)"
+    )
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs"
+    )
     return parser
 
 
@@ -74,7 +81,9 @@ def main(argv=None):
     cfg = setup_cfg(args.config_file, args.opts, mode="eval")
     name = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
     if not name or name not in DatasetCatalog.list():
-        raise SystemExit(f"--dataset: {name or '(DATASETS.TEST is empty)'} is not a registered data set")
+        raise SystemExit(
+            f"--dataset: {name or '(DATASETS.TEST is empty)'} is not a registered data set"
+        )
     dicts = DatasetCatalog.get(name)
     if args.max_images > 0:
         dicts = dicts[: args.max_images]
@@ -89,14 +98,18 @@ def main(argv=None):
         correct.append(match(instances, annotations, args.iou))
     scores, correct = np.concatenate(scores), np.concatenate(correct)
     rows = threshold_table(scores, correct, num_gt, np.round(np.arange(0.05, 0.96, 0.05), 2))
-    print(f"Displayed detections on {name} ({len(dicts)} images, {num_gt} objects, class-agnostic NMS "
-          f"at IoU {predictor.nms_thresh}, correct = right class at IoU >= {args.iou}):\n")
+    print(
+        f"Displayed detections on {name} ({len(dicts)} images, {num_gt} objects, class-agnostic NMS "
+        f"at IoU {predictor.nms_thresh}, correct = right class at IoU >= {args.iou}):\n"
+    )
     print("| score threshold | shown | precision | recall | F1 |\n|---|---|---|---|---|")
     for t, shown, p, r, f1 in rows:
         print(f"| {t:.2f} | {shown} | {100 * p:.1f} | {100 * r:.1f} | {100 * f1:.1f} |")
     best = max(rows, key=lambda row: row[4])
-    print(f"\nBest F1 {100 * best[4]:.1f} at score threshold {best[0]:.2f}: "
-          f"MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH {best[0]:.2f}")
+    print(
+        f"\nBest F1 {100 * best[4]:.1f} at score threshold {best[0]:.2f}: "
+        f"MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH {best[0]:.2f}"
+    )
     return best[0]
 
 

@@ -12,6 +12,7 @@ runs on the crops in batches. The result (see ``gridclip_d2/modeling/teacher_cac
 atomically; train with ``MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE <out>`` to skip the teacher.
 Memory: the whole N x K x D float32 table is held before writing (LVIS v1 base, RN50: ~5.7 GB).
 """
+
 import argparse
 import logging
 from typing import Iterable, List, Optional
@@ -107,10 +108,17 @@ def get_parser():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--config-file", required=True, metavar="FILE", help="gridclip config")
-    p.add_argument("--dataset", action="append", default=None,
-                   help="data set name (repeatable); default: the config's DATASETS.TRAIN")
-    p.add_argument("--out", default="",
-                   help="cache file; default: the config's MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE")
+    p.add_argument(
+        "--dataset",
+        action="append",
+        default=None,
+        help="data set name (repeatable); default: the config's DATASETS.TRAIN",
+    )
+    p.add_argument(
+        "--out",
+        default="",
+        help="cache file; default: the config's MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="crops per teacher forward pass")
     p.add_argument("--device", default=None, help="default: the config's MODEL.DEVICE")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")

@@ -16,6 +16,7 @@ vocabulary and MODEL.CLIP.*, and takes its vocabulary from the names when the co
 Both files are written to temporary names and renamed, so an interrupted run leaves any previous
 output whole.
 """
+
 import argparse
 import json
 import logging
@@ -44,21 +45,42 @@ logger = logging.getLogger("gridclip_d2.dump_text_embeddings")
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--clip", required=True,
-                   help='OpenAI model name (e.g. RN50), checkpoint path, or "" (random CLIP)')
-    p.add_argument("--arch", default=None, choices=sorted(CLIP_ARCHS),
-                   help="CLIP architecture (default: the model name, or inferred from the checkpoint)")
-    p.add_argument("--download-root", default="", help="folder of OpenAI checkpoints (default ~/.cache/clip)")
+    p.add_argument(
+        "--clip",
+        required=True,
+        help='OpenAI model name (e.g. RN50), checkpoint path, or "" (random CLIP)',
+    )
+    p.add_argument(
+        "--arch",
+        default=None,
+        choices=sorted(CLIP_ARCHS),
+        help="CLIP architecture (default: the model name, or inferred from the checkpoint)",
+    )
+    p.add_argument(
+        "--download-root", default="", help="folder of OpenAI checkpoints (default ~/.cache/clip)"
+    )
     p.add_argument("--seed", type=int, default=0, help='seed of the random CLIP (--clip "")')
     p.add_argument("--vocabulary", required=True, choices=VOCABULARY_KINDS)
-    p.add_argument("--custom-vocabulary", default=None, help='comma-separated names, e.g. "zebra,kite"')
-    p.add_argument("--vocabulary-file", default=None,
-                   help="text file, one category per line (synonyms after commas)")
+    p.add_argument(
+        "--custom-vocabulary", default=None, help='comma-separated names, e.g. "zebra,kite"'
+    )
+    p.add_argument(
+        "--vocabulary-file",
+        default=None,
+        help="text file, one category per line (synonyms after commas)",
+    )
     prompt = p.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", default="a {}", help='prompt with "{}" for the name (default "a {}")')
-    prompt.add_argument("--prompt-ensemble", action="store_true",
-                        help=f"average over {len(PROMPT_ENSEMBLE)} ViLD/CLIP templates")
-    p.add_argument("--avg-synonyms", action="store_true", help="average over each category's synonyms")
+    prompt.add_argument(
+        "--prompt", default="a {}", help='prompt with "{}" for the name (default "a {}")'
+    )
+    prompt.add_argument(
+        "--prompt-ensemble",
+        action="store_true",
+        help=f"average over {len(PROMPT_ENSEMBLE)} ViLD/CLIP templates",
+    )
+    p.add_argument(
+        "--avg-synonyms", action="store_true", help="average over each category's synonyms"
+    )
     p.add_argument("--batch-size", type=int, default=256, help="prompts per forward pass")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True, help="output FILE.npy (FILE.json is written beside it)")
@@ -83,7 +105,9 @@ def dump_text_embeddings(args: argparse.Namespace) -> np.ndarray:
             check_prompt(t)
     except ValueError as e:
         raise ValueError(f"--prompt: {e}") from None
-    vocabulary = get_vocabulary(args.vocabulary, custom=args.custom_vocabulary, file=args.vocabulary_file)
+    vocabulary = get_vocabulary(
+        args.vocabulary, custom=args.custom_vocabulary, file=args.vocabulary_file
+    )
 
     arch = args.arch
     if arch is None and args.clip in CLIP_ARCHS:
@@ -98,9 +122,11 @@ def dump_text_embeddings(args: argparse.Namespace) -> np.ndarray:
     synonyms = [v["synonyms"] for v in vocabulary] if args.avg_synonyms else None
     n_prompts = len(templates) * (sum(len(s) for s in synonyms) if synonyms else len(names))
     logger.info("Encoding %d categories (%d prompts) with CLIP %s", len(names), n_prompts, arch)
-    embeddings = encode_names(
-        encoder, names, templates, synonyms, batch_size=args.batch_size, progress=True
-    ).numpy().astype(np.float32)  # C x D
+    embeddings = (
+        encode_names(encoder, names, templates, synonyms, batch_size=args.batch_size, progress=True)
+        .numpy()
+        .astype(np.float32)
+    )  # C x D
 
     meta = {
         "vocabulary": args.vocabulary,

@@ -27,6 +27,7 @@ are written to temporary names and renamed only once they pass.
 Detectron2's ``TracingAdapter`` flattens the model's inputs and outputs for ``torch.jit.trace``;
 ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``, opset 17).
 """
+
 import argparse
 import json
 import logging
@@ -79,7 +80,9 @@ class LetterboxDetector(torch.nn.Module):
         self.traced = traced
         self.height = height
         self.width = width
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1))
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1)
+        )
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
@@ -91,7 +94,12 @@ class LetterboxDetector(torch.nn.Module):
         new_h = min(self.height, max(1, int(round(h * scale))))
         new_w = min(self.width, max(1, int(round(w * scale))))
         resized = torch.nn.functional.interpolate(
-            image[None].float(), size=[new_h, new_w], mode="bilinear", align_corners=False, antialias=True)[0]
+            image[None].float(),
+            size=[new_h, new_w],
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )[0]
         canvas = self.pixel_mean.expand(3, self.height, self.width).clone()
         canvas[:, :new_h, :new_w] = resized
         boxes, scores, classes = self.traced(canvas.round().clamp(0, 255).to(torch.uint8))
@@ -111,17 +119,23 @@ def compare(name: str, got, expected, atol: float) -> None:
     for key, a, b in zip(OUTPUT_NAMES, got, expected):
         a, b = torch.as_tensor(np.asarray(a)), torch.as_tensor(np.asarray(b))
         if a.shape != b.shape:
-            raise RuntimeError(f"{name}: {key} has shape {tuple(a.shape)}, eager inference {tuple(b.shape)}")
+            raise RuntimeError(
+                f"{name}: {key} has shape {tuple(a.shape)}, eager inference {tuple(b.shape)}"
+            )
         if key == "classes":
             ok = torch.equal(a.long(), b.long())
         else:
             ok = torch.allclose(a.float(), b.float(), atol=atol, rtol=0)
         if not ok:
             diff = (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
-            raise RuntimeError(f"{name}: {key} differ from eager inference (max difference {diff:.3g} > {atol})")
+            raise RuntimeError(
+                f"{name}: {key} differ from eager inference (max difference {diff:.3g} > {atol})"
+            )
 
 
-def export_torchscript(detector: DisplayDetector, image: torch.Tensor, path: str, meta: Dict) -> None:
+def export_torchscript(
+    detector: DisplayDetector, image: torch.Tensor, path: str, meta: Dict
+) -> None:
     adapter = TracingAdapter(detector, image)
     # Tracing warns at every Python-level shape decision; the comparison with eager inference
     # after export is the check that matters.
@@ -131,7 +145,9 @@ def export_torchscript(detector: DisplayDetector, image: torch.Tensor, path: str
     height, width = image.shape[-2:]
     mean = [float(v) for v in detector.model.pixel_mean.flatten()]
     traced = torch.jit.script(LetterboxDetector(traced, int(height), int(width), mean))
-    atomic_write(path, lambda f: torch.jit.save(traced, f, _extra_files={"model.json": json.dumps(meta)}))
+    atomic_write(
+        path, lambda f: torch.jit.save(traced, f, _extra_files={"model.json": json.dumps(meta)})
+    )
 
 
 def export_onnx(detector: DisplayDetector, image: torch.Tensor, path: str, meta: Dict) -> None:
@@ -141,9 +157,18 @@ def export_onnx(detector: DisplayDetector, image: torch.Tensor, path: str, meta:
     tmp = path + ".tmp"
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter is asked for
-        torch.onnx.export(adapter, adapter.flattened_inputs, tmp, dynamo=False, opset_version=17,
-                          input_names=["image"], output_names=list(OUTPUT_NAMES))
+        warnings.simplefilter(
+            "ignore", DeprecationWarning
+        )  # the TorchScript-based exporter is asked for
+        torch.onnx.export(
+            adapter,
+            adapter.flattened_inputs,
+            tmp,
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=list(OUTPUT_NAMES),
+        )
     model = onnx.load(tmp)
     onnx.helper.set_model_props(model, {"model.json": json.dumps(meta)})
     onnx.save(model, tmp)
@@ -165,17 +190,34 @@ def run_onnx(path: str, image: torch.Tensor):
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--vocabulary", default="",
-                        help="comma-separated names, a .txt/.json names file or a text-embedding .npy "
-                        "(default: the model's vocabulary)")
-    parser.add_argument("--sample-image", required=True, help="an image: traced at its resized size, and "
-                        "used to check the export against eager inference")
-    parser.add_argument("--output", required=True, help="folder for model.ts / model.onnx / model.json")
+    parser.add_argument(
+        "--vocabulary",
+        default="",
+        help="comma-separated names, a .txt/.json names file or a text-embedding .npy "
+        "(default: the model's vocabulary)",
+    )
+    parser.add_argument(
+        "--sample-image",
+        required=True,
+        help="an image: traced at its resized size, and "
+        "used to check the export against eager inference",
+    )
+    parser.add_argument(
+        "--output", required=True, help="folder for model.ts / model.onnx / model.json"
+    )
     parser.add_argument("--format", choices=["torchscript", "onnx", "both"], default="both")
-    parser.add_argument("--score-thresh", type=float, default=None,
-                        help="shown score threshold (default: MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH)")
-    parser.add_argument("--atol", type=float, default=1e-3, help="tolerance of the eager comparison")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        default=None,
+        help="shown score threshold (default: MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH)",
+    )
+    parser.add_argument(
+        "--atol", type=float, default=1e-3, help="tolerance of the eager comparison"
+    )
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs"
+    )
     return parser
 
 
@@ -188,18 +230,31 @@ def main(argv=None) -> Dict[str, str]:
         raise SystemExit(f"--output: {args.output} is a file; give a folder")
     cfg = setup_cfg(args.config_file, args.opts + ["MODEL.DEVICE", "cpu"], mode="inference")
     predictor = GridCLIPPredictor(cfg, args.vocabulary or None, score_thresh=args.score_thresh)
-    model_input = predictor._inputs(read_image(args.sample_image, format=predictor.input_format))["image"]
+    model_input = predictor._inputs(read_image(args.sample_image, format=predictor.input_format))[
+        "image"
+    ]
     # The display threshold is applied where the model decodes (as the predictor does).
-    predictor.model.test_score_thresh = max(predictor.model.test_score_thresh, predictor.score_thresh)
+    predictor.model.test_score_thresh = max(
+        predictor.model.test_score_thresh, predictor.score_thresh
+    )
     detector = DisplayDetector(predictor).eval()
     expected = eager_outputs(predictor, model_input)
     height, width = model_input.shape[-2:]
     meta = {
         "class_names": predictor.vocabulary,
-        "input": {"format": predictor.input_format, "height": int(height), "width": int(width),
-                  "dtype": "uint8", "layout": "3 x H x W",
-                  "note": "model.ts takes any H x W (scaled to fit this size, padded); model.onnx this size"},
-        "outputs": {"boxes": "N x 4 XYXY pixels of the input", "scores": "N", "classes": "N indices of class_names"},
+        "input": {
+            "format": predictor.input_format,
+            "height": int(height),
+            "width": int(width),
+            "dtype": "uint8",
+            "layout": "3 x H x W",
+            "note": "model.ts takes any H x W (scaled to fit this size, padded); model.onnx this size",
+        },
+        "outputs": {
+            "boxes": "N x 4 XYXY pixels of the input",
+            "scores": "N",
+            "classes": "N indices of class_names",
+        },
         "score_thresh": predictor.score_thresh,
         "nms_thresh": predictor.nms_thresh,
         "config_file": args.config_file,
@@ -211,7 +266,9 @@ def main(argv=None) -> Dict[str, str]:
     for fmt in formats:
         path = os.path.join(args.output, "model.ts" if fmt == "torchscript" else "model.onnx")
         staged = path + ".new"
-        (export_torchscript if fmt == "torchscript" else export_onnx)(detector, model_input, staged, meta)
+        (export_torchscript if fmt == "torchscript" else export_onnx)(
+            detector, model_input, staged, meta
+        )
         try:
             got = (run_torchscript if fmt == "torchscript" else run_onnx)(staged, model_input)
             compare(f"{fmt} export", got, expected, args.atol)
@@ -220,9 +277,17 @@ def main(argv=None) -> Dict[str, str]:
             raise
         os.replace(staged, path)
         written[fmt] = path
-        logger.info(f"{path}: {len(expected[0])} detections on {args.sample_image}, equal to eager inference")
-    atomic_write(os.path.join(args.output, "model.json"), lambda f: json.dump(meta, f, indent=1), mode="w")
-    print(json.dumps({"written": written, "classes": predictor.vocabulary, "input": meta["input"]}, indent=1))
+        logger.info(
+            f"{path}: {len(expected[0])} detections on {args.sample_image}, equal to eager inference"
+        )
+    atomic_write(
+        os.path.join(args.output, "model.json"), lambda f: json.dump(meta, f, indent=1), mode="w"
+    )
+    print(
+        json.dumps(
+            {"written": written, "classes": predictor.vocabulary, "input": meta["input"]}, indent=1
+        )
+    )
     return written
 
 

@@ -12,6 +12,7 @@ missing): ``<output>/RNtiny96_synthetic.pt``, a state dict in OpenAI's layout
 and ``<output>/zero_shot.json``. The zero-shot table (single-object crops of synthetic_val, base
 and novel categories, one prompt and the prompt ensemble) is printed at the end.
 """
+
 import argparse
 import dataclasses
 import json
@@ -35,25 +36,46 @@ def format_report(report: dict) -> str:
     for key, label in (("one_prompt", 'one prompt ("a {}")'), ("ensemble", "prompt ensemble")):
         r = report[key]
         rows.append(f"| {label} | {r['base']:.1f} | {r['novel']:.1f} | {r['all']:.1f} |")
-    head = (f"Zero-shot accuracy (%) of {report['weights']} on {report['num_crops']} single-object "
-            f"crops of synthetic_val ({report['num_novel_crops']} novel):")
+    head = (
+        f"Zero-shot accuracy (%) of {report['weights']} on {report['num_crops']} single-object "
+        f"crops of synthetic_val ({report['num_novel_crops']} novel):"
+    )
     return "\n".join([head] + rows)
 
 
 def main(argv=None) -> int:
     defaults = PretrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default=os.path.dirname(synthetic_clip_path()),
-                        help="output folder (default: where MODEL.CLIP.WEIGHTS synthetic is cached)")
-    parser.add_argument("--resume", action="store_true", help="continue from <output>/last_checkpoint.pth")
-    parser.add_argument("--eval-only", metavar="WEIGHTS", default="",
-                        help="only report the zero-shot accuracy of a CLIP checkpoint")
+    parser.add_argument(
+        "--output",
+        default=os.path.dirname(synthetic_clip_path()),
+        help="output folder (default: where MODEL.CLIP.WEIGHTS synthetic is cached)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from <output>/last_checkpoint.pth"
+    )
+    parser.add_argument(
+        "--eval-only",
+        metavar="WEIGHTS",
+        default="",
+        help="only report the zero-shot accuracy of a CLIP checkpoint",
+    )
     parser.add_argument("--arch", default=defaults.arch, help="architecture name in CLIP_ARCHS")
-    for field in ("steps", "batch_size", "lr", "weight_decay", "warmup", "seed", "num_pairs",
-                  "checkpoint_period"):
+    for field in (
+        "steps",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "warmup",
+        "seed",
+        "num_pairs",
+        "checkpoint_period",
+    ):
         default = getattr(defaults, field)
         parser.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)
-    parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--num-threads", type=int, default=0, help="torch threads (0: torch's default)"
+    )
     args = parser.parse_args(argv)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -63,7 +85,9 @@ def main(argv=None) -> int:
             parser.error(f"--eval-only: no such file: {args.eval_only}")
         report = zero_shot_report(args.eval_only, args.arch)
     else:
-        cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
+        cfg = PretrainConfig(
+            **{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)}
+        )
         final = pretrain_clip(args.output, cfg, resume=args.resume)
         with open(os.path.join(args.output, "zero_shot.json")) as f:
             report = json.load(f)

@@ -7,6 +7,7 @@ bottom). Boxes are XYXY in (float) pixels of the image they were computed on.
 The same two functions serve the training mapper (teacher inputs made on the fly) and
 ``tools/dump_image_embeddings.py`` (teacher outputs cached on disk), so both see identical crops.
 """
+
 from typing import Sequence, Union
 
 import numpy as np

@@ -1,6 +1,7 @@
 """LVIS's per-category statistics: how many images show each category, and the frequency group
 that count puts it in (LVIS rule: rare "r" < 10 training images, common "c" 10-99, frequent "f"
 >= 100)."""
+
 from collections import defaultdict
 from typing import Dict, Hashable, Iterable, Tuple
 

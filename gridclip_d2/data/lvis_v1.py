@@ -21,6 +21,7 @@ Metadata (contiguous class i is LVIS category id i + 1, as in Detectron2):
   and the other names go without.
 - ``novel_class_ids``: the 337 rare classes for ``lvis_v1_train_base``, [] for the others.
 """
+
 import json
 import logging
 import os
@@ -68,8 +69,13 @@ def category_info(dataset: dict) -> List[dict]:
     images = images_per_category((a["category_id"], a["image_id"]) for a in annotations)
     instances = Counter(a["category_id"] for a in annotations)
     return [
-        {"id": c["id"], "name": c["name"], "frequency": c.get("frequency"),
-         "image_count": images.get(c["id"], 0), "instance_count": instances[c["id"]]}
+        {
+            "id": c["id"],
+            "name": c["name"],
+            "frequency": c.get("frequency"),
+            "image_count": images.get(c["id"], 0),
+            "instance_count": instances[c["id"]],
+        }
         for c in sorted(dataset["categories"], key=lambda c: c["id"])
     ]
 
@@ -83,8 +89,10 @@ def make_base_split(dataset: dict, source: str = "the json", novel_ids=None) -> 
     ``instance_count`` are recounted, their ``frequency`` kept. ``dataset`` is not modified."""
     for cat in dataset["categories"]:
         if cat.get("frequency") not in FREQUENCIES:
-            raise ValueError(f"{source}: category {cat.get('id')} has frequency "
-                             f"{cat.get('frequency')!r}; expected r, c or f")
+            raise ValueError(
+                f"{source}: category {cat.get('id')} has frequency "
+                f"{cat.get('frequency')!r}; expected r, c or f"
+            )
     if novel_ids is None:
         rare = {c["id"] for c in dataset["categories"] if c["frequency"] == "r"}
     else:
@@ -95,14 +103,22 @@ def make_base_split(dataset: dict, source: str = "the json", novel_ids=None) -> 
     out = dict(dataset)  # same keys, in the same order
     out["annotations"] = [a for a in dataset["annotations"] if a["category_id"] not in rare]
     out["images"] = [
-        dict(img, **{k: [c for c in img.get(k, []) if c not in rare]
-                     for k in ("neg_category_ids", "not_exhaustive_category_ids")})
+        dict(
+            img,
+            **{
+                k: [c for c in img.get(k, []) if c not in rare]
+                for k in ("neg_category_ids", "not_exhaustive_category_ids")
+            },
+        )
         for img in dataset["images"]
     ]
     counts = {c["id"]: c for c in category_info(out)}
     out["categories"] = [
-        dict(cat, image_count=counts[cat["id"]]["image_count"],
-             instance_count=counts[cat["id"]]["instance_count"])
+        dict(
+            cat,
+            image_count=counts[cat["id"]]["image_count"],
+            instance_count=counts[cat["id"]]["instance_count"],
+        )
         for cat in dataset["categories"]
     ]
     return out
@@ -120,8 +136,10 @@ def _read_cat_info(path: str):
             raise ValueError(f"it does not list the {len(LVIS_CATEGORIES)} LVIS v1 category ids")
         return [int(c["image_count"]) for c in info]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        logger.warning(f"Ignoring '{path}' ({type(e).__name__}: {e}); LVIS v1 data sets get no "
-                       "image_count_per_class. Rewrite it with datasets/prepare_lvis_base.py")
+        logger.warning(
+            f"Ignoring '{path}' ({type(e).__name__}: {e}); LVIS v1 data sets get no "
+            "image_count_per_class. Rewrite it with datasets/prepare_lvis_base.py"
+        )
         return None
 
 

@@ -20,6 +20,7 @@ Bad input:
   empty after clipping (zero area, or lying outside the image) are dropped by
   ``filter_empty_instances``; here each drop is logged as a warning naming the image file.
 """
+
 import copy
 import logging
 import os
@@ -120,7 +121,9 @@ class GridCLIPDatasetMapper(DatasetMapper):
             logger.warning(
                 "%s: dropped %d of %d boxes that are empty after clipping to the image "
                 "(zero area or outside the image)",
-                dataset_dict.get("file_name", "<no file_name>"), dropped, num_before,
+                dataset_dict.get("file_name", "<no file_name>"),
+                dropped,
+                num_before,
             )
 
     def __call__(self, dataset_dict):
@@ -135,8 +138,11 @@ class GridCLIPDatasetMapper(DatasetMapper):
                 raise  # an evaluation must score every image of its json
             # One bad image must not end a long run: Detectron2's MapDataset takes another sample.
             self.num_skipped += 1
-            logger.warning("Skipping a training image (%d skipped so far in this loader process): %s",
-                           self.num_skipped, e)
+            logger.warning(
+                "Skipping a training image (%d skipped so far in this loader process): %s",
+                self.num_skipped,
+                e,
+            )
             return None
         original = image  # H0 x W0 x 3, INPUT.FORMAT
 

@@ -26,6 +26,7 @@ Rules of the loader:
   the log and in the metadata's ``json_file``): absent categories of an image count as negatives
   (the image is taken as exhaustively annotated), skipped boxes are dropped, clipped ones clipped.
 """
+
 import copy
 import hashlib
 import json
@@ -71,9 +72,11 @@ def _load_api(json_file: str):
             "'annotations' and 'categories' lists whose entries have an 'id'"
         ) from e
     data = api.dataset
-    for kind, index, entries in (("image", api.imgs, data["images"]),
-                                 ("annotation", api.anns, data["annotations"]),
-                                 ("category", api.cats, data["categories"])):
+    for kind, index, entries in (
+        ("image", api.imgs, data["images"]),
+        ("annotation", api.anns, data["annotations"]),
+        ("category", api.cats, data["categories"]),
+    ):
         if len(index) != len(entries):
             dup = [k for k, n in Counter(e["id"] for e in entries).items() if n > 1][:5]
             raise ValueError(f"'{json_file}': {kind} ids are not unique (repeated: {dup})")
@@ -85,8 +88,10 @@ def _load_api(json_file: str):
         try:
             cat["name"].encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError(f"'{json_file}': category {cat['id']} has name {ascii(cat['name'])}, which is not "
-                             "valid Unicode text (a lone surrogate escape)") from None
+            raise ValueError(
+                f"'{json_file}': category {cat['id']} has name {ascii(cat['name'])}, which is not "
+                "valid Unicode text (a lone surrogate escape)"
+            ) from None
         freq = cat.get("frequency")
         if freq is not None and freq not in FREQUENCIES:
             raise ValueError(
@@ -95,10 +100,17 @@ def _load_api(json_file: str):
     for img in data["images"]:
         for key in ("height", "width"):
             value = img.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value <= 0 or value != int(value):
-                raise ValueError(f"'{json_file}': image {img['id']} has {key} {value!r}; expected "
-                                 "a positive whole number of pixels")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+                or value != int(value)
+            ):
+                raise ValueError(
+                    f"'{json_file}': image {img['id']} has {key} {value!r}; expected "
+                    "a positive whole number of pixels"
+                )
         if "file_name" not in img and "coco_url" not in img:
             raise ValueError(
                 f"'{json_file}': image {img['id']} has neither 'file_name' nor 'coco_url'"
@@ -115,10 +127,15 @@ def _load_api(json_file: str):
                 f"which is not among the json's {len(api.cats)} categories"
             )
         bbox = ann.get("bbox")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or \
-                not all(isinstance(v, (int, float)) for v in bbox):
-            raise ValueError(f"'{json_file}': annotation {ann['id']} has bbox {bbox!r}; expected "
-                             "[x, y, width, height]")
+        if (
+            not isinstance(bbox, (list, tuple))
+            or len(bbox) != 4
+            or not all(isinstance(v, (int, float)) for v in bbox)
+        ):
+            raise ValueError(
+                f"'{json_file}': annotation {ann['id']} has bbox {bbox!r}; expected "
+                "[x, y, width, height]"
+            )
     return api
 
 
@@ -164,20 +181,25 @@ def _build(api, json_file: str, image_root: str, check_images: bool = True):
                 issues[status].append(ann["id"])
             if box is None:
                 continue
-            obj = {"bbox": box, "bbox_mode": BoxMode.XYWH_ABS,
-                   "category_id": contiguous[ann["category_id"]]}
+            obj = {
+                "bbox": box,
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": contiguous[ann["category_id"]],
+            }
             if isinstance(ann.get("segmentation"), list) and ann["segmentation"]:
                 obj["segmentation"] = ann["segmentation"]
             objs.append(obj)
-        records.append({
-            "file_name": path,
-            "height": height,
-            "width": width,
-            "image_id": image_id,
-            "neg_category_ids": img.get("neg_category_ids", []),
-            "not_exhaustive_category_ids": img.get("not_exhaustive_category_ids", []),
-            "annotations": objs,
-        })
+        records.append(
+            {
+                "file_name": path,
+                "height": height,
+                "width": width,
+                "image_id": image_id,
+                "neg_category_ids": img.get("neg_category_ids", []),
+                "not_exhaustive_category_ids": img.get("not_exhaustive_category_ids", []),
+                "annotations": objs,
+            }
+        )
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} of the {len(records)} images listed in '{json_file}' do not exist "
@@ -204,12 +226,16 @@ def load_lvis_format_json(json_file: str, image_root: str, dataset_name: Optiona
             f"{json_file}: skipped {skipped} of {len(api.anns)} boxes, clipped "
             f"{len(issues.get('clipped', []))} to the image: {_issues_text(issues)}"
         )
-    logger.info(f"Loaded {len(records)} images from {json_file}"
-                + (f" for dataset '{dataset_name}'" if dataset_name else ""))
+    logger.info(
+        f"Loaded {len(records)} images from {json_file}"
+        + (f" for dataset '{dataset_name}'" if dataset_name else "")
+    )
     return records
 
 
-def _category_metadata(api, json_file: str, train_image_count: Optional[Dict[str, int]] = None) -> dict:
+def _category_metadata(
+    api, json_file: str, train_image_count: Optional[Dict[str, int]] = None
+) -> dict:
     """Class metadata of the json. ``train_image_count`` (name -> images of the training split) sets
     the r/c/f frequencies when the json has none: a test split's own counts would make every class
     of a small test set "rare"."""
@@ -218,22 +244,31 @@ def _category_metadata(api, json_file: str, train_image_count: Optional[Dict[str
         image_count = [c["image_count"] for c in cats]
     else:
         per_cat = images_per_category(
-            (ann["category_id"], ann["image_id"]) for ann in api.anns.values()
-            if _check_box(ann["bbox"], api.imgs[ann["image_id"]]["width"],
-                          api.imgs[ann["image_id"]]["height"])[1] is not None
+            (ann["category_id"], ann["image_id"])
+            for ann in api.anns.values()
+            if _check_box(
+                ann["bbox"], api.imgs[ann["image_id"]]["width"], api.imgs[ann["image_id"]]["height"]
+            )[1]
+            is not None
         )
         image_count = [per_cat.get(c["id"], 0) for c in cats]
         logger.warning(f"{json_file}: categories lack 'image_count'; counted from the annotations")
     if all(c.get("frequency") in FREQUENCIES for c in cats):
         frequency = [c["frequency"] for c in cats]
     elif train_image_count is not None:
-        frequency = [c.get("frequency") or lvis_frequency(train_image_count.get(c["name"], 0)) for c in cats]
-        logger.info(f"{json_file}: category frequencies set from the training split's image counts "
-                    "(LVIS rule: r < 10 images, c 10-99, f >= 100; a class it lacks is r)")
+        frequency = [
+            c.get("frequency") or lvis_frequency(train_image_count.get(c["name"], 0)) for c in cats
+        ]
+        logger.info(
+            f"{json_file}: category frequencies set from the training split's image counts "
+            "(LVIS rule: r < 10 images, c 10-99, f >= 100; a class it lacks is r)"
+        )
     else:
         frequency = [c.get("frequency") or lvis_frequency(n) for c, n in zip(cats, image_count)]
-        logger.warning(f"{json_file}: categories lack 'frequency'; set from the image counts "
-                       "(LVIS rule: r < 10 images, c 10-99, f >= 100)")
+        logger.warning(
+            f"{json_file}: categories lack 'frequency'; set from the image counts "
+            "(LVIS rule: r < 10 images, c 10-99, f >= 100)"
+        )
     return {
         "thing_classes": [c["name"] for c in cats],
         "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
@@ -242,8 +277,9 @@ def _category_metadata(api, json_file: str, train_image_count: Optional[Dict[str
     }
 
 
-def _novel_ids(novel_classes: Sequence[str], classes: List[str], annotated: set,
-               json_file: str, option: str) -> List[int]:
+def _novel_ids(
+    novel_classes: Sequence[str], classes: List[str], annotated: set, json_file: str, option: str
+) -> List[int]:
     """Contiguous ids of the novel classes: names, or ["auto"] = classes without annotations
     (``annotated``: contiguous ids that have some)."""
     novel_classes = [str(n) for n in novel_classes]
@@ -252,11 +288,13 @@ def _novel_ids(novel_classes: Sequence[str], classes: List[str], annotated: set,
     if novel_classes == ["auto"]:
         return [i for i in range(len(classes)) if i not in annotated]
     if "auto" in novel_classes:
-        raise ValueError(f"{option}: \"auto\" cannot be combined with class names ({novel_classes})")
+        raise ValueError(f'{option}: "auto" cannot be combined with class names ({novel_classes})')
     unknown = [n for n in novel_classes if n not in classes]
     if unknown:
-        raise ValueError(f"{option}: {unknown} are not categories of '{json_file}' "
-                         f"(it has {len(classes)}: {classes[:10]}{' ...' if len(classes) > 10 else ''})")
+        raise ValueError(
+            f"{option}: {unknown} are not categories of '{json_file}' "
+            f"(it has {len(classes)}: {classes[:10]}{' ...' if len(classes) > 10 else ''})"
+        )
     return sorted(classes.index(n) for n in set(novel_classes))
 
 
@@ -274,13 +312,20 @@ def _without_novel(records: List[dict], novel_ids: Sequence[int], name: str) -> 
 def _evaluation_json(name: str, json_file: str, api, issues, frequency: List[str]) -> str:
     """``json_file`` when lvis-api can evaluate it as it is, else the path of a completed copy."""
     data = api.dataset
-    needs = [k for k, entries, key in (
-        ("images without neg_category_ids", data["images"], "neg_category_ids"),
-        ("images without not_exhaustive_category_ids", data["images"],
-         "not_exhaustive_category_ids"),
-        ("categories without frequency", data["categories"], "frequency"),
-        ("annotations without area", data["annotations"], "area"),
-    ) if any(key not in e for e in entries)]
+    needs = [
+        k
+        for k, entries, key in (
+            ("images without neg_category_ids", data["images"], "neg_category_ids"),
+            (
+                "images without not_exhaustive_category_ids",
+                data["images"],
+                "not_exhaustive_category_ids",
+            ),
+            ("categories without frequency", data["categories"], "frequency"),
+            ("annotations without area", data["annotations"], "area"),
+        )
+        if any(key not in e for e in entries)
+    ]
     if issues:
         needs.append(f"boxes skipped or clipped: {_issues_text(issues)}")
     if not needs:
@@ -314,8 +359,10 @@ def _evaluation_json(name: str, json_file: str, api, issues, frequency: List[str
     os.makedirs(out_dir, exist_ok=True)
     out = os.path.join(out_dir, f"{name}-{digest}.json")
     atomic_json_dump(data, out)
-    logger.warning(f"{json_file} is not ready for lvis-api evaluation ({'; '.join(needs)}); "
-                   f"dataset '{name}' is evaluated against a completed copy: {out}")
+    logger.warning(
+        f"{json_file} is not ready for lvis-api evaluation ({'; '.join(needs)}); "
+        f"dataset '{name}' is evaluated against a completed copy: {out}"
+    )
     return out
 
 
@@ -346,7 +393,11 @@ def register_lvis_format(
         check_images: False registers the metadata without checking that the images exist (a
             training set needed only for its classes and split, e.g. at evaluation).
     """
-    key = (os.path.abspath(json_file), os.path.abspath(image_root), tuple(str(n) for n in novel_classes))
+    key = (
+        os.path.abspath(json_file),
+        os.path.abspath(image_root),
+        tuple(str(n) for n in novel_classes),
+    )
     if name in DatasetCatalog.list():
         if _REGISTERED.get(name) == key:
             return
@@ -354,18 +405,30 @@ def register_lvis_format(
             f"Dataset '{name}' is already registered"
             + (f" from '{_REGISTERED[name][0]}'" if name in _REGISTERED else "")
             + f"; cannot register it again from '{json_file}'"
-            + (f" with novel classes {list(novel_classes)}" if novel_classes else "") + ". Choose another name."
+            + (f" with novel classes {list(novel_classes)}" if novel_classes else "")
+            + ". Choose another name."
         )
     api = _load_api(json_file)
     issues = _build(api, json_file, image_root, check_images=check_images)[1]
     meta = _category_metadata(api, json_file, train_image_count)
     eval_json = _evaluation_json(name, json_file, api, issues, meta["class_frequency"])
-    annotated = {meta["thing_dataset_id_to_contiguous_id"][a["category_id"]] for a in api.anns.values()}
-    novel = _novel_ids(novel_classes, meta["thing_classes"], annotated, json_file, f"novel classes of '{name}'")
+    annotated = {
+        meta["thing_dataset_id_to_contiguous_id"][a["category_id"]] for a in api.anns.values()
+    }
+    novel = _novel_ids(
+        novel_classes, meta["thing_classes"], annotated, json_file, f"novel classes of '{name}'"
+    )
     if novel:
-        meta["image_count_per_class"] = [0 if i in novel else n for i, n in enumerate(meta["image_count_per_class"])]
-    meta.update(novel_class_ids=novel, json_file=eval_json, source_json_file=os.path.abspath(json_file),
-                image_root=image_root, evaluator_type="lvis")
+        meta["image_count_per_class"] = [
+            0 if i in novel else n for i, n in enumerate(meta["image_count_per_class"])
+        ]
+    meta.update(
+        novel_class_ids=novel,
+        json_file=eval_json,
+        source_json_file=os.path.abspath(json_file),
+        image_root=image_root,
+        evaluator_type="lvis",
+    )
     meta.update(metadata or {})
 
     def load():
@@ -375,5 +438,7 @@ def register_lvis_format(
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(**meta)
     _REGISTERED[name] = key
-    logger.info(f"Registered dataset '{name}': {len(api.imgs)} images, "
-                f"{len(meta['thing_classes'])} categories ({len(novel)} novel) from {json_file}")
+    logger.info(
+        f"Registered dataset '{name}': {len(api.imgs)} images, "
+        f"{len(meta['thing_classes'])} categories ({len(novel)} novel) from {json_file}"
+    )

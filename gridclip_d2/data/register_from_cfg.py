@@ -1,4 +1,5 @@
 """The no-code path to a user's LVIS-format data: ``DATASETS.GRIDCLIP.*`` in the config."""
+
 import logging
 import os
 from typing import Sequence
@@ -13,7 +14,9 @@ __all__ = ["register_from_cfg"]
 logger = logging.getLogger(__name__)
 
 
-def register_from_cfg(cfg, splits: Sequence[str] = ("train", "test"), check_train_images: bool = True):
+def register_from_cfg(
+    cfg, splits: Sequence[str] = ("train", "test"), check_train_images: bool = True
+):
     """The no-code path: when ``DATASETS.GRIDCLIP.NAME`` is set, register ``<NAME>_train`` from
     TRAIN_JSON/TRAIN_IMAGES (with the split of NOVEL_CLASSES) and ``<NAME>_test`` from
     TEST_JSON/TEST_IMAGES (its r/c/f from the training split's counts when its json has none), and
@@ -30,8 +33,10 @@ def register_from_cfg(cfg, splits: Sequence[str] = ("train", "test"), check_trai
     opts = cfg.DATASETS.GRIDCLIP
     if not opts.NAME:
         if len(opts.NOVEL_CLASSES):
-            raise ValueError("DATASETS.GRIDCLIP.NOVEL_CLASSES is set but DATASETS.GRIDCLIP.NAME is not: "
-                             "it splits the data set given by DATASETS.GRIDCLIP.*")
+            raise ValueError(
+                "DATASETS.GRIDCLIP.NOVEL_CLASSES is set but DATASETS.GRIDCLIP.NAME is not: "
+                "it splits the data set given by DATASETS.GRIDCLIP.*"
+            )
         return cfg
     if not opts.TRAIN_JSON and not opts.TEST_JSON:
         raise ValueError(
@@ -58,19 +63,28 @@ def register_from_cfg(cfg, splits: Sequence[str] = ("train", "test"), check_trai
                 cfg.DATASETS.TRAIN = ()
             continue
         if not images:
-            raise ValueError(f"DATASETS.GRIDCLIP.{key}_JSON is set but "
-                             f"DATASETS.GRIDCLIP.{key}_IMAGES (the image folder) is empty")
+            raise ValueError(
+                f"DATASETS.GRIDCLIP.{key}_JSON is set but "
+                f"DATASETS.GRIDCLIP.{key}_IMAGES (the image folder) is empty"
+            )
         setattr(cfg.DATASETS, key, (name,))
         if split not in splits:
             continue
         if not os.path.isfile(PathManager.get_local_path(json_file)):
             if split == "train" and not check_train_images:
-                logger.info(f"DATASETS.GRIDCLIP.TRAIN_JSON '{json_file}' is absent: '{name}' not registered")
+                logger.info(
+                    f"DATASETS.GRIDCLIP.TRAIN_JSON '{json_file}' is absent: '{name}' not registered"
+                )
                 continue
             raise FileNotFoundError(f"DATASETS.GRIDCLIP.{key}_JSON: '{json_file}' does not exist")
         if split == "train":
-            register_lvis_format(name, json_file, images, novel_classes=list(opts.NOVEL_CLASSES),
-                                 check_images=check_train_images)
+            register_lvis_format(
+                name,
+                json_file,
+                images,
+                novel_classes=list(opts.NOVEL_CLASSES),
+                check_images=check_train_images,
+            )
             meta = MetadataCatalog.get(name)
             train_counts = dict(zip(meta.thing_classes, meta.image_count_per_class))
             if list(opts.NOVEL_CLASSES) == ["auto"]:

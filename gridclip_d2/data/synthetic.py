@@ -35,6 +35,7 @@ Images are RGB JPEGs of 224-288 px per side: muted backgrounds with 1-8 saturate
 drawn pixels; ``segmentation`` is the box polygon (the detector has no mask head).
 Every image is exhaustively annotated: ``neg_category_ids`` lists every category absent from it.
 """
+
 import contextlib
 import functools
 import json
@@ -74,8 +75,14 @@ SYNTHETIC_VERSION = "2"
 
 # Novel categories: every colour once, every shape at least once, so each novel name combines a
 # colour and a shape that base categories show separately.
-_NOVEL = ("red triangle", "green cross", "blue square", "yellow circle", "purple cross",
-          "orange square")
+_NOVEL = (
+    "red triangle",
+    "green cross",
+    "blue square",
+    "yellow circle",
+    "purple cross",
+    "orange square",
+)
 # Base categories that are rare (an exact number of images per split).
 _RARE = {"purple triangle": 8, "orange cross": 8}
 _NOVEL_PRESENCE = 0.12  # fraction of images holding each novel category
@@ -88,27 +95,56 @@ def _presence() -> List[float]:
     # a fixed shuffled order so that frequency does not follow colour or shape
     base = [base[i] for i in np.random.RandomState(0).permutation(len(base))]
     tail = {n: round(0.30 * (0.05 / 0.30) ** (i / (len(base) - 1)), 4) for i, n in enumerate(base)}
-    return [_RARE[n] if n in _RARE else (_NOVEL_PRESENCE if n in _NOVEL else tail[n])
-            for n in CATEGORY_NAMES]
+    return [
+        _RARE[n] if n in _RARE else (_NOVEL_PRESENCE if n in _NOVEL else tail[n])
+        for n in CATEGORY_NAMES
+    ]
 
 
 _PRESENCE = _presence()
 # frequency, image_count, instance_count of the full train split as generated (the generator
 # checks it)
 _TRAIN_COUNTS = (
-    ("c", 48, 62), ("f", 163, 220), ("c", 70, 92), ("c", 91, 120), ("c", 46, 61), ("f", 102, 142),
-    ("c", 31, 45), ("c", 77, 97), ("f", 180, 243), ("c", 68, 89), ("c", 54, 73), ("f", 161, 205),
-    ("c", 80, 101), ("f", 136, 173), ("c", 73, 93), ("c", 46, 64), ("c", 35, 44), ("f", 118, 150),
-    ("r", 8, 9), ("c", 76, 105), ("c", 72, 94), ("c", 65, 87), ("c", 60, 75), ("r", 8, 9),
+    ("c", 48, 62),
+    ("f", 163, 220),
+    ("c", 70, 92),
+    ("c", 91, 120),
+    ("c", 46, 61),
+    ("f", 102, 142),
+    ("c", 31, 45),
+    ("c", 77, 97),
+    ("f", 180, 243),
+    ("c", 68, 89),
+    ("c", 54, 73),
+    ("f", 161, 205),
+    ("c", 80, 101),
+    ("f", 136, 173),
+    ("c", 73, 93),
+    ("c", 46, 64),
+    ("c", 35, 44),
+    ("f", 118, 150),
+    ("r", 8, 9),
+    ("c", 76, 105),
+    ("c", 72, 94),
+    ("c", 65, 87),
+    ("c", 60, 75),
+    ("r", 8, 9),
 )
 SYNTHETIC_NOVEL_CLASS_IDS: List[int] = sorted(category_index(n) for n in _NOVEL)
 
 
 def _categories(counts) -> List[dict]:
     return [
-        {"id": k + 1, "name": name, "synonyms": [name], "def": f"a {name} drawn on a plain background",
-         "frequency": freq, "image_count": images, "instance_count": instances,
-         "novel": k in SYNTHETIC_NOVEL_CLASS_IDS}
+        {
+            "id": k + 1,
+            "name": name,
+            "synonyms": [name],
+            "def": f"a {name} drawn on a plain background",
+            "frequency": freq,
+            "image_count": images,
+            "instance_count": instances,
+            "novel": k in SYNTHETIC_NOVEL_CLASS_IDS,
+        }
         for k, (name, (freq, images, instances)) in enumerate(zip(CATEGORY_NAMES, counts))
     ]
 
@@ -164,37 +200,47 @@ def _write_split(out_dir: str, split: str) -> Dict[int, Tuple[int, int]]:
         file_name = f"{split}/{image_id:06d}.jpg"
         Image.fromarray(pixels).save(os.path.join(out_dir, file_name), quality=_JPEG_QUALITY)
         present = {k + 1 for k, _ in objects}
-        images.append({
-            "id": image_id,
-            "file_name": file_name,
-            "coco_url": f"https://synthetic.invalid/{file_name}",
-            "height": height,
-            "width": width,
-            "neg_category_ids": [c for c in range(1, num_cats + 1) if c not in present],
-            "not_exhaustive_category_ids": [],
-        })
+        images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "coco_url": f"https://synthetic.invalid/{file_name}",
+                "height": height,
+                "width": width,
+                "neg_category_ids": [c for c in range(1, num_cats + 1) if c not in present],
+                "not_exhaustive_category_ids": [],
+            }
+        )
         for k, (x, y, w, h) in objects:
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": k + 1,
-                "bbox": [x, y, w, h],
-                "area": w * h,
-                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": k + 1,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+                }
+            )
     image_counts = images_per_category((a["category_id"], a["image_id"]) for a in annotations)
     instance_counts = Counter(a["category_id"] for a in annotations)
     counts = {c: (image_counts.get(c, 0), instance_counts[c]) for c in range(1, num_cats + 1)}
     categories = [
-        {k: v for k, v in cat.items() if k != "novel"} | {
-            "image_count": counts[cat["id"]][0], "instance_count": counts[cat["id"]][1],
-            "frequency": lvis_frequency(counts[cat["id"]][0]) if split == "train"
-            else cat["frequency"]}
+        {k: v for k, v in cat.items() if k != "novel"}
+        | {
+            "image_count": counts[cat["id"]][0],
+            "instance_count": counts[cat["id"]][1],
+            "frequency": lvis_frequency(counts[cat["id"]][0])
+            if split == "train"
+            else cat["frequency"],
+        }
         for cat in SYNTHETIC_CATEGORIES
     ]
     data = {
-        "info": {"description": f"gridclip_d2 synthetic shapes, {split} split",
-                 "version": SYNTHETIC_VERSION},
+        "info": {
+            "description": f"gridclip_d2 synthetic shapes, {split} split",
+            "version": SYNTHETIC_VERSION,
+        },
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -226,8 +272,10 @@ def generate_synthetic_dataset(out_dir: str) -> None:
                     f"Synthetic generator drew (images, instances) = {drawn} for '{cat['name']}' "
                     f"but SYNTHETIC_CATEGORIES says {expected}, frequency '{cat['frequency']}'"
                 )
-    stamp = {"version": SYNTHETIC_VERSION,
-             "num_images": {s: n for s, (n, _, _) in SYNTHETIC_SPLITS.items()}}
+    stamp = {
+        "version": SYNTHETIC_VERSION,
+        "num_images": {s: n for s, (n, _, _) in SYNTHETIC_SPLITS.items()},
+    }
     with open(os.path.join(out_dir, "STAMP"), "w") as f:
         json.dump(stamp, f)
 

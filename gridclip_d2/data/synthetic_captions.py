@@ -14,6 +14,7 @@ Files, under ``$DETECTRON2_DATASETS/synthetic_captions`` (default ``datasets/syn
 Written to a temporary folder and renamed into place on first use (as the detection set);
 deterministic (``numpy.random.RandomState`` seeded per image).
 """
+
 import json
 import logging
 import os
@@ -27,8 +28,15 @@ from PIL import Image
 from .synthetic import _machine_lock
 from .synthetic_shapes import CATEGORY_NAMES, render_objects
 
-__all__ = ["CAPTIONS_VERSION", "NUM_PAIRS", "IMAGE_SIZE", "caption_for", "captions_dir",
-           "ensure_caption_dataset", "load_caption_dataset"]
+__all__ = [
+    "CAPTIONS_VERSION",
+    "NUM_PAIRS",
+    "IMAGE_SIZE",
+    "caption_for",
+    "captions_dir",
+    "ensure_caption_dataset",
+    "load_caption_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +48,25 @@ _RADIUS_RANGE = (9.0, 44.0)
 _NUM_OBJECTS = ((1, 0.6), (2, 0.25), (3, 0.15))
 _NUMBERS = {1: "a", 2: "two", 3: "three"}
 
-_SINGLE = ("{}", "a photo of {}.", "{} on a plain background.", "there is {} in the picture.",
-           "a picture of {}.", "a drawing of {}.", "an image with {}.", "{}.")
-_MULTI = ("{}.", "a photo of {}.", "there are {} in the picture.", "a picture of {}.",
-          "{} on a plain background.", "an image with {}.", "a drawing of {}.")
+_SINGLE = (
+    "{}",
+    "a photo of {}.",
+    "{} on a plain background.",
+    "there is {} in the picture.",
+    "a picture of {}.",
+    "a drawing of {}.",
+    "an image with {}.",
+    "{}.",
+)
+_MULTI = (
+    "{}.",
+    "a photo of {}.",
+    "there are {} in the picture.",
+    "a picture of {}.",
+    "{} on a plain background.",
+    "an image with {}.",
+    "a drawing of {}.",
+)
 
 
 def _plural(name: str) -> str:
@@ -91,8 +114,11 @@ def _is_complete(path: str, num_pairs: int) -> bool:
     try:
         with open(os.path.join(path, "STAMP")) as f:
             stamp = json.load(f)
-        return (stamp.get("version") == CAPTIONS_VERSION and stamp.get("num_pairs") == num_pairs
-                and len(os.listdir(os.path.join(path, "images"))) == num_pairs)
+        return (
+            stamp.get("version") == CAPTIONS_VERSION
+            and stamp.get("num_pairs") == num_pairs
+            and len(os.listdir(os.path.join(path, "images"))) == num_pairs
+        )
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -145,7 +171,11 @@ def load_caption_dataset(datasets_root: str = None, num_pairs: int = NUM_PAIRS):
     root = ensure_caption_dataset(datasets_root, num_pairs)
     with open(os.path.join(root, "captions.json")) as f:
         entries: List[dict] = json.load(f)
-    images = np.stack([np.asarray(Image.open(os.path.join(root, e["file_name"])).convert("RGB"))
-                       for e in entries])
-    return (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), [e["caption"] for e in entries],
-            [e["categories"] for e in entries])
+    images = np.stack(
+        [np.asarray(Image.open(os.path.join(root, e["file_name"])).convert("RGB")) for e in entries]
+    )
+    return (
+        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        [e["caption"] for e in entries],
+        [e["categories"] for e in entries],
+    )

@@ -8,6 +8,7 @@ is a colour and a shape, named in plain words ("red circle"), so captions and pr
 and the placed objects as ``(category index, [x, y, w, h])`` with boxes tight around the drawn
 pixels. Randomness comes only from the ``numpy.random.RandomState`` passed in.
 """
+
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -36,7 +37,9 @@ def category_index(name: str) -> int:
     try:
         return CATEGORY_NAMES.index(name)
     except ValueError:
-        raise KeyError(f"Unknown synthetic category {name!r}; known: {list(CATEGORY_NAMES)}") from None
+        raise KeyError(
+            f"Unknown synthetic category {name!r}; known: {list(CATEGORY_NAMES)}"
+        ) from None
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, rng) -> List[Tuple[float, float]]:
@@ -48,8 +51,22 @@ def _polygon(shape: str, cx: float, cy: float, r: float, rng) -> List[Tuple[floa
     elif shape == "cross":
         a = 0.3 * r  # half width of an arm
         s = r / np.sqrt(1 + 0.09)  # arm length so that the corners lie on the circumcircle
-        pts = np.array([(-a, -s), (a, -s), (a, -a), (s, -a), (s, a), (a, a),
-                        (a, s), (-a, s), (-a, a), (-s, a), (-s, -a), (-a, -a)])
+        pts = np.array(
+            [
+                (-a, -s),
+                (a, -s),
+                (a, -a),
+                (s, -a),
+                (s, a),
+                (a, a),
+                (a, s),
+                (-a, s),
+                (-a, a),
+                (-s, a),
+                (-s, -a),
+                (-a, -a),
+            ]
+        )
         t = np.deg2rad(rng.uniform(-20, 20))
         rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
         return [tuple(p) for p in pts @ rot.T + (cx, cy)]

@@ -10,6 +10,7 @@ order), ``name``, ``synonyms`` (list, the name first) and ``frequency`` ('r'/'c'
   with one category per line, optionally followed by synonyms after commas
   (``"kite,paper kite"``); blank lines and lines starting with "#" are skipped.
 """
+
 import os
 from typing import List, Optional, Sequence, Union
 
@@ -27,7 +28,9 @@ def _entries_from_categories(categories, name_is_first_synonym: bool = False) ->
             synonyms.insert(0, name)
         elif c["name"] not in synonyms:
             synonyms.append(c["name"])
-        out.append({"id": c["id"], "name": name, "synonyms": synonyms, "frequency": c.get("frequency")})
+        out.append(
+            {"id": c["id"], "name": name, "synonyms": synonyms, "frequency": c.get("frequency")}
+        )
     return out
 
 
@@ -40,7 +43,9 @@ def _parse_custom(lines: Sequence[str], source: str) -> List[dict]:
             continue
         name = parts[0]
         if name in seen:
-            raise ValueError(f"{source}: category {name!r} appears twice (entries {seen[name]} and {lineno})")
+            raise ValueError(
+                f"{source}: category {name!r} appears twice (entries {seen[name]} and {lineno})"
+            )
         seen[name] = lineno
         synonyms = list(dict.fromkeys(parts))  # the name first, duplicates dropped
         out.append({"id": len(out) + 1, "name": name, "synonyms": synonyms, "frequency": None})
@@ -67,7 +72,9 @@ def get_vocabulary(
         raise ValueError(f"Unknown vocabulary {kind!r}; choose one of {VOCABULARY_KINDS}")
 
     if (custom is None) == (file is None):
-        raise ValueError("A custom vocabulary needs exactly one of a name list or a vocabulary file")
+        raise ValueError(
+            "A custom vocabulary needs exactly one of a name list or a vocabulary file"
+        )
     if file is not None:
         if not os.path.isfile(file):
             raise FileNotFoundError(f"Vocabulary file {file} not found")
@@ -75,7 +82,9 @@ def get_vocabulary(
             with open(file, encoding="utf-8") as f:
                 text = f.read()
         except UnicodeDecodeError as e:
-            raise ValueError(f"Vocabulary file {file} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+            raise ValueError(
+                f"Vocabulary file {file} is not UTF-8 text (byte {e.start}: {e.reason})"
+            ) from None
         entries = _parse_custom(text.splitlines(), f"Vocabulary file {file}")
         if not entries:
             raise ValueError(f"Vocabulary file {file} holds no category names")

@@ -1,5 +1,6 @@
 """Training and evaluation: GridCLIP's Detectron2 trainer, LVIS open-vocabulary evaluation and
 summary, training-curves plot, and multi-process training on CPUs."""
+
 from . import train_main  # noqa: E402  (setup / main of train_net.py)
 from .ddp import available_cpus, patch_create_ddp_model, set_cpu_threads_per_worker
 from .hardware import adapt_cfg_to_hardware

@@ -18,6 +18,7 @@ kills.
 By hand: fvcore's ``Checkpointer.save`` opens the final name directly and has no fallback; no
 library here offers a restricted unpickler for model-zoo files.
 """
+
 import io
 import logging
 import os
@@ -74,7 +75,9 @@ def safe_load_pkl(filename: str) -> Any:
     except pickle.UnpicklingError:
         raise
     except Exception as e:
-        raise ValueError(f"{filename}: not a readable .pkl weights file ({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"{filename}: not a readable .pkl weights file ({type(e).__name__}: {e})"
+        ) from None
 
 
 def _readable_error(e: Exception) -> str:
@@ -106,7 +109,9 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
             # Detectron2's own handling of the two .pkl layouts, with the restricted unpickler.
             data = safe_load_pkl(filename)
             if not isinstance(data, dict):
-                raise ValueError(f"{filename}: a .pkl weights file must hold a dict, got {type(data).__name__}")
+                raise ValueError(
+                    f"{filename}: a .pkl weights file must hold a dict, got {type(data).__name__}"
+                )
             if "model" in data and "__author__" in data:
                 return data
             data = data.get("blobs", data)
@@ -153,12 +158,18 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
         if not self.save_dir or not self.save_to_disk:
             return
         state = self.model.state_dict()
-        bad = [k for k, v in state.items()
-               if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        bad = [
+            k
+            for k, v in state.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+        ]
         if bad:
             logger.error(
                 "Not saving checkpoint %s: the weights hold NaN/inf (%d tensors, first %s); the run has "
-                "diverged. last_checkpoint still names the last good one", name, len(bad), bad[:3],
+                "diverged. last_checkpoint still names the last good one",
+                name,
+                len(bad),
+                bad[:3],
             )
             return
         data = {"model": state}
@@ -172,14 +183,22 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        atomic_write(os.path.join(self.save_dir, "last_checkpoint"), lambda f: f.write(last_filename_basename), "w")
+        atomic_write(
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename),
+            "w",
+        )
 
     # ------------------------------------------------------------------ resuming
     def _candidates(self) -> List[str]:
         """The file ``last_checkpoint`` names, then every other .pth of the folder, newest first."""
         tagged = self.get_checkpoint_file()
         tagged = tagged if tagged and os.path.basename(tagged) else ""
-        others = [p for p in self.get_all_checkpoint_files() if os.path.abspath(p) != os.path.abspath(tagged)]
+        others = [
+            p
+            for p in self.get_all_checkpoint_files()
+            if os.path.abspath(p) != os.path.abspath(tagged)
+        ]
         others.sort(key=lambda p: os.path.getmtime(p), reverse=True)
         return ([tagged] if tagged else []) + others
 
@@ -199,7 +218,9 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
             chosen = candidate
             break
         if comm.get_world_size() > 1:
-            chosen = comm.all_gather(chosen)[0]  # every process resumes from the main process's choice
+            chosen = comm.all_gather(chosen)[
+                0
+            ]  # every process resumes from the main process's choice
         if not chosen:
             raise FileNotFoundError(
                 f"--resume: {os.path.join(self.save_dir, 'last_checkpoint')} exists but no checkpoint in "

@@ -9,6 +9,7 @@ Two things stand between ``train_net.py --num-gpus N`` and N CPU workers:
   cores; :func:`set_cpu_threads_per_worker` divides the cores among the local workers (one thread
   each on a 2-core machine was 2.6x faster than the default there).
 """
+
 import logging
 import os
 

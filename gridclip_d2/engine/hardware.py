@@ -1,4 +1,5 @@
 """Adapting a config to the machine it runs on."""
+
 import logging
 
 import torch

@@ -7,6 +7,7 @@ model. :class:`LossWatch` compares every ``total_loss`` with its early level (th
 first ``warmup`` iterations, before a diverging run gets far) and logs a warning, at most once per
 ``period`` iterations, when it is ``factor`` times higher; the end of training repeats the worst.
 """
+
 import logging
 
 from detectron2.engine import HookBase
@@ -44,7 +45,11 @@ class LossWatch(HookBase):
             self._last_warned = it
             logger.warning(
                 "LOSS EXPLODED: total_loss %.4g at iteration %d is %.0fx its early level %.4g: training is "
-                "diverging. Lower SOLVER.BASE_LR (keep SOLVER.CLIP_GRADIENTS on) and restart", value, it, ratio, base,
+                "diverging. Lower SOLVER.BASE_LR (keep SOLVER.CLIP_GRADIENTS on) and restart",
+                value,
+                it,
+                ratio,
+                base,
             )
 
     def after_train(self):
@@ -52,5 +57,8 @@ class LossWatch(HookBase):
             ratio, it, value = self.worst
             logger.warning(
                 "LOSS EXPLODED during this run: worst total_loss %.4g at iteration %d, %.0fx its early level. "
-                "The saved model is not trustworthy; lower SOLVER.BASE_LR and train again", value, it, ratio,
+                "The saved model is not trustworthy; lower SOLVER.BASE_LR and train again",
+                value,
+                it,
+                ratio,
             )

@@ -8,6 +8,7 @@ the rare classes, on a user's own split they need not be. :class:`OpenVocabLVISE
 lvis-api once per task, as Detectron2 does, and adds ``APnovel`` / ``APbase`` averaged over those
 classes the same way lvis-api averages a frequency group.
 """
+
 import copy
 import itertools
 import json
@@ -81,8 +82,11 @@ class OpenVocabLVISEvaluator(LVISEvaluator):
         # contiguous id -> json category id (built once: it is looked up for every detection)
         mapping = self._metadata.get("thing_dataset_id_to_contiguous_id", None)
         self._json_ids = (
-            {v: k for k, v in mapping.items()} if mapping
-            else {i: i + 1 for i in range(num_classes)}  # LVIS: json ids are the 1-based contiguous ids
+            {v: k for k, v in mapping.items()}
+            if mapping
+            else {
+                i: i + 1 for i in range(num_classes)
+            }  # LVIS: json ids are the 1-based contiguous ids
         )
 
     def _json_category_id(self, contiguous_id: int) -> int:

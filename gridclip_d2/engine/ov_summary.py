@@ -9,6 +9,7 @@ metadata it gives AP, APr, APc, APf, AP on the novel / base classes, and the spl
 Every value is a float (Detectron2's EvalHook writes results as scalars); a metric lvis-api could
 not compute (no ground truth in the group, reported as -100) is NaN here.
 """
+
 import math
 from typing import Dict, Mapping, Optional, Sequence
 
@@ -78,7 +79,5 @@ def format_open_vocabulary_summary(
     )
     lines = [f"Open-vocabulary summary on {test_name} ({split}):", "  " + line]
     if n_novel:
-        lines.append(
-            f"  AP novel {_fmt(summary['APnovel'])} | AP base {_fmt(summary['APbase'])}"
-        )
+        lines.append(f"  AP novel {_fmt(summary['APnovel'])} | AP base {_fmt(summary['APbase'])}")
     return "\n".join(lines)

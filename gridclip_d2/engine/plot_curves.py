@@ -6,6 +6,7 @@ A resumed run appends to the same file and may repeat iterations; the later line
 :class:`PlotTrainingCurves` saves the plot as ``training_curves.png`` next to it at the end of
 training (SOLVER.PLOT_CURVES).
 """
+
 import json
 import logging
 import os

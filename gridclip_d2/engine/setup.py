@@ -16,6 +16,7 @@ Modes:
   json is there (its classes may be the vocabulary); alignment off.
 - ``"data"`` (tools reading the training set, e.g. the teacher-embedding dump): registers both.
 """
+
 import logging
 import os
 from typing import Optional, Sequence
@@ -85,4 +86,8 @@ def _record_training_vocabulary(cfg: CfgNode) -> None:
         return
     names, source = vocabulary_from_cfg(cfg)
     cfg.MODEL.GRIDCLIP.CLASS_NAMES = list(names)
-    logger.info("Vocabulary: the %d classes of %s (recorded in MODEL.GRIDCLIP.CLASS_NAMES)", len(names), source)
+    logger.info(
+        "Vocabulary: the %d classes of %s (recorded in MODEL.GRIDCLIP.CLASS_NAMES)",
+        len(names),
+        source,
+    )

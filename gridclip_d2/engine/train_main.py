@@ -9,6 +9,7 @@ train_main``): a script that registers its own data set needs no repository on `
     args = default_argument_parser().parse_args(["--config-file", CFG, "DATASETS.TRAIN", "('mydata_train',)"])
     results = train_main.main(args)      # one process: spawned workers would not see the registration
 """
+
 from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm

@@ -4,6 +4,7 @@ summary, the training-curves plot, and the CPU fall-backs (gloo DDP, no AMP on C
 Everything else (optimizer, LR schedule, periodic checkpoints, ETA / loss lines, metrics.json,
 TensorBoard, resume) is Detectron2's ``DefaultTrainer``; checkpoints also hold the optimizer state.
 """
+
 import contextlib
 import logging
 import os
@@ -81,12 +82,20 @@ def check_training_vocabulary(cfg) -> None:
     name = cfg.DATASETS.TRAIN[0]
     classes = MetadataCatalog.get(name).get("thing_classes", None)
     if not classes:
-        raise ValueError(f"Training set {name!r} (DATASETS.TRAIN[0]) has no 'thing_classes': is it registered?")
+        raise ValueError(
+            f"Training set {name!r} (DATASETS.TRAIN[0]) has no 'thing_classes': is it registered?"
+        )
     names, source = vocabulary_from_cfg(cfg)
-    problem = names_mismatch(classes, names, f"the classes of training set {name!r}",
-                             f"the model's vocabulary ({source})")
+    problem = names_mismatch(
+        classes,
+        names,
+        f"the classes of training set {name!r}",
+        f"the model's vocabulary ({source})",
+    )
     if problem:
-        raise ValueError(f"Cannot train: {problem}. Training labels index the vocabulary, so they must be equal")
+        raise ValueError(
+            f"Cannot train: {problem}. Training labels index the vocabulary, so they must be equal"
+        )
 
 
 def _share_buffers_of_rank0(model: torch.nn.Module) -> None:
@@ -117,7 +126,9 @@ class Trainer(TrainerStateBackport, DefaultTrainer):
         # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this; the
         # checkpoint hook built below must get ours (safe reading, atomic writes, resume fallback).
         self.checkpointer = GridCLIPCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, allow_partial=self.cfg.MODEL.ALLOW_PARTIAL_WEIGHTS,
+            self.checkpointer.model,
+            self.cfg.OUTPUT_DIR,
+            allow_partial=self.cfg.MODEL.ALLOW_PARTIAL_WEIGHTS,
             trainer=weakref.proxy(self),
         )
         hooks = super().build_hooks()
@@ -140,7 +151,10 @@ class Trainer(TrainerStateBackport, DefaultTrainer):
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-            overrides={"log_temperature": {"weight_decay": 0.0}, "logit_bias": {"weight_decay": 0.0}},
+            overrides={
+                "log_temperature": {"weight_decay": 0.0},
+                "logit_bias": {"weight_decay": 0.0},
+            },
         )
         return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
             params,
@@ -203,7 +217,9 @@ class Trainer(TrainerStateBackport, DefaultTrainer):
             one.DATASETS.TEST = (test_name,)
             classes = list(MetadataCatalog.get(test_name).thing_classes)
             with _vocabulary_of(cfg, inner, classes, test_name):
-                res = super().test(one, model, [evaluators[idx]] if evaluators is not None else None)
+                res = super().test(
+                    one, model, [evaluators[idx]] if evaluators is not None else None
+                )
             results[test_name] = res
             if not comm.is_main_process() or not res or "bbox" not in res:
                 continue
@@ -237,8 +253,14 @@ def _vocabulary_of(cfg, model, classes: List[str], test_name: str):
         logger.info("Evaluating %s with its %d classes: rows of %s", test_name, len(classes), path)
         model.set_vocabulary(names=classes, embeddings=path)
     else:
-        logger.info("Evaluating %s with its own %d classes (%d of them in the model's %d-class vocabulary), "
-                    "embedded with the model's CLIP weights and prompts", test_name, len(classes), shared, len(own))
+        logger.info(
+            "Evaluating %s with its own %d classes (%d of them in the model's %d-class vocabulary), "
+            "embedded with the model's CLIP weights and prompts",
+            test_name,
+            len(classes),
+            shared,
+            len(own),
+        )
         model.set_vocabulary(names=classes)
     try:
         yield

@@ -17,6 +17,7 @@ Loss (ViLD's image distillation loss): ``LOSS_WEIGHT * mean over regions of ||s 
 norm summing over the D dimensions. It does not depend on instances, so it is finite for images
 without any; with no regions in the batch it is an exact zero that still touches the graph.
 """
+
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -72,16 +73,19 @@ def pool_regions(
             pooled.append(mean_roi_align(emb, rois, resolution, 1.0 / stride))
             continue
         # R x D x P x P; sampling_ratio 0 = ceil(region size / P) samples per bin
-        bins = roi_align(emb, rois, resolution, spatial_scale=1.0 / stride, sampling_ratio=0,
-                         aligned=True)
+        bins = roi_align(
+            emb, rois, resolution, spatial_scale=1.0 / stride, sampling_ratio=0, aligned=True
+        )
         pooled.append(bins.amax(dim=(2, 3)))
     return F.normalize(torch.stack(pooled).mean(dim=0), dim=-1)  # R x D
 
 
 def _rois(boxes: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     """Per-image K_i x 4 boxes -> (sum K_i) x 5 (image index, x0, y0, x1, y1), as roi_align takes."""
-    rows = [torch.cat([torch.full((len(b), 1), float(i)), b.float().cpu().reshape(-1, 4)], dim=1)
-            for i, b in enumerate(boxes)]
+    rows = [
+        torch.cat([torch.full((len(b), 1), float(i)), b.float().cpu().reshape(-1, 4)], dim=1)
+        for i, b in enumerate(boxes)
+    ]
     return torch.cat(rows).to(device=like.device, dtype=like.dtype)
 
 
@@ -93,7 +97,7 @@ def encode_teacher_images(
     device = next(teacher.parameters()).device
     out = []
     for start in range(0, images.shape[0], chunk):
-        x = normalize_clip_input(images[start:start + chunk].to(device))
+        x = normalize_clip_input(images[start : start + chunk].to(device))
         out.append(F.normalize(teacher.encode_image(x).float(), dim=-1))
     if not out:
         return torch.zeros((0, teacher.embed_dim), device=device)
@@ -105,7 +109,9 @@ def _drop_teacher_entries(module, state_dict, prefix, local_metadata):
         del state_dict[k]
 
 
-def _keep_own_teacher(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+def _keep_own_teacher(
+    module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+):
     # Whatever a checkpoint holds under teacher.*, the teacher keeps its own tensors.
     for k in [k for k in state_dict if k.startswith(prefix + "teacher.")]:
         del state_dict[k]
@@ -158,11 +164,17 @@ class ImageAlignment(nn.Module):
         cache = None
         if cache_in_use(cfg):
             cache = TeacherCache.load(align.CACHE_FILE, cache_meta_from_cfg(cfg))
-            logger.info("Image-level alignment: %d images' teacher embeddings from %s",
-                        len(cache), align.CACHE_FILE)
+            logger.info(
+                "Image-level alignment: %d images' teacher embeddings from %s",
+                len(cache),
+                align.CACHE_FILE,
+            )
         elif align.CACHE_FILE:
-            logger.warning("MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE %s does not exist: the CLIP "
-                           "teacher runs on the fly", align.CACHE_FILE)
+            logger.warning(
+                "MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE %s does not exist: the CLIP "
+                "teacher runs on the fly",
+                align.CACHE_FILE,
+            )
         return {
             "loss_weight": align.LOSS_WEIGHT,
             "pool": align.POOL,
@@ -229,8 +241,7 @@ class ImageAlignment(nn.Module):
             {"loss_image_align": scalar}
         """
         boxes = [
-            x["align_boxes"] if "align_boxes" in x else torch.zeros((0, 4))
-            for x in batched_inputs
+            x["align_boxes"] if "align_boxes" in x else torch.zeros((0, 4)) for x in batched_inputs
         ]
         with_regions = [x for x in batched_inputs if "align_boxes" in x and len(x["align_boxes"])]
         if not with_regions:

@@ -11,6 +11,7 @@ Detectron2 has no BiFPN, so this module is written by hand. It follows Efficient
 Naming follows Detectron2's FPN: outputs are ``p{log2(stride)}`` (``p3``..``p7`` for strides
 8..128), all with ``out_channels`` channels. Tensors are ``N x C x H x W``.
 """
+
 import math
 from typing import Dict, List
 
@@ -157,7 +158,10 @@ class BiFPN(Backbone):
         self.laterals = nn.ModuleList()
         for f in in_features:
             conv = Conv2d(
-                shapes[f].channels, out_channels, 1, bias=norm == "",
+                shapes[f].channels,
+                out_channels,
+                1,
+                bias=norm == "",
                 norm=get_norm(norm, out_channels),
             )
             weight_init.c2_xavier_fill(conv)

@@ -7,6 +7,7 @@ OpenAI ResNet models (the values ``clip.build_model`` infers from their checkpoi
 channels; the second is the small CLIP pretrained for the embedded CPU default). ``infer_arch``
 reads an architecture off an OpenAI-layout state dict the way ``clip.model.build_model`` does.
 """
+
 import dataclasses
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -112,7 +113,9 @@ def _require(state_dict: Mapping, key: str):
 def infer_arch(state_dict: Mapping) -> CLIPArch:
     """Architecture of an OpenAI-layout CLIP state dict, inferred as ``clip.model.build_model`` does."""
     if "visual.proj" in state_dict:
-        raise ValueError("This is a CLIP ViT checkpoint; only CLIP ResNet (RN*) models are supported")
+        raise ValueError(
+            "This is a CLIP ViT checkpoint; only CLIP ResNet (RN*) models are supported"
+        )
     layers = tuple(
         len({k.split(".")[2] for k in state_dict if k.startswith(f"visual.layer{b}.")})
         for b in (1, 2, 3, 4)
@@ -121,7 +124,9 @@ def infer_arch(state_dict: Mapping) -> CLIPArch:
     num_pos = _require(state_dict, "visual.attnpool.positional_embedding").shape[0]
     grid = round((num_pos - 1) ** 0.5)
     if grid * grid + 1 != num_pos:
-        raise ValueError(f"visual.attnpool.positional_embedding has {num_pos} rows, not grid**2 + 1")
+        raise ValueError(
+            f"visual.attnpool.positional_embedding has {num_pos} rows, not grid**2 + 1"
+        )
     text_width = _require(state_dict, "ln_final.weight").shape[0]
     return CLIPArch(
         embed_dim=_require(state_dict, "text_projection").shape[1],

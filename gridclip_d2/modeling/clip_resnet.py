@@ -15,6 +15,7 @@ Besides the feature maps, the backbone gives CLIP's joint image-text space:
   at every location (MaskCLIP), i.e. what each location contributes to the pooled embedding;
 - ``encode_image(x) -> N x D``: stem..res5 + attention pool, equal to ``clip``'s ``encode_image``.
 """
+
 import logging
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
@@ -151,16 +152,27 @@ class CLIPResNet(Backbone):
         module is a FrozenBatchNorm2d (which has none).
         """
         prefix = "visual."
-        given = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        load_exact(self.visual, given, f"visual ({self._arch_label()} ModifiedResNet)", prefix,
-                   ignore_unexpected=("num_batches_tracked",))
+        given = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        load_exact(
+            self.visual,
+            given,
+            f"visual ({self._arch_label()} ModifiedResNet)",
+            prefix,
+            ignore_unexpected=("num_batches_tracked",),
+        )
 
     def _arch_label(self) -> str:
         return arch_name(self.arch)
 
     def _stage_modules(self) -> List[List[nn.Module]]:
         v = self.visual
-        return [[getattr(v, n) for n in _STEM_MODULES], [v.layer1], [v.layer2], [v.layer3], [v.layer4]]
+        return [
+            [getattr(v, n) for n in _STEM_MODULES],
+            [v.layer1],
+            [v.layer2],
+            [v.layer3],
+            [v.layer4],
+        ]
 
     def freeze(self, freeze_at: int = 0) -> "CLIPResNet":
         """Freeze the stem (``freeze_at >= 1``) and the first ``freeze_at - 1`` stages.
@@ -252,7 +264,9 @@ class CLIPResNet(Backbone):
         """Attention pool's v_proj then c_proj at every location: N x C5 x h x w -> N x D x h x w."""
         pool = self.visual.attnpool
         x = res5.permute(0, 2, 3, 1)  # N x h x w x C5
-        x = F.linear(F.linear(x, pool.v_proj.weight, pool.v_proj.bias), pool.c_proj.weight, pool.c_proj.bias)
+        x = F.linear(
+            F.linear(x, pool.v_proj.weight, pool.v_proj.bias), pool.c_proj.weight, pool.c_proj.bias
+        )
         return x.permute(0, 3, 1, 2)  # N x D x h x w
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
@@ -278,8 +292,11 @@ def build_clip_resnet_backbone(cfg, input_shape: ShapeSpec) -> CLIPResNet:
     """CLIPResNet initialised from MODEL.CLIP.* (weights, arch, norm, out features), FREEZE_AT applied."""
     c = cfg.MODEL.CLIP
     logger.info(
-        "CLIP %s backbone from %s, norm %s, FREEZE_AT %d", c.ARCH,
-        c.WEIGHTS or f"random init (seed {c.INIT_SEED})", c.NORM, cfg.MODEL.BACKBONE.FREEZE_AT,
+        "CLIP %s backbone from %s, norm %s, FREEZE_AT %d",
+        c.ARCH,
+        c.WEIGHTS or f"random init (seed {c.INIT_SEED})",
+        c.NORM,
+        cfg.MODEL.BACKBONE.FREEZE_AT,
     )
     return CLIPResNet(cfg, input_shape)
 
@@ -298,4 +315,3 @@ def build_clip_teacher(cfg) -> CLIPResNet:
         state_dict=clip_state_dict_from_cfg(cfg),
         freeze_attnpool=True,
     )
-

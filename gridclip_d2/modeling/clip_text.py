@@ -10,6 +10,7 @@ name (or each of its synonyms) goes into every prompt template, every prompt emb
 normalised, a class's prompts are averaged and the mean normalised again (ViLD's recipe).
 Names are cleaned as ViLD does for LVIS ("aerosol_can" -> "aerosol can").
 """
+
 import logging
 from typing import List, Optional, Sequence
 
@@ -115,7 +116,9 @@ def clean_name(name: str) -> str:
 def check_prompt(template: str) -> str:
     """Raise ValueError unless ``template`` has exactly one "{}" and formats (``{article}`` allowed)."""
     if template.count("{}") != 1:
-        raise ValueError(f'Prompt {template!r} must contain "{{}}" exactly once (the category name)')
+        raise ValueError(
+            f'Prompt {template!r} must contain "{{}}" exactly once (the category name)'
+        )
     try:
         template.format("x", article="a")
     except (KeyError, IndexError, ValueError) as e:
@@ -147,7 +150,9 @@ class CLIPTextEncoder(nn.Module):
         self.context_length = context_length
         # causal mask, as clip.model.CLIP.build_attention_mask
         mask = torch.full((context_length, context_length), float("-inf")).triu_(1)
-        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, mask)
+        self.transformer = Transformer(
+            transformer_width, transformer_layers, transformer_heads, mask
+        )
         self.token_embedding = nn.Embedding(vocab_size, transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
         self.ln_final = LayerNorm(transformer_width)
@@ -158,8 +163,12 @@ class CLIPTextEncoder(nn.Module):
     def from_arch(cls, arch) -> "CLIPTextEncoder":
         a: CLIPArch = get_arch(arch)
         return cls(
-            a.embed_dim, a.context_length, a.vocab_size,
-            a.transformer_width, a.transformer_heads, a.transformer_layers,
+            a.embed_dim,
+            a.context_length,
+            a.vocab_size,
+            a.transformer_width,
+            a.transformer_heads,
+            a.transformer_layers,
         )
 
     @classmethod
@@ -179,7 +188,11 @@ class CLIPTextEncoder(nn.Module):
 
         The text entries are every key except ``visual.*`` and ``logit_scale``.
         """
-        given = {k: v for k, v in state_dict.items() if not k.startswith("visual.") and k != "logit_scale"}
+        given = {
+            k: v
+            for k, v in state_dict.items()
+            if not k.startswith("visual.") and k != "logit_scale"
+        }
         load_exact(self, given, "text encoder")
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -243,7 +256,10 @@ def encode_names(
     owner = torch.tensor(owner)
     sums = torch.zeros(len(names), encoder.embed_dim, dtype=torch.float32)
     for start in tqdm(
-        range(0, len(prompts), batch_size), desc="text embeddings", unit="batch", disable=not progress
+        range(0, len(prompts), batch_size),
+        desc="text embeddings",
+        unit="batch",
+        disable=not progress,
     ):
         emb = encoder.encode_prompts(prompts[start : start + batch_size]).cpu()  # B x D
         sums.index_add_(0, owner[start : start + batch_size], emb)
@@ -271,7 +287,9 @@ def text_embeddings_from_cfg(cfg, names: Sequence[str]) -> torch.Tensor:
     templates = prompts_from_cfg(cfg)
     logger.info(
         "Computing %d text embeddings with CLIP %s (%s, %d prompt(s) per class)",
-        len(names), arch_name(get_arch(cfg.MODEL.CLIP.ARCH)), cfg.MODEL.CLIP.WEIGHTS or "random init",
+        len(names),
+        arch_name(get_arch(cfg.MODEL.CLIP.ARCH)),
+        cfg.MODEL.CLIP.WEIGHTS or "random init",
         len(templates),
     )
     return encode_names(encoder, names, templates, progress=len(names) * len(templates) > 2000)

@@ -17,6 +17,7 @@ Keys are OpenAI's (``visual.*``, ``token_embedding.weight``, ``transformer.*``, 
 ``positional_embedding``, ``text_projection``, ``logit_scale``); floating tensors are float32.
 Results are cached per process: callers must treat the returned tensors as read-only.
 """
+
 import hashlib
 import logging
 import os
@@ -43,9 +44,9 @@ _METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _CACHE: Dict[tuple, Dict[str, torch.Tensor]] = {}
 
 _HOW_TO_GET = (
-    "Download it on a machine with internet access, e.g. `python -c \"import clip; "
+    'Download it on a machine with internet access, e.g. `python -c "import clip; '
     "clip.load('{name}', device='cpu', download_root='{root}')\"`, or fetch {url} into that folder "
-    "(README section \"CLIP weights\"). MODEL.CLIP.WEIGHTS \"\" trains from a randomly initialised CLIP."
+    '(README section "CLIP weights"). MODEL.CLIP.WEIGHTS "" trains from a randomly initialised CLIP.'
 )
 
 
@@ -125,7 +126,7 @@ def load_clip_state_dict(
     """
     if weights == "":
         if arch is None:
-            raise ValueError("A random CLIP (MODEL.CLIP.WEIGHTS \"\") needs an architecture name")
+            raise ValueError('A random CLIP (MODEL.CLIP.WEIGHTS "") needs an architecture name')
         get_arch(arch)  # unknown names fail here, naming the option
         key = ("random", arch, int(seed))
         if key not in _CACHE:
@@ -145,7 +146,7 @@ def load_clip_state_dict(
             raise FileNotFoundError(
                 f"CLIP weights (MODEL.CLIP.WEIGHTS) {weights!r}: no such file, and not an OpenAI model "
                 f"name ({sorted(n for n in clip.available_models() if n.startswith('RN'))}). "
-                "MODEL.CLIP.WEIGHTS \"\" trains from a randomly initialised CLIP."
+                'MODEL.CLIP.WEIGHTS "" trains from a randomly initialised CLIP.'
             )
     key = ("file",) + _file_key(path)
     if key not in _CACHE:
@@ -153,7 +154,8 @@ def load_clip_state_dict(
         for k in _METADATA_KEYS:
             state_dict.pop(k, None)
         _CACHE[key] = {
-            k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()
+            k: (v.float() if v.is_floating_point() else v).contiguous()
+            for k, v in state_dict.items()
         }
         logger.info("Loaded CLIP weights from %s", path)
     state_dict = _CACHE[key]
@@ -176,8 +178,13 @@ def clip_state_dict_from_cfg(cfg) -> Dict[str, torch.Tensor]:
     return load_clip_state_dict(c.WEIGHTS, c.ARCH, c.DOWNLOAD_ROOT, c.INIT_SEED)
 
 
-def load_exact(module: nn.Module, given: Mapping[str, torch.Tensor], what: str, prefix: str = "",
-               ignore_unexpected: Iterable[str] = ()) -> None:
+def load_exact(
+    module: nn.Module,
+    given: Mapping[str, torch.Tensor],
+    what: str,
+    prefix: str = "",
+    ignore_unexpected: Iterable[str] = (),
+) -> None:
     """Load ``given`` (keys relative to ``module``) only if keys and shapes match one for one.
 
     Errors name every missing or unexpected key (with ``prefix``, as they appear in the checkpoint)
@@ -187,7 +194,9 @@ def load_exact(module: nn.Module, given: Mapping[str, torch.Tensor], what: str, 
     own = module.state_dict()
     ignore = tuple(ignore_unexpected)
     missing = sorted(prefix + k for k in own if k not in given)
-    unexpected = sorted(prefix + k for k in given if k not in own and not (ignore and k.endswith(ignore)))
+    unexpected = sorted(
+        prefix + k for k in given if k not in own and not (ignore and k.endswith(ignore))
+    )
     if missing or unexpected:
         raise KeyError(
             f"CLIP {what} weights do not fit: "

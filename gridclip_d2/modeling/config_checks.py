@@ -1,11 +1,14 @@
 """Checks of module arguments shared by the neck, the BiFPN, the head and the meta-architecture,
 each naming the config key at fault."""
+
 from typing import Iterable, Sequence
 
 __all__ = ["check_group_norm", "check_in_features"]
 
 
-def check_in_features(in_features: Sequence[str], available: Iterable[str], key: str, producer: str) -> None:
+def check_in_features(
+    in_features: Sequence[str], available: Iterable[str], key: str, producer: str
+) -> None:
     """``in_features`` (config ``key``) must be a non-empty subset of ``available``, the outputs of
     ``producer`` (e.g. "the CLIP backbone (MODEL.CLIP.OUT_FEATURES)")."""
     available = list(available)

@@ -1,5 +1,6 @@
 """Decoding one pyramid level's dense predictions into detections, faster than Detectron2's
 ``DenseDetector._decode_per_level_predictions`` with the same result (see :func:`decode_level`)."""
+
 from typing import Tuple
 
 import torch
@@ -54,7 +55,9 @@ def decode_level(
     scores, idxs = scores[keep], idxs[keep]
     anchor_idxs = torch.div(idxs, num_classes, rounding_mode="floor")
     classes_idxs = idxs - anchor_idxs * num_classes
-    pred_boxes = box2box_transform.apply_deltas(pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs])
+    pred_boxes = box2box_transform.apply_deltas(
+        pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs]
+    )
     pred_boxes = Boxes(pred_boxes)
     pred_boxes.clip(image_size)
     return Instances(image_size, pred_boxes=pred_boxes, scores=scores, pred_classes=classes_idxs)

@@ -12,6 +12,7 @@ fvcore has this; it is written here as two small functions.
 
 Shapes: C = number of classes; class ids are contiguous (0..C-1).
 """
+
 from typing import Optional, Sequence
 
 import torch
@@ -36,20 +37,27 @@ def fed_loss_class_weights(
     """
     counts = torch.as_tensor(list(image_counts), dtype=torch.float32)  # C
     if counts.ndim != 1 or len(counts) == 0:
-        raise ValueError(f"image_count_per_class must be a non-empty list of C counts, got {counts.shape}")
+        raise ValueError(
+            f"image_count_per_class must be a non-empty list of C counts, got {counts.shape}"
+        )
     if (counts < 0).any():
         raise ValueError("image_count_per_class has negative entries")
     weights = counts.pow(float(freq_weight))
     weights[counts == 0] = 0.0  # 0 ** 0 would be 1: a class without images is never sampled
     if allowed is not None:
         if allowed.shape != weights.shape:
-            raise ValueError(f"allowed mask has shape {tuple(allowed.shape)}, expected ({len(weights)},)")
+            raise ValueError(
+                f"allowed mask has shape {tuple(allowed.shape)}, expected ({len(weights)},)"
+            )
         weights = weights * allowed.to(weights.dtype)
     return weights
 
 
 def sample_fed_loss_classes(
-    gt_classes: Tensor, num_sample: int, weights: Tensor, generator: Optional[torch.Generator] = None
+    gt_classes: Tensor,
+    num_sample: int,
+    weights: Tensor,
+    generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """
     Classes that take part in the classification loss of one batch.

@@ -15,6 +15,7 @@ The towers are written here instead of using Detectron2's ``RetinaNetHead``/``FC
 ``norm="GN"`` builds ``GroupNorm(32, 1)`` and crashes, and their classifier is a conv with one
 output per class, whereas GridCLIP's classifier is the frozen text-embedding matrix.
 """
+
 import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -60,7 +61,9 @@ def _attnpool_projection(cfg):
 
     sd = clip_state_dict_from_cfg(cfg)
     p = "visual.attnpool."
-    return tuple(sd[p + k] for k in ("v_proj.weight", "v_proj.bias", "c_proj.weight", "c_proj.bias"))
+    return tuple(
+        sd[p + k] for k in ("v_proj.weight", "v_proj.bias", "c_proj.weight", "c_proj.bias")
+    )
 
 
 class GridCLIPHead(nn.Module):
@@ -106,9 +109,13 @@ class GridCLIPHead(nn.Module):
         super().__init__()
         channels = {s.channels for s in input_shape}
         if len(channels) != 1:
-            raise ValueError(f"GridCLIPHead needs the same channels on every level, got {sorted(channels)}")
+            raise ValueError(
+                f"GridCLIPHead needs the same channels on every level, got {sorted(channels)}"
+            )
         in_channels = channels.pop()
-        check_group_norm(norm, in_channels, "MODEL.GRIDCLIP.HEAD_NORM", "the neck (MODEL.FPN/BIFPN.OUT_CHANNELS)")
+        check_group_norm(
+            norm, in_channels, "MODEL.GRIDCLIP.HEAD_NORM", "the neck (MODEL.FPN/BIFPN.OUT_CHANNELS)"
+        )
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"MODEL.GRIDCLIP.PRIOR_PROB must lie in (0, 1), got {prior_prob}")
         if temperature <= 0:
@@ -117,7 +124,9 @@ class GridCLIPHead(nn.Module):
         self.dense_clip_levels = sorted(set(int(i) for i in dense_clip_levels))
         for i in self.dense_clip_levels:
             if not 0 <= i < self.num_levels:
-                raise ValueError(f"dense_clip_levels index {i} out of range for {self.num_levels} levels")
+                raise ValueError(
+                    f"dense_clip_levels index {i} out of range for {self.num_levels} levels"
+                )
 
         self.classifier = classifier
         embed_dim = int(classifier.embeddings.shape[1])
@@ -134,8 +143,10 @@ class GridCLIPHead(nn.Module):
                     f"do not map res5 into the classifier's {embed_dim}-d space"
                 )
             width = v_w.shape[0]
-            self.embed = nn.Sequential(nn.Conv2d(in_channels, width, kernel_size=1),
-                                       nn.Conv2d(width, embed_dim, kernel_size=1))
+            self.embed = nn.Sequential(
+                nn.Conv2d(in_channels, width, kernel_size=1),
+                nn.Conv2d(width, embed_dim, kernel_size=1),
+            )
         self.bbox_pred = nn.Conv2d(in_channels, 4, kernel_size=3, stride=1, padding=1)
         self.ctrness = nn.Conv2d(in_channels, 1, kernel_size=3, stride=1, padding=1)
         for module in [self.cls_subnet, self.bbox_subnet, self.embed, self.bbox_pred, self.ctrness]:
@@ -183,7 +194,9 @@ class GridCLIPHead(nn.Module):
             "temperature": cfg.MODEL.GRIDCLIP.TEMPERATURE,
             "learn_temperature": cfg.MODEL.GRIDCLIP.LEARN_TEMPERATURE,
             "dense_clip_levels": dense_levels,
-            "clip_projection": _attnpool_projection(cfg) if cfg.MODEL.GRIDCLIP.EMBED_INIT == "clip" else None,
+            "clip_projection": _attnpool_projection(cfg)
+            if cfg.MODEL.GRIDCLIP.EMBED_INIT == "clip"
+            else None,
         }
 
     @property
@@ -220,7 +233,9 @@ class GridCLIPHead(nn.Module):
             over levels (see the module docstring for shapes).
         """
         if len(features) != self.num_levels:
-            raise ValueError(f"GridCLIPHead was built for {self.num_levels} levels, got {len(features)}")
+            raise ValueError(
+                f"GridCLIPHead was built for {self.num_levels} levels, got {len(features)}"
+            )
         if self.dense_clip_levels and dense_embedding is None:
             raise ValueError("GridCLIPHead has dense_clip_levels but no dense_embedding was given")
         temperature = self.temperature
@@ -229,19 +244,26 @@ class GridCLIPHead(nn.Module):
             emb = self.embed(self.cls_subnet(x))  # N x D x Hi x Wi
             if i in self.dense_clip_levels:
                 dense = F.interpolate(
-                    dense_embedding.to(emb.dtype), size=emb.shape[-2:], mode="bilinear", align_corners=False
+                    dense_embedding.to(emb.dtype),
+                    size=emb.shape[-2:],
+                    mode="bilinear",
+                    align_corners=False,
                 )
                 emb = emb + F.normalize(dense, dim=1)
             emb = F.normalize(emb, dim=1)
             if self.training:
                 cos = self.classifier(emb.permute(0, 2, 3, 1))  # N x Hi x Wi x C
-                logits.append(cos.permute(0, 3, 1, 2) * temperature + self.logit_bias)  # N x C x Hi x Wi
+                logits.append(
+                    cos.permute(0, 3, 1, 2) * temperature + self.logit_bias
+                )  # N x C x Hi x Wi
             else:
                 logits.append(self._inference_logits(emb, temperature))
             grid_embeddings.append(emb)
 
             reg = self.bbox_subnet(x)
             # exp of a clamped exponent: e^8 strides is far beyond any box, and exp cannot overflow.
-            box_deltas.append(torch.exp((self.bbox_pred(reg) * self.scales[i]).clamp(max=8.0)))  # N x 4 x Hi x Wi
+            box_deltas.append(
+                torch.exp((self.bbox_pred(reg) * self.scales[i]).clamp(max=8.0))
+            )  # N x 4 x Hi x Wi
             centerness.append(self.ctrness(reg))  # N x 1 x Hi x Wi
         return GridHeadOutputs(logits, box_deltas, centerness, grid_embeddings)

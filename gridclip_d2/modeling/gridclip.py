@@ -10,6 +10,7 @@ C classes of the current vocabulary, D = CLIP embedding dim. Class ids are conti
 vocabulary the model currently holds, ``GridCLIP.vocabulary``: the names it was built with
 (:mod:`.model_vocabulary`: from its config alone) until :meth:`GridCLIP.set_vocabulary` replaces them.
 """
+
 import functools
 import logging
 import os
@@ -119,8 +120,12 @@ class GridCLIP(FCOS):
         self.encode_vocabulary = encode_vocabulary
         self.input_format = input_format
         if vocabulary is not None and len(vocabulary) != num_classes:
-            raise ValueError(f"num_classes={num_classes} but the vocabulary has {len(vocabulary)} names")
-        self.vocabulary: Optional[List[str]] = None if vocabulary is None else [str(n) for n in vocabulary]
+            raise ValueError(
+                f"num_classes={num_classes} but the vocabulary has {len(vocabulary)} names"
+            )
+        self.vocabulary: Optional[List[str]] = (
+            None if vocabulary is None else [str(n) for n in vocabulary]
+        )
 
         # Classification-loss columns: True = class takes part in loss_cls.
         self.loss_num_classes = num_classes
@@ -151,17 +156,29 @@ class GridCLIP(FCOS):
         g = cfg.MODEL.GRIDCLIP
         names, names_source = vocabulary_from_cfg(cfg)
         metadata = training_metadata(cfg, names)
-        image_count_per_class = metadata.get("image_count_per_class", None) if metadata is not None else None
+        image_count_per_class = (
+            metadata.get("image_count_per_class", None) if metadata is not None else None
+        )
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         in_features = list(cfg.MODEL.GRIDCLIP.IN_FEATURES)
-        check_in_features(in_features, shapes, "MODEL.GRIDCLIP.IN_FEATURES", f"backbone {cfg.MODEL.BACKBONE.NAME}")
+        check_in_features(
+            in_features, shapes, "MODEL.GRIDCLIP.IN_FEATURES", f"backbone {cfg.MODEL.BACKBONE.NAME}"
+        )
         classifier = TextClassifier(cfg, names=names, names_source=names_source)
         head = GridCLIPHead(cfg, [shapes[f] for f in in_features], classifier=classifier)
-        novel = list(metadata.get("novel_class_ids", [])) if metadata is not None and g.IGNORE_NOVEL_CLASSES else []
+        novel = (
+            list(metadata.get("novel_class_ids", []))
+            if metadata is not None and g.IGNORE_NOVEL_CLASSES
+            else []
+        )
         logger.info(
             "GridCLIP: %d classes from %s, %d novel left out of loss_cls, federated loss %s, image-level "
-            "alignment %s", len(names), names_source, len(novel), "on" if g.USE_FED_LOSS else "off",
+            "alignment %s",
+            len(names),
+            names_source,
+            len(novel),
+            "on" if g.USE_FED_LOSS else "off",
             "on" if g.IMAGE_ALIGN.ENABLED else "off",
         )
         return {
@@ -208,16 +225,22 @@ class GridCLIP(FCOS):
         if self.training:
             missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
             if missing:
-                raise ValueError(f"GridCLIP training needs 'instances' in every input; inputs {missing} lack them")
+                raise ValueError(
+                    f"GridCLIP training needs 'instances' in every input; inputs {missing} lack them"
+                )
             gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
             return self.forward_training(images, features, outputs, gt_instances, batched_inputs)
 
         results = self.forward_inference(images, features, outputs.dense_predictions())
         processed_results = []
-        for results_per_image, input_per_image, image_size in zip(results, batched_inputs, images.image_sizes):
+        for results_per_image, input_per_image, image_size in zip(
+            results, batched_inputs, images.image_sizes
+        ):
             height = input_per_image.get("height", image_size[0])
             width = input_per_image.get("width", image_size[1])
-            processed_results.append({"instances": detector_postprocess(results_per_image, height, width)})
+            processed_results.append(
+                {"instances": detector_postprocess(results_per_image, height, width)}
+            )
         return processed_results
 
     def _inference_layout(self, x: Tensor) -> Tensor:
@@ -229,18 +252,24 @@ class GridCLIP(FCOS):
             return x
         return x.contiguous(memory_format=torch.channels_last)
 
-    def forward_training(self, images, features, outputs: GridHeadOutputs, gt_instances, batched_inputs=None):
+    def forward_training(
+        self, images, features, outputs: GridHeadOutputs, gt_instances, batched_inputs=None
+    ):
         pred_logits, pred_deltas, pred_centerness = self._transpose_dense_predictions(
             outputs.dense_predictions(), [self.num_classes, 4, 1]
         )  # N x Ri x C, N x Ri x 4, N x Ri x 1 per level
         self._check_finite(logits=pred_logits, box_deltas=pred_deltas, centerness=pred_centerness)
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
-        losses = self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_centerness)
+        losses = self.losses(
+            anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_centerness
+        )
         if self.image_alignment is not None:
             if batched_inputs is None:
                 raise ValueError("the image-level alignment needs the batched inputs")
-            losses.update(self.image_alignment(outputs.grid_embeddings, self.strides, batched_inputs))
+            losses.update(
+                self.image_alignment(outputs.grid_embeddings, self.strides, batched_inputs)
+            )
         return losses
 
     @staticmethod
@@ -275,7 +304,9 @@ class GridCLIP(FCOS):
                 gt_labels.append(next(labels_ne))
                 gt_boxes.append(next(boxes_ne))
             else:
-                gt_labels.append(torch.full((num_anchors,), self.num_classes, dtype=torch.int64, device=device))
+                gt_labels.append(
+                    torch.full((num_anchors,), self.num_classes, dtype=torch.int64, device=device)
+                )
                 gt_boxes.append(Boxes(torch.zeros((num_anchors, 4), device=device)))
         return gt_labels, gt_boxes
 
@@ -289,13 +320,17 @@ class GridCLIP(FCOS):
                     "has none (for LVIS: run datasets/prepare_lvis_base.py, which writes the counts), or "
                     "its classes are not the model's vocabulary"
                 )
-            columns = sample_fed_loss_classes(pos_labels, self.fed_loss_num_classes, self.fed_loss_weights)
+            columns = sample_fed_loss_classes(
+                pos_labels, self.fed_loss_num_classes, self.fed_loss_weights
+            )
             return columns[self.loss_class_mask[columns]]
         if bool(self.loss_class_mask.all()):
             return None
         return self.loss_class_mask.nonzero().squeeze(1)
 
-    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness):
+    def losses(
+        self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness
+    ):
         """FCOS's losses, renamed, with the classification loss restricted to the loss columns."""
         if self.num_classes != self.loss_num_classes:
             raise RuntimeError(
@@ -324,7 +359,11 @@ class GridCLIP(FCOS):
         keep = cols >= 0
         targets[img_idx[keep], anchor_idx[keep], cols[keep]] = 1.0
         loss_cls = sigmoid_focal_loss_jit(
-            logits, targets, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma, reduction="sum"
+            logits,
+            targets,
+            alpha=self.focal_loss_alpha,
+            gamma=self.focal_loss_gamma,
+            reduction="sum",
         )
 
         loss_box_reg = _dense_box_regression_loss(
@@ -358,8 +397,10 @@ class GridCLIP(FCOS):
         anchors = self.anchor_generator(features)
         results: List[Instances] = []
         for img_idx, image_size in enumerate(images.image_sizes):
-            scores = [x[img_idx].sigmoid_().mul_(y[img_idx].sigmoid_()).sqrt_()  # Ri x C
-                      for x, y in zip(pred_logits, pred_centerness)]
+            scores = [
+                x[img_idx].sigmoid_().mul_(y[img_idx].sigmoid_()).sqrt_()  # Ri x C
+                for x, y in zip(pred_logits, pred_centerness)
+            ]
             deltas = [x[img_idx] for x in pred_deltas]
             results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results
@@ -385,8 +426,15 @@ class GridCLIP(FCOS):
             pred_scores: Ri x C scores in [0, 1].
             pred_deltas: Ri x 4 box deltas.
         """
-        return decode_level(self.box2box_transform, anchors, pred_scores, pred_deltas, score_thresh,
-                            topk_candidates, image_size)
+        return decode_level(
+            self.box2box_transform,
+            anchors,
+            pred_scores,
+            pred_deltas,
+            score_thresh,
+            topk_candidates,
+            image_size,
+        )
 
     # ------------------------------------------------------------------ vocabulary
     @torch.no_grad()
@@ -414,13 +462,17 @@ class GridCLIP(FCOS):
                 raise ValueError("set_vocabulary: the vocabulary is empty (no names given)")
         if embeddings is None:
             if self.encode_vocabulary is None:
-                raise ValueError("this model was built without a text encoder; pass `embeddings` instead")
+                raise ValueError(
+                    "this model was built without a text encoder; pass `embeddings` instead"
+                )
             emb = self.encode_vocabulary(names)
         elif isinstance(embeddings, (str, os.PathLike)):
             emb = load_text_embeddings(os.fspath(embeddings))
         else:
             emb = embeddings
-        emb = torch.as_tensor(np.asarray(emb) if not isinstance(emb, Tensor) else emb, dtype=torch.float32)
+        emb = torch.as_tensor(
+            np.asarray(emb) if not isinstance(emb, Tensor) else emb, dtype=torch.float32
+        )
         if emb.ndim != 2 or emb.shape[0] == 0:
             raise ValueError(
                 f"set_vocabulary: embeddings must be a non-empty C x D matrix, got shape {tuple(emb.shape)}"

@@ -13,6 +13,7 @@ summation order. Torchvision has no such op; written here.
 
 Conventions: N images, D channels, H x W feature map, R regions, P x P bins per region.
 """
+
 import math
 from typing import Tuple
 
@@ -23,7 +24,9 @@ from torchvision.ops import roi_align
 __all__ = ["mean_roi_align", "roi_axis_weights"]
 
 
-def roi_axis_weights(start: Tensor, extent: Tensor, length: int, bins: int) -> Tuple[Tensor, Tensor]:
+def roi_axis_weights(
+    start: Tensor, extent: Tensor, length: int, bins: int
+) -> Tuple[Tensor, Tensor]:
     """
     Weights of roi_align's samples along one axis (as torchvision's kernel computes them, float32).
 
@@ -47,7 +50,9 @@ def roi_axis_weights(start: Tensor, extent: Tensor, length: int, bins: int) -> T
     i = torch.arange(num, device=start.device)[None, None, :]
     g = grid[:, None, None]
     # y = start + p * bin + (i + .5) * bin / grid, in roi_align's order of float operations
-    pos = start[:, None, None] + p * bin_size + (i.float() + 0.5) * bin_size / g.clamp(min=1).float()
+    pos = (
+        start[:, None, None] + p * bin_size + (i.float() + 0.5) * bin_size / g.clamp(min=1).float()
+    )
     valid = ((i < g) & (pos >= -1.0) & (pos <= length)).float()  # R x P x G
     pos = pos.clamp(min=0.0)
     low = pos.long()  # truncation, pos >= 0
@@ -65,7 +70,9 @@ class _MeanRoIAlign(torch.autograd.Function):
     def forward(ctx, x: Tensor, rois: Tensor, bins: int, scale: float) -> Tensor:
         ctx.save_for_backward(rois)
         ctx.meta = (x.shape, x.dtype, bins, scale)
-        return roi_align(x, rois, bins, spatial_scale=scale, sampling_ratio=0, aligned=True).mean(dim=(2, 3))
+        return roi_align(x, rois, bins, spatial_scale=scale, sampling_ratio=0, aligned=True).mean(
+            dim=(2, 3)
+        )
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # grad: R x D

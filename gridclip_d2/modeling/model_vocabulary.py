@@ -15,6 +15,7 @@ Setting both CLASS_NAMES and VOCABULARY is an error. The sidecar written by
 its names against the vocabulary, its CLIP architecture and text-tower fingerprint against
 MODEL.CLIP.*, its prompts against MODEL.GRIDCLIP.PROMPT(_ENSEMBLE); a mismatch names both sides.
 """
+
 import json
 import logging
 import os
@@ -57,9 +58,13 @@ def read_vocabulary_file(path: str, what: str = "Vocabulary file") -> List[str]:
         except (ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"{what} {path} is not valid UTF-8 json ({e})") from None
         names = data.get("names") if isinstance(data, dict) else data
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n for n in names)
+        ):
             raise ValueError(
-                f"{what} {path} must hold a non-empty list of names, or an object whose \"names\" is one"
+                f'{what} {path} must hold a non-empty list of names, or an object whose "names" is one'
             )
         duplicates = _duplicates(names)
         if duplicates:
@@ -82,9 +87,11 @@ def read_sidecar(npy_path: str) -> Optional[dict]:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"Sidecar {path} of the text embeddings {npy_path} is not valid UTF-8 json ({e})") from None
+        raise ValueError(
+            f"Sidecar {path} of the text embeddings {npy_path} is not valid UTF-8 json ({e})"
+        ) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("names"), list):
-        raise ValueError(f"Sidecar {path} of the text embeddings {npy_path} has no \"names\" list")
+        raise ValueError(f'Sidecar {path} of the text embeddings {npy_path} has no "names" list')
     return meta
 
 
@@ -93,12 +100,16 @@ def _show(names: Sequence[str], limit: int = 30) -> str:
     return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} names)"
 
 
-def names_mismatch(have: Sequence[str], want: Sequence[str], have_what: str, want_what: str) -> Optional[str]:
+def names_mismatch(
+    have: Sequence[str], want: Sequence[str], have_what: str, want_what: str
+) -> Optional[str]:
     """None when equal, else a message naming both lists and their first difference."""
     have, want = list(have), list(want)
     if have == want:
         return None
-    first = next((i for i, (a, b) in enumerate(zip(have, want)) if a != b), min(len(have), len(want)))
+    first = next(
+        (i for i, (a, b) in enumerate(zip(have, want)) if a != b), min(len(have), len(want))
+    )
     detail = (
         f"first difference at class {first}: {have[first] if first < len(have) else '<none>'!r} vs "
         f"{want[first] if first < len(want) else '<none>'!r}"
@@ -126,16 +137,24 @@ def check_sidecar(
     ``names`` made with CLIP ``arch`` / text ``fingerprint`` and ``prompts``."""
     side = sidecar_path(npy_path)
     if names is not None:
-        problem = names_mismatch(meta["names"], names, f"the names in {side}", f"the vocabulary ({names_source})")
+        problem = names_mismatch(
+            meta["names"], names, f"the names in {side}", f"the vocabulary ({names_source})"
+        )
         if problem:
-            raise ValueError(f"Text embeddings {npy_path} (MODEL.GRIDCLIP.TEXT_EMBEDDINGS) do not fit: {problem}")
+            raise ValueError(
+                f"Text embeddings {npy_path} (MODEL.GRIDCLIP.TEXT_EMBEDDINGS) do not fit: {problem}"
+            )
     if meta.get("arch") is not None and meta["arch"] != arch:
         raise ValueError(
             f"Text embeddings {npy_path} were made with CLIP {meta['arch']!r} ({side}) but MODEL.CLIP.ARCH is "
             f"{arch!r}; rewrite them with tools/dump_text_embeddings.py --arch {arch}"
         )
     if meta.get("text_fingerprint") is None:
-        logger.warning("%s records no CLIP text fingerprint: the weights behind %s cannot be checked", side, npy_path)
+        logger.warning(
+            "%s records no CLIP text fingerprint: the weights behind %s cannot be checked",
+            side,
+            npy_path,
+        )
     elif meta["text_fingerprint"] != fingerprint:
         raise ValueError(
             f"Text embeddings {npy_path} were made with CLIP weights {meta.get('clip_weights')!r} (text "
@@ -171,7 +190,9 @@ def explicit_vocabulary_from_cfg(cfg) -> Optional[Tuple[List[str], str]]:
         if vocabulary in BUILTIN_VOCABULARIES:
             from ..data.vocabulary import get_vocabulary
 
-            return [c["name"] for c in get_vocabulary(vocabulary)], f"MODEL.GRIDCLIP.VOCABULARY {vocabulary!r}"
+            return [
+                c["name"] for c in get_vocabulary(vocabulary)
+            ], f"MODEL.GRIDCLIP.VOCABULARY {vocabulary!r}"
         if not vocabulary.lower().endswith((".txt", ".json")):
             raise ValueError(
                 f"MODEL.GRIDCLIP.VOCABULARY {vocabulary!r}: expected {' or '.join(BUILTIN_VOCABULARIES)}, "

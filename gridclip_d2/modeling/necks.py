@@ -11,6 +11,7 @@ keys ``backbone.bottom_up.*``). With MODEL.GRIDCLIP.DENSE_CLIP_LEVELS set they a
 ``"dense_clip"``: CLIP's dense embedding of res5 (N x D x H/32 x W/32, the attention pool's
 projections at every location), which the head adds to those levels' grid embeddings.
 """
+
 from typing import Dict
 
 from torch import Tensor
@@ -129,7 +130,9 @@ def build_clip_resnet_bifpn_backbone(cfg, input_shape: ShapeSpec) -> CLIPBiFPN:
     """CLIP ResNet + BiFPN (MODEL.BIFPN.*): p3..p7."""
     bottom_up = build_clip_resnet_backbone(cfg, input_shape)
     in_features = list(cfg.MODEL.BIFPN.IN_FEATURES)
-    check_in_features(in_features, bottom_up.output_shape(), "MODEL.BIFPN.IN_FEATURES", _CLIP_OUTPUTS)
+    check_in_features(
+        in_features, bottom_up.output_shape(), "MODEL.BIFPN.IN_FEATURES", _CLIP_OUTPUTS
+    )
     return CLIPBiFPN(
         bottom_up=bottom_up,
         in_features=in_features,

@@ -17,6 +17,7 @@ config whose teacher or training set (name, SHA-1 of its json) differs fails wit
 file named. Writes go to a temporary file in the same folder, renamed over the target only once
 complete.
 """
+
 import hashlib
 import logging
 import os
@@ -63,7 +64,12 @@ def dataset_identity(dataset_names: Sequence[str]) -> List[Dict[str, str]]:
     for name in dataset_names:
         meta = MetadataCatalog.get(name)
         path = meta.get("source_json_file", None) or meta.get("json_file", None) or ""
-        out.append({"name": str(name), "json_sha1": _file_sha1(path) if path and os.path.isfile(path) else ""})
+        out.append(
+            {
+                "name": str(name),
+                "json_sha1": _file_sha1(path) if path and os.path.isfile(path) else "",
+            }
+        )
     return out
 
 
@@ -72,7 +78,9 @@ def cache_meta_from_cfg(cfg, dataset_names: Optional[Sequence[str]] = None) -> D
     (default: DATASETS.TRAIN)."""
     names = list(cfg.DATASETS.TRAIN) if dataset_names is None else list(dataset_names)
     names = list(dict.fromkeys(names))  # a set named twice is embedded once
-    meta = {"datasets": dataset_identity(names)} if names else {}  # no training set: nothing to check
+    meta = (
+        {"datasets": dataset_identity(names)} if names else {}
+    )  # no training set: nothing to check
     return {
         **meta,
         "arch": str(cfg.MODEL.CLIP.ARCH),
@@ -86,8 +94,13 @@ def cache_meta_from_cfg(cfg, dataset_names: Optional[Sequence[str]] = None) -> D
 class TeacherCache:
     """Teacher embeddings keyed by image id; ``cache[image_id] -> K x D`` float32 tensor."""
 
-    def __init__(self, meta: Dict[str, Any], image_ids: List[Hashable], embeddings: torch.Tensor,
-                 path: str = ""):
+    def __init__(
+        self,
+        meta: Dict[str, Any],
+        image_ids: List[Hashable],
+        embeddings: torch.Tensor,
+        path: str = "",
+    ):
         if embeddings.dim() != 3 or embeddings.shape[0] != len(image_ids):
             raise ValueError(
                 f"teacher cache{' ' + path if path else ''}: embeddings must be N x K x D with "
@@ -134,8 +147,12 @@ class TeacherCache:
         where = f" {self.path}" if self.path else ""
         for key, value in expected.items():
             if key == "datasets" and key not in self.meta:
-                logger.warning("teacher cache%s does not record its data sets: it cannot be checked "
-                               "against %s", where, [d["name"] for d in value])
+                logger.warning(
+                    "teacher cache%s does not record its data sets: it cannot be checked "
+                    "against %s",
+                    where,
+                    [d["name"] for d in value],
+                )
                 continue
             if key not in self.meta:
                 raise ValueError(f"teacher cache{where} has no meta field {key!r}")

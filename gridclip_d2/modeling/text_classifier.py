@@ -7,6 +7,7 @@ non-persistent (checkpoints carry no vocabulary, so a model can be loaded with a
 temperature and bias belong to the head, and a row count that does not match the classes is an error
 naming the file and both numbers. ``set_embeddings`` swaps the vocabulary at inference.
 """
+
 import logging
 import os
 from typing import Optional, Sequence
@@ -33,7 +34,7 @@ def load_text_embeddings(path: str, expected_rows: Optional[int] = None) -> torc
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"Text embeddings {path} (MODEL.GRIDCLIP.TEXT_EMBEDDINGS) not found; write them with "
-            "tools/dump_text_embeddings.py, or set MODEL.GRIDCLIP.TEXT_EMBEDDINGS \"\" to compute "
+            'tools/dump_text_embeddings.py, or set MODEL.GRIDCLIP.TEXT_EMBEDDINGS "" to compute '
             "them from the vocabulary's names"
         )
     try:
@@ -80,12 +81,19 @@ class TextClassifier(nn.Module):
             if meta is None:
                 logger.warning(
                     "Text embeddings %s have no sidecar %s: their rows are taken to follow %s unchecked",
-                    path, sidecar_path(path), names_source,
+                    path,
+                    sidecar_path(path),
+                    names_source,
                 )
             else:
                 check_sidecar(
-                    path, meta, names=names, names_source=names_source, arch=cfg.MODEL.CLIP.ARCH,
-                    fingerprint=text_fingerprint(clip_state_dict_from_cfg(cfg)), prompts=prompts_from_cfg(cfg),
+                    path,
+                    meta,
+                    names=names,
+                    names_source=names_source,
+                    arch=cfg.MODEL.CLIP.ARCH,
+                    fingerprint=text_fingerprint(clip_state_dict_from_cfg(cfg)),
+                    prompts=prompts_from_cfg(cfg),
                 )
             source = f"Text embeddings {path}"
         else:
@@ -102,7 +110,9 @@ class TextClassifier(nn.Module):
         """Replace the vocabulary: ``embeddings`` C' x D (same D), normalised and kept fixed."""
         embeddings = torch.as_tensor(embeddings)
         if embeddings.dim() != 2 or embeddings.shape[0] == 0:
-            raise ValueError(f"Class embeddings must be C x D with C > 0, got {tuple(embeddings.shape)}")
+            raise ValueError(
+                f"Class embeddings must be C x D with C > 0, got {tuple(embeddings.shape)}"
+            )
         old = getattr(self, "embeddings", None)
         if old is not None and embeddings.shape[1] != old.shape[1]:
             raise ValueError(

@@ -18,6 +18,7 @@ Deterministic: the batches of step ``i`` are drawn from a generator seeded with 
 resumed run sees the batches an uninterrupted run would (same machine and thread count give the
 same weights).
 """
+
 import dataclasses
 import logging
 import math
@@ -67,10 +68,17 @@ def _lr_at(step: int, cfg: PretrainConfig) -> float:
 
 def _optimizer(model: CLIP, cfg: PretrainConfig) -> torch.optim.Optimizer:
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    no_decay = [
+        p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)
+    ]
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
     )
 
 
@@ -102,7 +110,9 @@ def contrastive_loss(model: CLIP, images: torch.Tensor, tokens: torch.Tensor) ->
     """CLIP's symmetric InfoNCE loss of a batch (images B x 3 x S x S normalised, tokens B x L)."""
     logits_per_image, logits_per_text = model(images, tokens)
     labels = torch.arange(images.shape[0])
-    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    return (
+        F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)
+    ) / 2
 
 
 def pretrain_clip(
@@ -117,7 +127,9 @@ def pretrain_clip(
     cfg = cfg or PretrainConfig()
     arch = get_arch(cfg.arch)
     if cfg.steps <= 0 or cfg.batch_size <= 1:
-        raise ValueError(f"pretraining needs steps > 0 and batch size > 1, got {cfg.steps}, {cfg.batch_size}")
+        raise ValueError(
+            f"pretraining needs steps > 0 and batch size > 1, got {cfg.steps}, {cfg.batch_size}"
+        )
     os.makedirs(output_dir, exist_ok=True)
     images, captions, named = load_caption_dataset(datasets_root, cfg.num_pairs)
     colour_pools = _colour_pools(named)
@@ -152,8 +164,15 @@ def pretrain_clip(
 
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc=f"pretraining CLIP {cfg.arch}", unit="step",
-               initial=start, total=cfg.steps, disable=not progress, mininterval=2.0)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc=f"pretraining CLIP {cfg.arch}",
+        unit="step",
+        initial=start,
+        total=cfg.steps,
+        disable=not progress,
+        mininterval=2.0,
+    )
     for step in bar:
         idx = _batch_indices(step, cfg, images.shape[0], colour_pools)
         for group in optimizer.param_groups:
@@ -165,11 +184,19 @@ def pretrain_clip(
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}",
-                        refresh=False)
+        bar.set_postfix(
+            loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}", refresh=False
+        )
         if (step + 1) % cfg.checkpoint_period == 0 and step + 1 < cfg.steps:
-            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "step": step + 1, "config": dataclasses.asdict(cfg)}, ckpt_path)
+            atomic_torch_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step + 1,
+                    "config": dataclasses.asdict(cfg),
+                },
+                ckpt_path,
+            )
     logger.info(f"CLIP pretraining: {cfg.steps - start} steps in {time.perf_counter() - t0:.0f} s")
 
     model = model.to(memory_format=torch.contiguous_format).eval()

@@ -5,6 +5,7 @@ resolves to a file that is made on first use and cached: ``tools/pretrain_clip.p
 written to ``$DETECTRON2_DATASETS/synthetic_clip/`` (default ``datasets/synthetic_clip``), under a
 per-machine lock so that concurrent workers make it once. Later uses load the file.
 """
+
 import contextlib
 import os
 import random
@@ -13,7 +14,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["SYNTHETIC_CLIP_NAME", "SYNTHETIC_CLIP_ARCH", "synthetic_clip_path", "ensure_synthetic_clip"]
+__all__ = [
+    "SYNTHETIC_CLIP_NAME",
+    "SYNTHETIC_CLIP_ARCH",
+    "synthetic_clip_path",
+    "ensure_synthetic_clip",
+]
 
 SYNTHETIC_CLIP_NAME = "synthetic"
 SYNTHETIC_CLIP_ARCH = "RNtiny96"
@@ -48,8 +54,12 @@ def ensure_synthetic_clip(datasets_root: Optional[str] = None) -> str:
                 "small CLIP on synthetic image-caption pairs now (once; tools/pretrain_clip.py)"
             )
             with _global_rng_kept():
-                pretrain_clip(os.path.dirname(path), PretrainConfig(arch=SYNTHETIC_CLIP_ARCH),
-                              resume=True, datasets_root=datasets_root)
+                pretrain_clip(
+                    os.path.dirname(path),
+                    PretrainConfig(arch=SYNTHETIC_CLIP_ARCH),
+                    resume=True,
+                    datasets_root=datasets_root,
+                )
     return path
 
 

@@ -7,6 +7,7 @@ among all 24 category names by cosine similarity with their text embeddings, wit
 the detector's own ``CLIPResNet.encode_image`` and names through ``encode_names``: the same code that
 builds the detector's backbone, teacher and classifier from ``MODEL.CLIP.WEIGHTS``.
 """
+
 import json
 import os
 from typing import Dict, List, Optional, Sequence
@@ -64,10 +65,14 @@ def zero_shot_accuracy(
 ) -> float:
     """Top-1 accuracy (%) over the crops whose label is in ``classes`` (all when None)."""
     text = encode_names(text_encoder, names, templates)  # C x D
-    emb = torch.cat([
-        F.normalize(image_encoder.encode_image(normalize_clip_input(crops[i:i + 256])), dim=-1)
-        for i in range(0, len(crops), 256)
-    ])
+    emb = torch.cat(
+        [
+            F.normalize(
+                image_encoder.encode_image(normalize_clip_input(crops[i : i + 256])), dim=-1
+            )
+            for i in range(0, len(crops), 256)
+        ]
+    )
     pred = (emb @ text.t()).argmax(dim=1)
     keep = torch.ones_like(labels, dtype=torch.bool)
     if classes is not None:
@@ -80,17 +85,24 @@ def zero_shot_accuracy(
 def zero_shot_report(weights: str, arch: str, datasets_root: Optional[str] = None) -> dict:
     """Accuracy on base / novel / all crops with one prompt and with the ensemble."""
     state_dict = load_clip_state_dict(weights, arch)
-    image_encoder = CLIPResNet(arch, out_features=("res5",), norm="FrozenBN", state_dict=state_dict).eval()
+    image_encoder = CLIPResNet(
+        arch, out_features=("res5",), norm="FrozenBN", state_dict=state_dict
+    ).eval()
     text_encoder = CLIPTextEncoder.from_state_dict(state_dict)
     crops, labels = box_crops(datasets_root, get_arch(arch).image_resolution)
     novel = list(SYNTHETIC_NOVEL_CLASS_IDS)
     base = [k for k in range(len(CATEGORY_NAMES)) if k not in novel]
-    report = {"weights": weights, "arch": arch, "num_crops": int(len(labels)),
-              "num_novel_crops": int(torch.isin(labels, torch.tensor(novel)).sum())}
+    report = {
+        "weights": weights,
+        "arch": arch,
+        "num_crops": int(len(labels)),
+        "num_novel_crops": int(torch.isin(labels, torch.tensor(novel)).sum()),
+    }
     for key, templates in (("one_prompt", ["a {}"]), ("ensemble", PROMPT_ENSEMBLE)):
         report[key] = {
-            split: zero_shot_accuracy(image_encoder, text_encoder, crops, labels, CATEGORY_NAMES,
-                                      templates, classes)
+            split: zero_shot_accuracy(
+                image_encoder, text_encoder, crops, labels, CATEGORY_NAMES, templates, classes
+            )
             for split, classes in (("base", base), ("novel", novel), ("all", None))
         }
     return report

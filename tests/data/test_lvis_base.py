@@ -1,6 +1,7 @@
 """The LVIS v1 open-vocabulary base split: datasets/prepare_lvis_base.py drops exactly the rare
 annotations, and a fresh process registers lvis_v1_train_base (and our metadata on the built-in
 LVIS v1 names) from $DETECTRON2_DATASETS."""
+
 import copy
 import importlib.util
 import json
@@ -31,24 +32,49 @@ FREQUENT = sorted(i for i, f in FREQ.items() if f == "f")
 def _mini_lvis_train():
     """A tiny json shaped like lvis_v1_train.json: the 1203 categories, 4 COCO-style images."""
     cats = [dict(c, image_count=0, instance_count=0) for c in LVIS_CATEGORIES]
-    images = [{"id": i, "height": 480, "width": 640,
-               "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.jpg",
-               "neg_category_ids": [RARE[5], COMMON[5], FREQUENT[5]],
-               "not_exhaustive_category_ids": [RARE[6], FREQUENT[6]]} for i in (11, 12, 13, 14)]
+    images = [
+        {
+            "id": i,
+            "height": 480,
+            "width": 640,
+            "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.jpg",
+            "neg_category_ids": [RARE[5], COMMON[5], FREQUENT[5]],
+            "not_exhaustive_category_ids": [RARE[6], FREQUENT[6]],
+        }
+        for i in (11, 12, 13, 14)
+    ]
     # (image, category): image 13 only has rare objects
-    pairs = [(11, RARE[0]), (11, COMMON[0]), (11, FREQUENT[0]), (11, FREQUENT[0]), (12, COMMON[1]),
-             (12, RARE[1]), (13, RARE[0]), (13, RARE[2]), (14, FREQUENT[1]), (14, COMMON[0])]
-    anns = [{"id": k + 1, "image_id": img, "category_id": cat, "area": 100.0,
-             "bbox": [10.0 + k, 20.0, 30.0, 40.0],
-             "segmentation": [[10.0, 20.0, 40.0, 20.0, 40.0, 60.0, 10.0, 60.0]]}
-            for k, (img, cat) in enumerate(pairs)]
+    pairs = [
+        (11, RARE[0]),
+        (11, COMMON[0]),
+        (11, FREQUENT[0]),
+        (11, FREQUENT[0]),
+        (12, COMMON[1]),
+        (12, RARE[1]),
+        (13, RARE[0]),
+        (13, RARE[2]),
+        (14, FREQUENT[1]),
+        (14, COMMON[0]),
+    ]
+    anns = [
+        {
+            "id": k + 1,
+            "image_id": img,
+            "category_id": cat,
+            "area": 100.0,
+            "bbox": [10.0 + k, 20.0, 30.0, 40.0],
+            "segmentation": [[10.0, 20.0, 40.0, 20.0, 40.0, 60.0, 10.0, 60.0]],
+        }
+        for k, (img, cat) in enumerate(pairs)
+    ]
     return {"info": {}, "licenses": [], "images": images, "annotations": anns, "categories": cats}
 
 
 def _run(args, env_root):
     env = dict(os.environ, DETECTRON2_DATASETS=str(env_root))
-    return subprocess.run([sys.executable] + args, cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable] + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _script():
@@ -77,8 +103,9 @@ def test_base_split_drops_exactly_the_rare_annotations(prepared):
     assert base["annotations"] == kept
     assert len(kept) == 6 and len(src["annotations"]) == 10
     # every category stays, in the same order, with its frequency; counts describe the base json
-    assert [(c["id"], c["name"], c["frequency"]) for c in base["categories"]] == \
-        [(c["id"], c["name"], c["frequency"]) for c in src["categories"]]
+    assert [(c["id"], c["name"], c["frequency"]) for c in base["categories"]] == [
+        (c["id"], c["name"], c["frequency"]) for c in src["categories"]
+    ]
     counts = {c["id"]: (c["image_count"], c["instance_count"]) for c in base["categories"]}
     assert counts[FREQUENT[0]] == (1, 2) and counts[COMMON[0]] == (2, 2)
     assert counts[RARE[0]] == (0, 0)

@@ -1,5 +1,6 @@
 """Detectron2's LVISEvaluator (real lvis-api) on the synthetic validation set: ground truth fed
 back as detections scores AP 100; worse detections score less."""
+
 import pytest
 import torch
 
@@ -15,8 +16,9 @@ METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]
 
 def _outputs(record, shift=0.0, class_offset=0):
     """Instances holding the record's ground truth, optionally moved or relabelled."""
-    boxes = [BoxMode.convert(o["bbox"], o["bbox_mode"], BoxMode.XYXY_ABS)
-             for o in record["annotations"]]
+    boxes = [
+        BoxMode.convert(o["bbox"], o["bbox_mode"], BoxMode.XYXY_ABS) for o in record["annotations"]
+    ]
     boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)  # N x 4
     widths = boxes[:, 2] - boxes[:, 0]
     boxes[:, [0, 2]] += shift * widths[:, None]

@@ -1,4 +1,5 @@
 """Alignment crops geometry and GridCLIPDatasetMapper: fields, transforms, formats, bad input."""
+
 import logging
 
 import numpy as np
@@ -20,9 +21,9 @@ COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], dtype
 def _quadrant_image():
     img = np.zeros((H, W, 3), dtype=np.uint8)
     img[: H // 2, : W // 2] = COLOURS[0]
-    img[: H // 2, W // 2:] = COLOURS[1]
-    img[H // 2:, : W // 2] = COLOURS[2]
-    img[H // 2:, W // 2:] = COLOURS[3]
+    img[: H // 2, W // 2 :] = COLOURS[1]
+    img[H // 2 :, : W // 2] = COLOURS[2]
+    img[H // 2 :, W // 2 :] = COLOURS[3]
     return img
 
 
@@ -36,8 +37,13 @@ def image_file(tmp_path):
 def _dataset_dict(file_name, annotations=None):
     if annotations is None:
         annotations = [{"bbox": [5, 5, 20, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}]
-    return {"file_name": file_name, "image_id": 7, "height": H, "width": W,
-            "annotations": annotations}
+    return {
+        "file_name": file_name,
+        "image_id": 7,
+        "height": H,
+        "width": W,
+        "annotations": annotations,
+    }
 
 
 def _mapper(image_format="RGB", flip_prob=1.0, **kwargs):
@@ -51,16 +57,25 @@ def _mapper(image_format="RGB", flip_prob=1.0, **kwargs):
 # ------------------------------------------------------------------------------------ crops
 def test_crop_boxes_geometry():
     boxes = crop_boxes([1, 2], 100, 60)
-    expected = torch.tensor([
-        [0, 0, 100, 60],
-        [0, 0, 50, 30], [50, 0, 100, 30],
-        [0, 30, 50, 60], [50, 30, 100, 60],
-    ], dtype=torch.float32)
+    expected = torch.tensor(
+        [
+            [0, 0, 100, 60],
+            [0, 0, 50, 30],
+            [50, 0, 100, 30],
+            [0, 30, 50, 60],
+            [50, 30, 100, 60],
+        ],
+        dtype=torch.float32,
+    )
     assert boxes.dtype == torch.float32
     assert torch.equal(boxes, expected)
     three = crop_boxes([3], 90, 30)  # row-major: left to right, then down
-    assert torch.allclose(three[:4], torch.tensor(
-        [[0, 0, 30, 10], [30, 0, 60, 10], [60, 0, 90, 10], [0, 10, 30, 20]], dtype=torch.float32))
+    assert torch.allclose(
+        three[:4],
+        torch.tensor(
+            [[0, 0, 30, 10], [30, 0, 60, 10], [60, 0, 90, 10], [0, 10, 30, 20]], dtype=torch.float32
+        ),
+    )
     assert torch.allclose(three[-1], torch.tensor([60.0, 20.0, 90.0, 30.0]))
     assert crop_boxes([1, 2, 3], 7, 5).shape == (num_regions([1, 2, 3]), 4) == (14, 4)
     third = crop_boxes([3], 100, 100)[4]  # non-integer cell edges stay exact floats
@@ -112,11 +127,16 @@ def test_flip_and_resize_move_align_boxes_with_the_pixels(image_file):
     out = _mapper()(_dataset_dict(image_file))
     image = out["image"]  # 3 x 80 x 120, flipped and resized x2
     assert image.shape == (3, 80, 120)
-    expected = torch.tensor([
-        [0, 0, 120, 80],
-        [60, 0, 120, 40], [0, 0, 60, 40],      # top-left cell is now top-right, ...
-        [60, 40, 120, 80], [0, 40, 60, 80],
-    ], dtype=torch.float32)
+    expected = torch.tensor(
+        [
+            [0, 0, 120, 80],
+            [60, 0, 120, 40],
+            [0, 0, 60, 40],  # top-left cell is now top-right, ...
+            [60, 40, 120, 80],
+            [0, 40, 60, 80],
+        ],
+        dtype=torch.float32,
+    )
     assert torch.allclose(out["align_boxes"], expected)
     # the pixels inside each moved box are the pixels of that region of the original image
     teacher = out["teacher_images"]
@@ -193,8 +213,9 @@ def test_bad_boxes_are_clipped_or_dropped_with_a_warning(image_file, caplog):
     inst = out["instances"]
     assert inst.gt_classes.tolist() == [0, 3]
     assert torch.allclose(inst.gt_boxes.tensor[1], torch.tensor([100.0, 60, 120, 80]))  # clipped
-    assert any(image_file in r.getMessage() and "dropped 2 of 4" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        image_file in r.getMessage() and "dropped 2 of 4" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_image_without_instances_still_gets_alignment_fields(image_file):
@@ -206,7 +227,9 @@ def test_image_without_instances_still_gets_alignment_fields(image_file):
 def test_missing_and_corrupt_image_files_are_named(tmp_path, caplog):
     """At test time a bad image is an error naming it; in training it is skipped with a warning
     naming it (Detectron2's MapDataset then takes another sample)."""
-    test_mapper = GridCLIPDatasetMapper(False, augmentations=[T.ResizeShortestEdge(80, 1000)], image_format="RGB")
+    test_mapper = GridCLIPDatasetMapper(
+        False, augmentations=[T.ResizeShortestEdge(80, 1000)], image_format="RGB"
+    )
     missing = str(tmp_path / "nope.jpg")
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8 definitely not a jpeg")

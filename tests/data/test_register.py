@@ -1,5 +1,6 @@
 """A user's own LVIS-format data: register_lvis_format (file_name-relative and coco_url-only jsons,
 bad input), the evaluation copy for incomplete jsons, and the no-code path register_from_cfg."""
+
 import json
 import logging
 import os
@@ -27,16 +28,27 @@ CATEGORIES = [
     {"id": 10, "name": "traffic_cone", "frequency": "r", "image_count": 2},
 ]
 # (image index, category id, XYWH box)
-ANNOTATIONS = [(0, 3, [4, 5, 20, 10]), (0, 7, [30, 8, 12, 30]), (1, 10, [10, 10, 40, 30]),
-               (2, 3, [0, 0, 64, 48]), (2, 10, [50, 20, 10, 20])]
+ANNOTATIONS = [
+    (0, 3, [4, 5, 20, 10]),
+    (0, 7, [30, 8, 12, 30]),
+    (1, 10, [10, 10, 40, 30]),
+    (2, 3, [0, 0, 64, 48]),
+    (2, 10, [50, 20, 10, 20]),
+]
 
 
 def _unique(prefix):
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
-def _write_set(root, layout="file_name", annotations=ANNOTATIONS, categories=CATEGORIES,
-               complete=True, skip_images=()):
+def _write_set(
+    root,
+    layout="file_name",
+    annotations=ANNOTATIONS,
+    categories=CATEGORIES,
+    complete=True,
+    skip_images=(),
+):
     """Write 3 images and an LVIS-format json under ``root``; returns (json path, image root).
 
     layout: "file_name" (relative file_name), "coco_url" (only coco_url, images in root/<split>/),
@@ -81,6 +93,7 @@ def records_of(tmp_path):
         name = _unique("mine")
         register_lvis_format(name, json_file, image_root)
         return name, DatasetCatalog.get(name)
+
     return register
 
 
@@ -100,8 +113,9 @@ def _gt_as_detections(name, records, extra=None):
     evaluator = LVISEvaluator(name, distributed=False)
     evaluator.reset()
     for r in records:
-        boxes = [BoxMode.convert(o["bbox"], o["bbox_mode"], BoxMode.XYXY_ABS)
-                 for o in r["annotations"]]
+        boxes = [
+            BoxMode.convert(o["bbox"], o["bbox_mode"], BoxMode.XYXY_ABS) for o in r["annotations"]
+        ]
         classes = [o["category_id"] for o in r["annotations"]]
         if extra and r["image_id"] in extra:  # (class, box) of an additional detection
             classes.append(extra[r["image_id"]][0])
@@ -127,8 +141,10 @@ def test_file_name_relative_json(records_of):
     assert [r["image_id"] for r in records] == [100, 101, 102]
     assert records[0]["file_name"] == os.path.join(meta.image_root, "0000.png")
     assert (records[0]["height"], records[0]["width"]) == (H, W)
-    assert [(o["category_id"], o["bbox"]) for o in records[0]["annotations"]] == \
-        [(0, [4, 5, 20, 10]), (1, [30, 8, 12, 30])]
+    assert [(o["category_id"], o["bbox"]) for o in records[0]["annotations"]] == [
+        (0, [4, 5, 20, 10]),
+        (1, [30, 8, 12, 30]),
+    ]
     assert records[0]["annotations"][0]["bbox_mode"] == BoxMode.XYWH_ABS
     results = _gt_as_detections(name, records)
     assert results["AP"] == pytest.approx(100.0)
@@ -139,8 +155,9 @@ def test_coco_url_only_json(records_of, layout):
     name, records = records_of(layout=layout)
     sub = "train2017" if layout == "coco_url" else ""
     image_root = MetadataCatalog.get(name).image_root
-    assert [r["file_name"] for r in records] == \
-        [os.path.join(image_root, sub, f"{i:04d}.png") for i in range(3)]
+    assert [r["file_name"] for r in records] == [
+        os.path.join(image_root, sub, f"{i:04d}.png") for i in range(3)
+    ]
     assert all(os.path.isfile(r["file_name"]) for r in records)
 
 
@@ -170,17 +187,20 @@ def test_missing_image_is_named(tmp_path):
 
 def test_bad_boxes_are_skipped_or_clipped_with_a_warning(records_of, log_records):
     bad = ANNOTATIONS + [
-        (0, 3, [10, 10, 0, 5]),      # zero width
-        (1, 7, [5, 5, 8, -2]),       # negative height
-        (1, 3, [70, 10, 10, 10]),    # right of the image
-        (2, 7, [-5, 40, 20, 20]),    # crosses the left and bottom borders: clipped
+        (0, 3, [10, 10, 0, 5]),  # zero width
+        (1, 7, [5, 5, 8, -2]),  # negative height
+        (1, 3, [70, 10, 10, 10]),  # right of the image
+        (2, 7, [-5, 40, 20, 20]),  # crosses the left and bottom borders: clipped
     ]
     name, records = records_of(annotations=bad)
     boxes = [(o["category_id"], o["bbox"]) for r in records for o in r["annotations"]]
     assert len(boxes) == len(ANNOTATIONS) + 1
     assert (1, [0.0, 40.0, 15.0, 8.0]) in boxes
-    warning = [r.getMessage() for r in log_records if r.levelno == logging.WARNING
-               and "boxes, clipped" in r.getMessage()]  # the loader's warning
+    warning = [
+        r.getMessage()
+        for r in log_records
+        if r.levelno == logging.WARNING and "boxes, clipped" in r.getMessage()
+    ]  # the loader's warning
     assert len(warning) == 1
     assert "skipped 3 of 9 boxes, clipped 1" in warning[0]
     assert "2 zero-area (annotation ids [6, 7])" in warning[0]
@@ -198,7 +218,11 @@ def test_incomplete_json_gets_defaults_and_an_evaluation_copy(records_of, log_re
     bare = [{"id": c["id"], "name": c["name"]} for c in CATEGORIES]
     name, records = records_of(categories=bare, complete=False)
     meta = MetadataCatalog.get(name)
-    assert meta.image_count_per_class == [2, 1, 2]  # zebra, kite, traffic_cone, from the annotations
+    assert meta.image_count_per_class == [
+        2,
+        1,
+        2,
+    ]  # zebra, kite, traffic_cone, from the annotations
     assert meta.class_frequency == ["r", "r", "r"]
     messages = " ".join(r.getMessage() for r in log_records if r.levelno == logging.WARNING)
     assert "lack 'image_count'" in messages and "lack 'frequency'" in messages
@@ -238,8 +262,13 @@ def test_register_from_cfg(tmp_path):
     train_json, train_images = _write_set(str(tmp_path / "train"))
     test_json, test_images = _write_set(str(tmp_path / "test"), layout="coco_url")
     name = _unique("shapes")
-    cfg = _cfg(NAME=name, TRAIN_JSON=train_json, TRAIN_IMAGES=train_images,
-               TEST_JSON=test_json, TEST_IMAGES=test_images)
+    cfg = _cfg(
+        NAME=name,
+        TRAIN_JSON=train_json,
+        TRAIN_IMAGES=train_images,
+        TEST_JSON=test_json,
+        TEST_IMAGES=test_images,
+    )
     cfg.freeze()
     assert register_from_cfg(cfg) is cfg and cfg.is_frozen()
     assert cfg.DATASETS.TRAIN == (f"{name}_train",) and cfg.DATASETS.TEST == (f"{name}_test",)
@@ -255,8 +284,13 @@ def test_register_from_cfg_names_the_bad_option(tmp_path):
     with pytest.raises(ValueError, match="DATASETS.GRIDCLIP.TRAIN_IMAGES"):
         register_from_cfg(_cfg(NAME=_unique("x"), TRAIN_JSON=json_file))
     with pytest.raises(FileNotFoundError, match=r"DATASETS.GRIDCLIP.TEST_JSON: '.*absent.json'"):
-        register_from_cfg(_cfg(NAME=_unique("x"), TEST_JSON=str(tmp_path / "absent.json"),
-                               TEST_IMAGES=str(tmp_path)))
+        register_from_cfg(
+            _cfg(
+                NAME=_unique("x"),
+                TEST_JSON=str(tmp_path / "absent.json"),
+                TEST_IMAGES=str(tmp_path),
+            )
+        )
 
 
 def test_register_from_cfg_open_vocabulary_split_and_test_frequencies(tmp_path):
@@ -265,13 +299,21 @@ def test_register_from_cfg_open_vocabulary_split_and_test_frequencies(tmp_path):
     no_freq = [{"id": c["id"], "name": c["name"]} for c in CATEGORIES]
     test_json, test_images = _write_set(str(tmp_path / "test"), categories=no_freq, complete=False)
     name = _unique("split")
-    cfg = _cfg(NAME=name, TRAIN_JSON=train_json, TRAIN_IMAGES=train_images, TEST_JSON=test_json,
-               TEST_IMAGES=test_images, NOVEL_CLASSES=["traffic_cone"])
+    cfg = _cfg(
+        NAME=name,
+        TRAIN_JSON=train_json,
+        TRAIN_IMAGES=train_images,
+        TEST_JSON=test_json,
+        TEST_IMAGES=test_images,
+        NOVEL_CLASSES=["traffic_cone"],
+    )
     register_from_cfg(cfg)
     train = MetadataCatalog.get(f"{name}_train")
     assert train.thing_classes == ["zebra", "kite", "traffic_cone"] and train.novel_class_ids == [2]
     assert train.image_count_per_class == [150, 12, 0]  # novel: no training images
-    labels = [a["category_id"] for d in DatasetCatalog.get(f"{name}_train") for a in d["annotations"]]
+    labels = [
+        a["category_id"] for d in DatasetCatalog.get(f"{name}_train") for a in d["annotations"]
+    ]
     assert sorted(labels) == [0, 0, 1]  # the novel class's two boxes are dropped
     # r/c/f of the test set from the training split's counts (150 -> f, 12 -> c, novel 0 -> r)
     assert MetadataCatalog.get(f"{name}_test").class_frequency == ["f", "c", "r"]
@@ -287,9 +329,17 @@ def test_register_from_cfg_open_vocabulary_split_and_test_frequencies(tmp_path):
     # Without TEST_JSON nothing is evaluated (the config file's test set has other classes).
     assert cfg.DATASETS.TEST == ()
 
-    with pytest.raises(ValueError, match=r"\['giraffe'\] are not categories of '.*annotations.json'"):
-        register_from_cfg(_cfg(NAME=_unique("bad"), TRAIN_JSON=train_json, TRAIN_IMAGES=train_images,
-                               NOVEL_CLASSES=["giraffe"]))
+    with pytest.raises(
+        ValueError, match=r"\['giraffe'\] are not categories of '.*annotations.json'"
+    ):
+        register_from_cfg(
+            _cfg(
+                NAME=_unique("bad"),
+                TRAIN_JSON=train_json,
+                TRAIN_IMAGES=train_images,
+                NOVEL_CLASSES=["giraffe"],
+            )
+        )
     with pytest.raises(ValueError, match="NOVEL_CLASSES is set but DATASETS.GRIDCLIP.NAME is not"):
         register_from_cfg(_cfg(NOVEL_CLASSES=["kite"]))
 
@@ -306,18 +356,27 @@ def test_register_from_cfg_without_training_images(tmp_path):
     assert cfg.DATASETS.TRAIN == (f"{name}_train",)
     os.remove(train_json)
     name = _unique("nojson")
-    cfg = register_from_cfg(_cfg(NAME=name, TRAIN_JSON=train_json, TRAIN_IMAGES=train_images),
-                            splits=(), check_train_images=False)
+    cfg = register_from_cfg(
+        _cfg(NAME=name, TRAIN_JSON=train_json, TRAIN_IMAGES=train_images),
+        splits=(),
+        check_train_images=False,
+    )
     assert f"{name}_train" not in DatasetCatalog.list()
 
 
 def test_non_utf8_json_and_invalid_names_are_named(tmp_path):
     json_file, image_root = _write_set(str(tmp_path))
     latin1 = tmp_path / "latin1.json"
-    latin1.write_bytes(open(json_file, "rb").read().replace(b'"kite"', '"cerf-volant \u00e9t\u00e9"'.encode("latin-1")))
+    latin1.write_bytes(
+        open(json_file, "rb")
+        .read()
+        .replace(b'"kite"', '"cerf-volant \u00e9t\u00e9"'.encode("latin-1"))
+    )
     with pytest.raises(ValueError, match=r"latin1.json' is not UTF-8 text"):
         register_lvis_format(_unique("latin1"), str(latin1), image_root)
     surrogate = tmp_path / "surrogate.json"
     surrogate.write_text(open(json_file).read().replace('"kite"', '"ki\\udc80te"'))
-    with pytest.raises(ValueError, match=r"category 7 has name 'ki\\udc80te', which is not valid Unicode"):
+    with pytest.raises(
+        ValueError, match=r"category 7 has name 'ki\\udc80te', which is not valid Unicode"
+    ):
         register_lvis_format(_unique("surrogate"), str(surrogate), image_root)

@@ -1,5 +1,6 @@
 """The embedded synthetic LVIS-format set: determinism, lvis-api format, honest frequencies, boxes
 that match the drawn pixels, atomic regeneration, registration."""
+
 import filecmp
 import json
 import os
@@ -39,8 +40,9 @@ NOVEL_IDS = {k + 1 for k in SYNTHETIC_NOVEL_CLASS_IDS}  # json category ids
 
 
 def _all_files(root):
-    return sorted(os.path.relpath(os.path.join(d, f), root)
-                  for d, _, files in os.walk(root) for f in files)
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files
+    )
 
 
 def test_generation_is_deterministic(generated, tmp_path):
@@ -61,8 +63,15 @@ def test_json_loads_in_lvis_api_with_every_field(generated, split):
     cat_ids = set(api.cats)
     assert cat_ids == set(range(1, len(SYNTHETIC_CATEGORIES) + 1))
     for img in api.imgs.values():
-        assert {"id", "file_name", "coco_url", "height", "width", "neg_category_ids",
-                "not_exhaustive_category_ids"} <= set(img)
+        assert {
+            "id",
+            "file_name",
+            "coco_url",
+            "height",
+            "width",
+            "neg_category_ids",
+            "not_exhaustive_category_ids",
+        } <= set(img)
         assert os.path.isfile(os.path.join(generated, img["file_name"]))
         assert img["coco_url"].split("/")[-2:] == img["file_name"].split("/")
         with Image.open(os.path.join(generated, img["file_name"])) as im:
@@ -81,8 +90,15 @@ def test_json_loads_in_lvis_api_with_every_field(generated, split):
         assert ann["area"] == w * h
         assert ann["segmentation"] == [[x, y, x + w, y, x + w, y + h, x, y + h]]
     for cat in api.dataset["categories"]:
-        assert {"id", "name", "synonyms", "def", "frequency", "image_count",
-                "instance_count"} <= set(cat)
+        assert {
+            "id",
+            "name",
+            "synonyms",
+            "def",
+            "frequency",
+            "image_count",
+            "instance_count",
+        } <= set(cat)
         assert cat["image_count"] == len(set(api.cat_img_map[cat["id"]]))
         assert cat["instance_count"] == len(api.cat_img_map[cat["id"]])
         if split == "train" and cat["id"] in NOVEL_IDS:
@@ -104,10 +120,12 @@ def test_frequencies_are_honest(generated):
     # both splits carry the train frequencies, as LVIS does
     for split in SYNTHETIC_SPLITS:
         cats = _json(generated, split)["categories"]
-        assert [(c["id"], c["name"], c["frequency"]) for c in cats] == \
-            [(c["id"], c["name"], c["frequency"]) for c in SYNTHETIC_CATEGORIES]
-    assert train["categories"] == [{k: v for k, v in c.items() if k != "novel"}
-                                   for c in SYNTHETIC_CATEGORIES]
+        assert [(c["id"], c["name"], c["frequency"]) for c in cats] == [
+            (c["id"], c["name"], c["frequency"]) for c in SYNTHETIC_CATEGORIES
+        ]
+    assert train["categories"] == [
+        {k: v for k, v in c.items() if k != "novel"} for c in SYNTHETIC_CATEGORIES
+    ]
 
 
 def test_boxes_are_tight_around_the_drawn_shapes(generated):
@@ -122,10 +140,10 @@ def test_boxes_are_tight_around_the_drawn_shapes(generated):
         colour = np.array(COLOURS[name.split()[0]], dtype=float)
         close = np.linalg.norm(pixels.astype(float) - colour, axis=2) < 60  # H x W
         x, y, w, h = (int(v) for v in ann["bbox"])
-        inside.append(close[y:y + h, x:x + w].mean())
+        inside.append(close[y : y + h, x : x + w].mean())
         ring = np.zeros_like(close)
-        ring[max(y - 1, 0):y + h + 1, max(x - 1, 0):x + w + 1] = True
-        ring[y:y + h, x:x + w] = False
+        ring[max(y - 1, 0) : y + h + 1, max(x - 1, 0) : x + w + 1] = True
+        ring[y : y + h, x : x + w] = False
         outside.append(close[ring].mean() if ring.any() else 0.0)
     assert min(inside) > 0.2
     assert np.median(inside) > 0.4
@@ -142,7 +160,7 @@ def test_objects_overlap_little(generated):
     worst = 0.0
     for boxes in by_image.values():
         for i, a in enumerate(boxes):
-            for b in boxes[i + 1:]:
+            for b in boxes[i + 1 :]:
                 iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
                 ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
                 smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
@@ -183,8 +201,9 @@ def test_registered_splits_load_with_metadata():
         assert seen == (set(range(24)) - novel if split == "train" else set(range(24)))
         assert meta.thing_classes == [c["name"] for c in SYNTHETIC_CATEGORIES]
         assert meta.class_frequency == [c["frequency"] for c in SYNTHETIC_CATEGORIES]
-        assert meta.image_count_per_class == [0 if c["novel"] else c["image_count"]
-                                          for c in SYNTHETIC_CATEGORIES]
+        assert meta.image_count_per_class == [
+            0 if c["novel"] else c["image_count"] for c in SYNTHETIC_CATEGORIES
+        ]
         assert meta.novel_class_ids == (sorted(novel) if split == "train" else [])
         assert meta.evaluator_type == "lvis"
         assert os.path.isfile(meta.json_file) and os.path.isdir(meta.image_root)
@@ -201,7 +220,9 @@ def test_open_vocabulary_split(generated):
     assert NOVEL_IDS <= in_full, "novel objects appear in the training images"
     novel_images = {a["image_id"] for a in full["annotations"] if a["category_id"] in NOVEL_IDS}
     assert len(novel_images) > 100
-    assert [a for a in full["annotations"] if a["category_id"] not in NOVEL_IDS] == base["annotations"]
+    assert [a for a in full["annotations"] if a["category_id"] not in NOVEL_IDS] == base[
+        "annotations"
+    ]
     assert {a["category_id"] for a in val["annotations"]} == set(range(1, 25))
     counts = sorted(c["image_count"] for c in base["categories"] if c["id"] not in NOVEL_IDS)
     assert counts[0] < 10 and counts[-1] > 100, "base categories keep a long tail"

@@ -1,6 +1,7 @@
 """GridCLIPCheckpointer: untrusted .pkl files, corrupt and wrong-architecture weights, atomic saves
 (also under SIGKILL), no checkpoint of diverged weights, and --resume falling back to the newest
 loadable checkpoint. On the real GridCLIP model of the embedded default."""
+
 import os
 import pickle
 import signal
@@ -33,8 +34,10 @@ def model():
 
 def _changed_copy(model, value):
     """The model's state dict with every float tensor set to ``value`` (to see what got loaded)."""
-    return {k: (torch.full_like(v, value) if v.is_floating_point() else v.clone())
-            for k, v in model.state_dict().items()}
+    return {
+        k: (torch.full_like(v, value) if v.is_floating_point() else v.clone())
+        for k, v in model.state_dict().items()
+    }
 
 
 class _Evil:
@@ -50,7 +53,9 @@ def test_pkl_that_would_run_code_is_refused(model, tmp_path):
     evil = tmp_path / "evil.pkl"
     with open(evil, "wb") as f:
         pickle.dump({"model": {"x": _Evil(marker)}, "__author__": "someone"}, f)
-    with pytest.raises(pickle.UnpicklingError, match=r"evil.pkl: refusing to load: .*builtins.eval"):
+    with pytest.raises(
+        pickle.UnpicklingError, match=r"evil.pkl: refusing to load: .*builtins.eval"
+    ):
         GridCLIPCheckpointer(model).load(str(evil))
     assert not os.path.exists(marker)
 
@@ -80,7 +85,9 @@ def test_corrupt_and_wrong_weights_are_named(model, tmp_path):
 
     resnet = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), resnet)
-    with pytest.raises(ValueError, match=r"resnet18.pth fills 0 of the model's \d+ tensors: \d+ missing"):
+    with pytest.raises(
+        ValueError, match=r"resnet18.pth fills 0 of the model's \d+ tensors: \d+ missing"
+    ):
         GridCLIPCheckpointer(model).load(str(resnet))
     GridCLIPCheckpointer(model, allow_partial=True).load(str(resnet))  # on purpose: only logged
 
@@ -98,7 +105,10 @@ def test_saves_are_atomic_and_diverged_weights_not_saved(model, tmp_path, monkey
     with pytest.raises(OSError, match="No space left"):
         ckpt.save("model_0000003")
     monkeypatch.undo()
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]  # no partial file
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint",
+        "model_0000001.pth",
+    ]  # no partial file
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     assert (tmp_path / "model_0000001.pth").read_bytes() == good
 
@@ -145,7 +155,7 @@ def test_sigkill_during_saves_leaves_every_file_loadable(tmp_path):
     last = (tmp_path / "last_checkpoint").read_text()
     target = nn_linear = torch.nn.Linear(2000, 2000)
     GridCLIPCheckpointer(target, str(tmp_path)).resume_or_load("", resume=True)
-    assert float(nn_linear.bias[0]) == int(last[len("model_"):-len(".pth")])
+    assert float(nn_linear.bias[0]) == int(last[len("model_") : -len(".pth")])
 
 
 def test_resume_falls_back_to_the_newest_loadable_checkpoint(model, tmp_path, caplog):

@@ -1,4 +1,5 @@
 """Multi-process training on CPUs: the create_ddp_model fix, under a real 2-rank gloo group."""
+
 import torch
 import torch.distributed as dist
 

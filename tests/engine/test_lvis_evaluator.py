@@ -1,4 +1,5 @@
 """OpenVocabLVISEvaluator on a small LVIS-format json, through lvis-api."""
+
 import json
 import math
 
@@ -24,22 +25,47 @@ FREQ = ["r", "r", "c", "f"]
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("lvis")
     cats = [
-        {"id": i + 1, "name": f"thing{i}", "synonyms": [f"thing{i}"], "frequency": f,
-         "image_count": 1, "instance_count": 1, "def": "", "synset": f"thing{i}.n.01"}
+        {
+            "id": i + 1,
+            "name": f"thing{i}",
+            "synonyms": [f"thing{i}"],
+            "frequency": f,
+            "image_count": 1,
+            "instance_count": 1,
+            "def": "",
+            "synset": f"thing{i}.n.01",
+        }
         for i, f in enumerate(FREQ)
     ]
     images, anns = [], []
     for img_id, objs in GT.items():
-        images.append({"id": img_id, "width": 100, "height": 100, "file_name": f"{img_id}.jpg",
-                       "neg_category_ids": [], "not_exhaustive_category_ids": []})
+        images.append(
+            {
+                "id": img_id,
+                "width": 100,
+                "height": 100,
+                "file_name": f"{img_id}.jpg",
+                "neg_category_ids": [],
+                "not_exhaustive_category_ids": [],
+            }
+        )
         for c, box in objs:
-            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": c + 1,
-                         "bbox": box, "area": box[2] * box[3]})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img_id,
+                    "category_id": c + 1,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                }
+            )
     json_file = root / "tiny_lvis.json"
     json_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     name = "test_engine_tiny_lvis"
     MetadataCatalog.get(name).set(
-        json_file=str(json_file), thing_classes=[c["name"] for c in cats], evaluator_type="lvis",
+        json_file=str(json_file),
+        thing_classes=[c["name"] for c in cats],
+        evaluator_type="lvis",
         class_frequency=FREQ,
     )
     return name
@@ -86,7 +112,9 @@ def test_no_split_reports_standard_metrics_only(dataset):
 
 
 def test_bad_novel_ids(dataset):
-    with pytest.raises(ValueError, match="outside the 4 classes of the test set 'test_engine_tiny_lvis'"):
+    with pytest.raises(
+        ValueError, match="outside the 4 classes of the test set 'test_engine_tiny_lvis'"
+    ):
         OpenVocabLVISEvaluator(dataset, distributed=False, novel_class_ids=[4])
 
 

@@ -1,4 +1,5 @@
 """The open-vocabulary summary: values, split naming and formatting."""
+
 import math
 
 import pytest
@@ -7,8 +8,17 @@ from gridclip_d2.engine import format_open_vocabulary_summary, open_vocabulary_s
 
 # As OpenVocabLVISEvaluator returns them (lvis-api's -1 x 100 for a group without ground truth).
 BBOX = {
-    "AP": 25.0, "AP50": 40.0, "AP75": 26.0, "APs": 10.0, "APm": 20.0, "APl": 30.0,
-    "APr": 15.5, "APc": 22.25, "APf": 31.0, "APnovel": 15.5, "APbase": 27.0,
+    "AP": 25.0,
+    "AP50": 40.0,
+    "AP75": 26.0,
+    "APs": 10.0,
+    "APm": 20.0,
+    "APl": 30.0,
+    "APr": 15.5,
+    "APc": 22.25,
+    "APf": 31.0,
+    "APnovel": 15.5,
+    "APbase": 27.0,
 }
 
 
@@ -16,8 +26,15 @@ def test_base_split_novel_is_rare():
     freq = ["r", "r", "c", "f", "f"]
     s = open_vocabulary_summary(BBOX, num_classes=5, novel_class_ids=[1, 0], class_frequency=freq)
     assert s == {
-        "AP": 25.0, "APr": 15.5, "APc": 22.25, "APf": 31.0, "APnovel": 15.5, "APbase": 27.0,
-        "num_base_classes": 3.0, "num_novel_classes": 2.0, "novel_is_rare": 1.0,
+        "AP": 25.0,
+        "APr": 15.5,
+        "APc": 22.25,
+        "APf": 31.0,
+        "APnovel": 15.5,
+        "APbase": 27.0,
+        "num_base_classes": 3.0,
+        "num_novel_classes": 2.0,
+        "novel_is_rare": 1.0,
     }
     assert all(isinstance(v, float) for v in s.values())  # EvalHook stores them as scalars
     text = format_open_vocabulary_summary(s, "lvis_v1_val", "lvis_v1_train_base")
@@ -30,7 +47,9 @@ def test_base_split_novel_is_rare():
 
 
 def test_custom_split_is_not_called_rare():
-    s = open_vocabulary_summary(BBOX, 5, novel_class_ids=[4], class_frequency=["r", "r", "c", "f", "f"])
+    s = open_vocabulary_summary(
+        BBOX, 5, novel_class_ids=[4], class_frequency=["r", "r", "c", "f", "f"]
+    )
     assert s["novel_is_rare"] == 0.0 and s["num_novel_classes"] == 1.0
     text = format_open_vocabulary_summary(s, "val", "train")
     assert "4 base + 1 novel classes):" in text and "APr 15.5" in text and "(novel)" not in text

@@ -1,4 +1,5 @@
 """Training curves from a metrics.json as Detectron2's JSONWriter writes it."""
+
 import json
 
 import numpy as np
@@ -15,8 +16,13 @@ def _write_metrics(path, start, stop, lr=0.01):
     with EventStorage(start) as storage:
         for it in range(start, stop):
             storage.iter = it
-            storage.put_scalars(total_loss=3.0 - 0.1 * it, loss_cls=2.0 - 0.1 * it,
-                                loss_box_reg=1.0, loss_image_align=0.5 / (it + 1), lr=lr * (it + 1))
+            storage.put_scalars(
+                total_loss=3.0 - 0.1 * it,
+                loss_cls=2.0 - 0.1 * it,
+                loss_box_reg=1.0,
+                loss_image_align=0.5 / (it + 1),
+                lr=lr * (it + 1),
+            )
             writer.write()
         storage.iter = stop  # as TrainerBase.after_train, where the final evaluation is stored
         storage.put_scalars(**{"bbox/AP": 10.0 + stop}, smoothing_hint=False)
@@ -33,7 +39,9 @@ def test_load_metrics_resumed_run_and_bad_line(tmp_path):
     _write_metrics(path, 4, 8, lr=0.02)  # resumed from iteration 4: later lines win
     series = load_metrics(str(path))
     assert [it for it, _ in series["total_loss"]] == list(range(8))
-    assert dict(series["lr"])[3] == pytest.approx(0.04) and dict(series["lr"])[5] == pytest.approx(0.12)
+    assert dict(series["lr"])[3] == pytest.approx(0.04) and dict(series["lr"])[5] == pytest.approx(
+        0.12
+    )
     assert dict(series["bbox/AP"]) == {6: 16.0, 8: 18.0}
 
 

@@ -1,4 +1,5 @@
 """Image-level alignment: region pooling, the loss, the frozen teacher, the teacher cache file."""
+
 import os
 
 import numpy as np
@@ -33,15 +34,21 @@ def _inputs(grids=(1, 2), sizes=((48, 64), (64, 40)), seed=0):
     for i, (h, w) in enumerate(sizes):
         image = rng.randint(0, 256, (h, w, 3)).astype(np.uint8)
         boxes = crop_boxes(grids, w, h)
-        inputs.append({"image_id": 100 + i, "align_boxes": boxes,
-                       "teacher_images": crop_and_resize(image, boxes, 64)})
+        inputs.append(
+            {
+                "image_id": 100 + i,
+                "align_boxes": boxes,
+                "teacher_images": crop_and_resize(image, boxes, 64),
+            }
+        )
     return inputs
 
 
 def _grid_embeddings(seed=0, n=2, shapes=((8, 8), (4, 4))):
     g = torch.Generator().manual_seed(seed)
-    return [F.normalize(torch.randn(n, D, h, w, generator=g), dim=1).requires_grad_()
-            for h, w in shapes]
+    return [
+        F.normalize(torch.randn(n, D, h, w, generator=g), dim=1).requires_grad_() for h, w in shapes
+    ]
 
 
 # ------------------------------------------------------------------------------------ pooling
@@ -89,7 +96,7 @@ def test_loss_finite_and_gradient_reaches_grid_embeddings_only(align_cfg):
     assert set(losses) == {"loss_image_align"} and loss.dim() == 0
     assert torch.isfinite(loss) and loss > 0
     # L1 norm of the difference of unit vectors: at most 2 * sqrt(D) per region
-    assert loss <= 2 * D ** 0.5
+    assert loss <= 2 * D**0.5
     loss.backward()
     assert all(g.grad is not None and g.grad.abs().sum() > 0 for g in grids)
     assert all(p.grad is None for p in align.teacher.parameters())
@@ -130,8 +137,13 @@ def test_loss_weight_and_zero_when_student_equals_teacher(align_cfg):
     zero = align(same, [8, 16], inputs)["loss_image_align"]
     assert zero.abs() < 1e-5
     grids = _grid_embeddings()
-    expected = 3.0 * (pool_regions(grids, [8, 16], [x["align_boxes"] for x in inputs]) - target
-                      ).abs().sum(dim=1).mean()
+    expected = (
+        3.0
+        * (pool_regions(grids, [8, 16], [x["align_boxes"] for x in inputs]) - target)
+        .abs()
+        .sum(dim=1)
+        .mean()
+    )
     assert torch.allclose(align(grids, [8, 16], inputs)["loss_image_align"], expected, atol=1e-6)
 
 
@@ -194,17 +206,27 @@ def test_cache_round_trip_and_alignment_uses_it(align_cfg, tmp_path):
         align(grids, [8, 16], inputs)
 
 
-@pytest.mark.parametrize("key,value", [
-    ("MODEL.CLIP.ARCH", "RN50"), ("MODEL.CLIP.WEIGHTS", "RN50"), ("MODEL.CLIP.INIT_SEED", 3),
-    ("MODEL.GRIDCLIP.IMAGE_ALIGN.GRIDS", [1, 3]),
-    ("MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE", 96),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("MODEL.CLIP.ARCH", "RN50"),
+        ("MODEL.CLIP.WEIGHTS", "RN50"),
+        ("MODEL.CLIP.INIT_SEED", 3),
+        ("MODEL.GRIDCLIP.IMAGE_ALIGN.GRIDS", [1, 3]),
+        ("MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE", 96),
+    ],
+)
 def test_cache_meta_mismatch_names_field_and_file(align_cfg, tmp_path, key, value):
     path = str(tmp_path / "teacher.pt")
     _cache(align_cfg)[0].save(path)
     align_cfg.merge_from_list([key, value])
-    field = {"ARCH": "arch", "WEIGHTS": "weights", "INIT_SEED": "init_seed", "GRIDS": "grids",
-             "TEACHER_INPUT_SIZE": "size"}[key.split(".")[-1]]
+    field = {
+        "ARCH": "arch",
+        "WEIGHTS": "weights",
+        "INIT_SEED": "init_seed",
+        "GRIDS": "grids",
+        "TEACHER_INPUT_SIZE": "size",
+    }[key.split(".")[-1]]
     with pytest.raises(ValueError, match=f"{path}.* {field}="):
         TeacherCache.load(path, cache_meta_from_cfg(align_cfg))
 

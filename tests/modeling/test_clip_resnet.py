@@ -1,4 +1,5 @@
 """CLIPResNet backbone: exact reproduction of clip's image tower, freezing, norms, key checks, teacher."""
+
 import clip
 import pytest
 import torch
@@ -75,7 +76,10 @@ def test_output_shape_and_strides(clip_tiny_checkpoints):
     backbone = CLIPResNet("RNtiny", out_features=ALL_STAGES, state_dict=sd).eval()
     shapes = backbone.output_shape()
     assert {k: (s.channels, s.stride) for k, s in shapes.items()} == {
-        "res2": (64, 4), "res3": (128, 8), "res4": (256, 16), "res5": (512, 32)
+        "res2": (64, 4),
+        "res3": (128, 8),
+        "res4": (256, 16),
+        "res5": (512, 32),
     }
     assert backbone.size_divisibility == 32 and backbone.embed_dim == 128
     x = torch.randn(1, 3, 192, 256)  # not the native 224, not square
@@ -96,10 +100,14 @@ def test_pooled_embedding_interpolates_positions(clip_tiny_checkpoints):
     pool = backbone.visual.attnpool
     # clip's own AttentionPool2d on a 9 x 9 grid, given the bicubically resized positions
     reference = AttentionPool2d(9, 512, pool.num_heads, 128)
-    reference.load_state_dict({k: v for k, v in pool.state_dict().items() if k != "positional_embedding"}, strict=False)
+    reference.load_state_dict(
+        {k: v for k, v in pool.state_dict().items() if k != "positional_embedding"}, strict=False
+    )
     grid = pool.positional_embedding[1:].reshape(1, 7, 7, 512).permute(0, 3, 1, 2)
     grid = nn.functional.interpolate(grid, size=(9, 9), mode="bicubic", align_corners=False)
-    reference.positional_embedding.data = torch.cat([pool.positional_embedding[:1], grid.flatten(2)[0].t()])
+    reference.positional_embedding.data = torch.cat(
+        [pool.positional_embedding[:1], grid.flatten(2)[0].t()]
+    )
     res5 = torch.randn(2, 512, 9, 9)
     with torch.no_grad():
         assert _max_diff(backbone.pooled_embedding(res5), reference(res5)) < TOL
@@ -112,13 +120,19 @@ def test_freeze_at_follows_detectron2(gridclip_cfg, freeze_at):
     backbone = build_backbone(cfg)
     v = backbone.visual
     parts = [
-        [v.conv1, v.bn1, v.conv2, v.bn2, v.conv3, v.bn3], [v.layer1], [v.layer2], [v.layer3], [v.layer4]
+        [v.conv1, v.bn1, v.conv2, v.bn2, v.conv3, v.bn3],
+        [v.layer1],
+        [v.layer2],
+        [v.layer3],
+        [v.layer4],
     ]
     for idx, modules in enumerate(parts):
         frozen = idx < freeze_at
         for m in modules:
             assert all(p.requires_grad != frozen for p in m.parameters())
-            bns = [b for b in [m, *m.modules()] if isinstance(b, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+            bns = [
+                b for b in [m, *m.modules()] if isinstance(b, (nn.BatchNorm2d, FrozenBatchNorm2d))
+            ]
             assert all(isinstance(b, FrozenBatchNorm2d if frozen else nn.BatchNorm2d) for b in bns)
     assert not any(p.requires_grad for p in v.attnpool.parameters())
 
@@ -141,8 +155,12 @@ def test_frozen_stages_are_bit_identical_after_a_step(clip_tiny_checkpoints, gri
     for name, p in backbone.named_parameters():
         if ("visual." + name.split("visual.", 1)[1]).startswith(frozen):
             assert p.grad is None, name
-    assert not torch.equal(after["visual.layer2.0.conv1.weight"], before["visual.layer2.0.conv1.weight"])
-    assert not torch.equal(after["visual.layer4.0.bn1.running_mean"], before["visual.layer4.0.bn1.running_mean"])
+    assert not torch.equal(
+        after["visual.layer2.0.conv1.weight"], before["visual.layer2.0.conv1.weight"]
+    )
+    assert not torch.equal(
+        after["visual.layer4.0.bn1.running_mean"], before["visual.layer4.0.bn1.running_mean"]
+    )
 
 
 def test_norm_options(gridclip_cfg):
@@ -191,7 +209,9 @@ def test_wrong_or_missing_keys_are_named(clip_tiny_checkpoints):
     # a FrozenBN backbone (no num_batches_tracked) still takes OpenAI's keys
     frozen = CLIPResNet("RNtiny", norm="FrozenBN")
     frozen.load_clip_visual(sd)
-    assert torch.equal(frozen.visual.layer1[0].bn1.running_var, sd["visual.layer1.0.bn1.running_var"])
+    assert torch.equal(
+        frozen.visual.layer1[0].bn1.running_var, sd["visual.layer1.0.bn1.running_var"]
+    )
 
 
 def test_bad_options_are_named(gridclip_cfg):
@@ -222,7 +242,9 @@ def test_teacher_is_frozen_and_matches_backbone(clip_tiny_checkpoints, gridclip_
     with torch.no_grad():
         x = normalize_clip_input(images)
         assert _max_diff(teacher.encode_image(x), backbone.encode_image(x)) < TOL
-        reference = clip.load(clip_tiny_checkpoints.torchscript_path, device="cpu", jit=False)[0].float()
+        reference = clip.load(clip_tiny_checkpoints.torchscript_path, device="cpu", jit=False)[
+            0
+        ].float()
         assert _max_diff(teacher.encode_image(x), reference.encode_image(x)) < TOL
 
 
@@ -242,7 +264,10 @@ def test_rn50_layout_strides_channels(gridclip_cfg):
     cfg = gridclip_cfg(ARCH="RN50", WEIGHTS="", OUT_FEATURES=ALL_STAGES)
     backbone = build_backbone(cfg).eval()
     assert {k: (s.channels, s.stride) for k, s in backbone.output_shape().items()} == {
-        "res2": (256, 4), "res3": (512, 8), "res4": (1024, 16), "res5": (2048, 32)
+        "res2": (256, 4),
+        "res3": (512, 8),
+        "res4": (1024, 16),
+        "res5": (2048, 32),
     }
     assert backbone.embed_dim == 1024
     # the random RN50 state dict has exactly the key layout of OpenAI's RN50 (clip.build_model
@@ -256,6 +281,9 @@ def test_rn50_layout_strides_channels(gridclip_cfg):
         assert _max_diff(backbone.encode_image(x), reference.encode_image(x)) < TOL
         feats = backbone(x)
     assert [tuple(feats[k].shape[1:]) for k in ALL_STAGES] == [
-        (256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)
+        (256, 56, 56),
+        (512, 28, 28),
+        (1024, 14, 14),
+        (2048, 7, 7),
     ]
     assert isinstance(reference, CLIP)

@@ -1,4 +1,5 @@
 """CLIP checkpoint loading: both OpenAI formats, the seeded random CLIP, and every error path."""
+
 import os
 import shutil
 import urllib.error
@@ -67,7 +68,9 @@ def test_openai_name_is_found_in_download_root(clip_tiny_checkpoints, tmp_path, 
     shutil.copy(clip_tiny_checkpoints.torchscript_path, target)
     # the file holds an RNtiny model: found by name, then the architecture check speaks
     sd = load_clip_state_dict("RN50", "RNtiny", download_root=str(tmp_path))
-    assert torch.equal(sd["visual.conv1.weight"], clip_tiny_checkpoints.state_dict["visual.conv1.weight"])
+    assert torch.equal(
+        sd["visual.conv1.weight"], clip_tiny_checkpoints.state_dict["visual.conv1.weight"]
+    )
     with pytest.raises(ValueError, match=r"RNtiny model but MODEL.CLIP.ARCH is 'RN50'") as e:
         load_clip_state_dict("RN50", "RN50", download_root=str(tmp_path))
     assert str(target) in str(e.value)

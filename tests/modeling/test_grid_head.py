@@ -1,5 +1,6 @@
 """GridCLIPHead on its own: shapes, the text-logit formula, temperature/bias parametrisation, frozen
 text embeddings, dense CLIP levels, errors."""
+
 import math
 
 import pytest
@@ -39,7 +40,12 @@ def test_output_shapes_and_unit_embeddings():
     head = _head()
     feats = _features()
     outputs = head(feats)
-    logits, deltas, ctr, emb = outputs.logits, outputs.box_deltas, outputs.centerness, outputs.grid_embeddings
+    logits, deltas, ctr, emb = (
+        outputs.logits,
+        outputs.box_deltas,
+        outputs.centerness,
+        outputs.grid_embeddings,
+    )
     assert outputs.dense_predictions() == [logits, deltas, ctr]
     for f, lg, dl, ct, em in zip(feats, logits, deltas, ctr, emb):
         n, _, h, w = f.shape
@@ -87,15 +93,23 @@ def test_learnable_or_fixed_temperature():
 def test_text_embeddings_get_no_gradient_and_gradients_reach_towers():
     head = _head()
     text_before = head.classifier.embeddings.clone()
-    assert not any(True for _ in head.classifier.parameters())  # nothing trainable in the classifier
+    assert not any(
+        True for _ in head.classifier.parameters()
+    )  # nothing trainable in the classifier
     assert "classifier.embeddings" not in head.state_dict()  # non-persistent buffer
     logits, deltas, ctr, _ = head(_features())
     loss = sum(x.square().mean() for x in logits) + sum(x.mean() for x in deltas + ctr)
     loss.backward()
     assert not head.classifier.embeddings.requires_grad
     assert torch.equal(head.classifier.embeddings, text_before)
-    for name in ["cls_subnet.0.weight", "bbox_subnet.0.weight", "embed.weight", "bbox_pred.weight",
-                 "ctrness.weight", "scales"]:
+    for name in [
+        "cls_subnet.0.weight",
+        "bbox_subnet.0.weight",
+        "embed.weight",
+        "bbox_pred.weight",
+        "ctrness.weight",
+        "scales",
+    ]:
         grad = dict(head.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
 
@@ -130,7 +144,9 @@ def test_dense_clip_levels_change_only_their_level():
     # Exactly: normalize(projection + normalize(dense resized bilinearly to the level)).
     projection = head.embed(head.cls_subnet(feats[2]))
     resized = F.interpolate(dense, size=emb_a[2].shape[-2:], mode="bilinear", align_corners=False)
-    torch.testing.assert_close(emb_a[2], F.normalize(projection + F.normalize(resized, dim=1), dim=1))
+    torch.testing.assert_close(
+        emb_a[2], F.normalize(projection + F.normalize(resized, dim=1), dim=1)
+    )
     with pytest.raises(ValueError, match="dense_embedding"):
         head(feats)
 

@@ -1,6 +1,7 @@
 """GridCLIP on small models: label assignment, the classification-loss masks (novel classes,
 federated loss), decoding, vocabulary swap, dense CLIP levels, configuration errors. The shipped
 configs end to end are in test_gridclip_shipped_configs.py."""
+
 import os
 
 import numpy as np
@@ -23,7 +24,6 @@ from gridclip_d2.modeling.fed_loss import fed_loss_class_weights, sample_fed_los
 from gridclip_d2.modeling.gridclip import GridCLIP
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
-
 
 
 # ---------------------------------------------------------------------------------- small models
@@ -93,7 +93,9 @@ def test_perfect_box_predictions_give_zero_box_loss():
 
 def test_only_empty_images_give_finite_losses():
     model = _small_model()
-    anchors, logits, split, labels, deltas, boxes, ctr = _loss_inputs(model, [_gt([], []), _gt([], [])])
+    anchors, logits, split, labels, deltas, boxes, ctr = _loss_inputs(
+        model, [_gt([], []), _gt([], [])]
+    )
     with EventStorage():
         losses = model.losses(anchors, split, labels, deltas, boxes, ctr)
     assert all(torch.isfinite(v) for v in losses.values())
@@ -119,8 +121,9 @@ def test_novel_classes_left_out_of_the_classification_loss():
 
 def test_fed_loss_restricts_columns_to_gt_plus_sampled_classes():
     counts = [100, 50, 20, 10, 5, 1, 0, 30] + [0] * 16  # 24 synthetic classes
-    model = _small_model(use_fed_loss=True, fed_loss_num_classes=4, image_count_per_class=counts,
-                         novel_class_ids=[7])
+    model = _small_model(
+        use_fed_loss=True, fed_loss_num_classes=4, image_count_per_class=counts, novel_class_ids=[7]
+    )
     for seed in range(5):
         torch.manual_seed(seed)
         # gt classes 2 and 7 (novel): 2 + two classes sampled among those with images, 7 masked out.
@@ -135,7 +138,9 @@ def test_fed_loss_restricts_columns_to_gt_plus_sampled_classes():
 
 
 def test_fed_loss_sampling():
-    weights = fed_loss_class_weights([100, 25, 0, 4, 1], 0.5, allowed=torch.tensor([1, 1, 1, 1, 0]).bool())
+    weights = fed_loss_class_weights(
+        [100, 25, 0, 4, 1], 0.5, allowed=torch.tensor([1, 1, 1, 1, 0]).bool()
+    )
     torch.testing.assert_close(weights, torch.tensor([10.0, 5.0, 0.0, 2.0, 0.0]))
     g = torch.Generator().manual_seed(0)
     picks = torch.zeros(5)
@@ -147,7 +152,11 @@ def test_fed_loss_sampling():
     assert picks[0] / picks[1] == pytest.approx(2.0, rel=0.15)  # proportional to the weights
     # More gt classes than num_sample: all kept, none added; too few drawable classes: all of them.
     assert sample_fed_loss_classes(torch.tensor([0, 1, 3]), 2, weights).tolist() == [0, 1, 3]
-    assert sample_fed_loss_classes(torch.tensor([], dtype=torch.long), 50, weights).tolist() == [0, 1, 3]
+    assert sample_fed_loss_classes(torch.tensor([], dtype=torch.long), 50, weights).tolist() == [
+        0,
+        1,
+        3,
+    ]
     with pytest.raises(ValueError, match="gt class ids"):
         sample_fed_loss_classes(torch.tensor([5]), 2, weights)
 
@@ -156,15 +165,23 @@ def test_fast_decode_equals_detectron2_decode():
     model = _small_model()
     g = torch.Generator().manual_seed(0)
     for num_classes, thresh, k in [(1203, 1e-4, 1000), (8, 0.3, 50), (30, 0.999, 100)]:
-        anchors = Boxes(torch.rand(400, 2, generator=g).repeat(1, 2) * 100 + torch.tensor([-8, -8, 8, 8.0]))
+        anchors = Boxes(
+            torch.rand(400, 2, generator=g).repeat(1, 2) * 100 + torch.tensor([-8, -8, 8, 8.0])
+        )
         # distinct scores (no ties, whose order sorting leaves open)
-        scores = (torch.randperm(400 * num_classes, generator=g).float() / (400 * num_classes)).view(400, -1)
+        scores = (
+            torch.randperm(400 * num_classes, generator=g).float() / (400 * num_classes)
+        ).view(400, -1)
         deltas = torch.rand(400, 4, generator=g) * 4
         ours = model._decode_per_level_predictions(anchors, scores, deltas, thresh, k, (90, 110))
-        ref = DenseDetector._decode_per_level_predictions(model, anchors, scores, deltas, thresh, k, (90, 110))
+        ref = DenseDetector._decode_per_level_predictions(
+            model, anchors, scores, deltas, thresh, k, (90, 110)
+        )
         ref.pred_boxes.clip((90, 110))
         assert len(ours) == len(ref) > 0
-        assert torch.equal(ours.scores, ref.scores) and torch.equal(ours.pred_classes, ref.pred_classes)
+        assert torch.equal(ours.scores, ref.scores) and torch.equal(
+            ours.pred_classes, ref.pred_classes
+        )
         assert torch.equal(ours.pred_boxes.tensor, ref.pred_boxes.tensor)
 
 
@@ -175,15 +192,24 @@ def test_inference_single_image_equals_reference_pipeline():
     feats = [torch.zeros(1, 1, 128 // s, 128 // s) for s in model.strides]
     anchors = model.anchor_generator(feats)
     total = sum(len(a) for a in anchors) * 8
-    scores = list((torch.randperm(total, generator=g).float() / total).view(-1, 8).split([len(a) for a in anchors]))
+    scores = list(
+        (torch.randperm(total, generator=g).float() / total)
+        .view(-1, 8)
+        .split([len(a) for a in anchors])
+    )
     deltas = [torch.rand(len(a), 4, generator=g) * 3 for a in anchors]
     ours = model.inference_single_image(anchors, scores, deltas, (120, 128))
-    per_level = [DenseDetector._decode_per_level_predictions(model, a, s, d, model.test_score_thresh,
-                                                             200, (120, 128))
-                 for a, s, d in zip(anchors, scores, deltas)]
+    per_level = [
+        DenseDetector._decode_per_level_predictions(
+            model, a, s, d, model.test_score_thresh, 200, (120, 128)
+        )
+        for a, s, d in zip(anchors, scores, deltas)
+    ]
     ref = Instances.cat(per_level)
     ref.pred_boxes.clip((120, 128))
-    ref = ref[batched_nms(ref.pred_boxes.tensor, ref.scores, ref.pred_classes, model.test_nms_thresh)[:50]]
+    ref = ref[
+        batched_nms(ref.pred_boxes.tensor, ref.scores, ref.pred_classes, model.test_nms_thresh)[:50]
+    ]
     assert len(ours) == 50
     assert torch.equal(ours.scores, ref.scores) and torch.equal(ours.pred_classes, ref.pred_classes)
     assert torch.equal(ours.pred_boxes.tensor, ref.pred_boxes.tensor)
@@ -201,7 +227,9 @@ def _predict(model, image):
 def test_set_vocabulary_swaps_classes():
     cfg = _synthetic_cfg()
     model = _small_model(cfg)
-    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    image = torch.randint(
+        0, 256, (3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     old = model.head.classifier.embeddings.clone()
     logits24, _ = _predict(model, image)
     assert logits24[0].shape[1] == 24
@@ -209,7 +237,9 @@ def test_set_vocabulary_swaps_classes():
     names = ["zebra", "traffic cone", "kite"]
     model.set_vocabulary(names)
     assert model.num_classes == 3 and model.vocabulary == names
-    torch.testing.assert_close(model.head.classifier.embeddings, text_embeddings_from_cfg(cfg, names))
+    torch.testing.assert_close(
+        model.head.classifier.embeddings, text_embeddings_from_cfg(cfg, names)
+    )
     logits3, inst = _predict(model, image)
     assert logits3[0].shape[1] == 3 and len(inst) > 0
     assert set(inst.pred_classes.tolist()) <= {0, 1, 2}
@@ -234,8 +264,10 @@ def test_set_vocabulary_from_npy_and_bad_vocabularies(tmp_path):
     np.save(tmp_path / "v.npy", emb)
     model.set_vocabulary(embeddings=str(tmp_path / "v.npy"))
     assert model.num_classes == 4
-    torch.testing.assert_close(model.head.classifier.embeddings,
-                               torch.nn.functional.normalize(torch.from_numpy(emb), dim=1))
+    torch.testing.assert_close(
+        model.head.classifier.embeddings,
+        torch.nn.functional.normalize(torch.from_numpy(emb), dim=1),
+    )
     with pytest.raises(ValueError, match="empty"):
         model.set_vocabulary([])
     with pytest.raises(ValueError, match="non-empty"):

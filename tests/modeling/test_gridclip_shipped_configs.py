@@ -1,6 +1,7 @@
 """GridCLIP built from the shipped LVIS configs (FPN and BiFPN) on a random CLIP checkpoint: one
 training step through the real mapper (images with and without instances), gradients, frozen
 parts, and inference."""
+
 import os
 
 import numpy as np
@@ -57,7 +58,9 @@ def _write_images(root, seed=0):
         path = os.path.join(root, f"{i}.png")
         Image.fromarray(rng.randint(0, 256, size=(h, w, 3), dtype=np.uint8)).save(path)
         anns = [{"bbox": b, "bbox_mode": 1, "category_id": c, "iscrowd": 0} for b, c in objs]
-        dicts.append({"file_name": path, "image_id": i + 1, "height": h, "width": w, "annotations": anns})
+        dicts.append(
+            {"file_name": path, "image_id": i + 1, "height": h, "width": w, "annotations": anns}
+        )
     return dicts
 
 
@@ -65,7 +68,9 @@ def _frozen_state(model):
     """Copies of what must never change: text embeddings, teacher, frozen backbone stages."""
     bottom_up = model.backbone.bottom_up
     frozen = {"text": model.head.classifier.embeddings.clone()}
-    frozen.update({f"teacher.{k}": v.clone() for k, v in model.image_alignment.teacher.state_dict().items()})
+    frozen.update(
+        {f"teacher.{k}": v.clone() for k, v in model.image_alignment.teacher.state_dict().items()}
+    )
     stem = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "layer1", "attnpool")  # FREEZE_AT 2
     for k, v in bottom_up.visual.state_dict().items():
         if k.split(".")[0] in stem:
@@ -76,7 +81,9 @@ def _frozen_state(model):
 def _frozen_now(model, keys):
     now = {"text": model.head.classifier.embeddings}
     now.update({f"teacher.{k}": v for k, v in model.image_alignment.teacher.state_dict().items()})
-    now.update({f"bottom_up.{k}": v for k, v in model.backbone.bottom_up.visual.state_dict().items()})
+    now.update(
+        {f"bottom_up.{k}": v for k, v in model.backbone.bottom_up.visual.state_dict().items()}
+    )
     return {k: now[k] for k in keys}
 
 
@@ -97,14 +104,23 @@ def trained_step(request, clip_tiny_checkpoints, tmp_path_factory):
         sum(losses.values()).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     optimizer.step()
-    return {"cfg": cfg, "model": model, "batch": batch, "losses": losses, "grads": grads,
-            "frozen": frozen, "trainable": trainable}
+    return {
+        "cfg": cfg,
+        "model": model,
+        "batch": batch,
+        "losses": losses,
+        "grads": grads,
+        "frozen": frozen,
+        "trainable": trainable,
+    }
 
 
 def test_shipped_config_builds_gridclip(trained_step):
     model, cfg = trained_step["model"], trained_step["cfg"]
     assert type(model) is GridCLIP and isinstance(model, FCOS)
-    assert model.num_classes == 1203 == len(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes)
+    assert (
+        model.num_classes == 1203 == len(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes)
+    )
     assert model.head.classifier.embeddings.shape == (1203, 128)
     assert model.max_detections_per_image == 300 and model.test_score_thresh == pytest.approx(1e-4)
     # lvis_v1_train_base: the rare classes are novel and left out of the classification loss.
@@ -129,15 +145,29 @@ def test_gradients_reach_head_neck_and_unfrozen_backbone(trained_step):
     def reached(prefix):
         return any(n.startswith(prefix) and g.abs().sum() > 0 for n, g in grads.items())
 
-    for prefix in ["head.cls_subnet", "head.bbox_subnet", "head.embed", "head.bbox_pred", "head.ctrness",
-                   "head.scales", "head.log_temperature", "head.logit_bias",
-                   "backbone.bottom_up.visual.layer2", "backbone.bottom_up.visual.layer3",
-                   "backbone.bottom_up.visual.layer4"]:
+    for prefix in [
+        "head.cls_subnet",
+        "head.bbox_subnet",
+        "head.embed",
+        "head.bbox_pred",
+        "head.ctrness",
+        "head.scales",
+        "head.log_temperature",
+        "head.logit_bias",
+        "backbone.bottom_up.visual.layer2",
+        "backbone.bottom_up.visual.layer3",
+        "backbone.bottom_up.visual.layer4",
+    ]:
         assert reached(prefix), prefix
-    neck = [n for n in grads if n.startswith("backbone.") and not n.startswith("backbone.bottom_up")]
+    neck = [
+        n for n in grads if n.startswith("backbone.") and not n.startswith("backbone.bottom_up")
+    ]
     assert neck and all(grads[n].abs().sum() > 0 for n in neck if n.endswith("weight"))
-    for frozen in ["backbone.bottom_up.visual.conv1", "backbone.bottom_up.visual.layer1",
-                   "image_alignment.teacher"]:
+    for frozen in [
+        "backbone.bottom_up.visual.conv1",
+        "backbone.bottom_up.visual.layer1",
+        "image_alignment.teacher",
+    ]:
         assert not any(n.startswith(frozen) for n in grads), frozen
 
 
@@ -147,9 +177,15 @@ def test_frozen_parts_bit_identical_and_trainable_parts_change(trained_step):
     for k, after in _frozen_now(model, frozen.keys()).items():
         assert torch.equal(frozen[k], after), k
     params = dict(model.named_parameters())
-    for prefix in ["head.embed.weight", "head.cls_subnet.0.weight", "backbone.bottom_up.visual.layer4"]:
+    for prefix in [
+        "head.embed.weight",
+        "head.cls_subnet.0.weight",
+        "backbone.bottom_up.visual.layer4",
+    ]:
         names = [n for n in trained_step["trainable"] if n.startswith(prefix)]
-        assert names and any(not torch.equal(trained_step["trainable"][n], params[n]) for n in names), prefix
+        assert names and any(
+            not torch.equal(trained_step["trainable"][n], params[n]) for n in names
+        ), prefix
 
 
 def test_inference_at_most_300_boxes_inside_the_image(trained_step):
@@ -165,8 +201,14 @@ def test_inference_at_most_300_boxes_inside_the_image(trained_step):
         assert inst.image_size == (h, w)
         assert 0 < len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE == 300
         b = inst.pred_boxes.tensor
-        assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
-        assert (inst.scores >= cfg.MODEL.GRIDCLIP.SCORE_THRESH_TEST).all() and (inst.scores <= 1).all()
+        assert (
+            (b[:, 0] >= 0).all()
+            and (b[:, 1] >= 0).all()
+            and (b[:, 2] <= w).all()
+            and (b[:, 3] <= h).all()
+        )
+        assert (inst.scores >= cfg.MODEL.GRIDCLIP.SCORE_THRESH_TEST).all() and (
+            inst.scores <= 1
+        ).all()
         assert inst.pred_classes.max() < 1203
     model.train()
-

@@ -1,4 +1,5 @@
 """mean_roi_align: roi_align's mean over bins, bit-identical forward, the same gradient."""
+
 import pytest
 import torch
 from torchvision.ops import roi_align
@@ -12,14 +13,23 @@ def _rois(n, height, width, g):
         for grid in (1, 2, 3):  # the alignment crops
             for r in range(grid):
                 for c in range(grid):
-                    rows.append([i, c * width / grid, r * height / grid, (c + 1) * width / grid,
-                                 (r + 1) * height / grid])
+                    rows.append(
+                        [
+                            i,
+                            c * width / grid,
+                            r * height / grid,
+                            (c + 1) * width / grid,
+                            (r + 1) * height / grid,
+                        ]
+                    )
         xy = torch.rand(2, generator=g) * torch.tensor([width, height]) - 10  # partly outside
         rows.append([i, *xy.tolist(), *(xy + torch.rand(2, generator=g) * 90 + 0.5).tolist()])
     return torch.tensor(rows)
 
 
-@pytest.mark.parametrize("n, d, h, w, stride", [(3, 16, 32, 32, 8), (2, 8, 2, 2, 128), (2, 4, 5, 7, 16)])
+@pytest.mark.parametrize(
+    "n, d, h, w, stride", [(3, 16, 32, 32, 8), (2, 8, 2, 2, 128), (2, 4, 5, 7, 16)]
+)
 def test_mean_roi_align_equals_roi_align(n, d, h, w, stride):
     g = torch.Generator().manual_seed(h * w)
     x = torch.randn(n, d, h, w, generator=g, requires_grad=True)

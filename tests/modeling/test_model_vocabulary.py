@@ -1,5 +1,6 @@
 """The model's vocabulary comes from its config alone, and a text-embedding .npy is checked against
 its sidecar (names, CLIP architecture, text-tower fingerprint, prompts)."""
+
 import importlib.util
 import json
 import logging
@@ -17,7 +18,8 @@ from gridclip_d2.modeling.text_classifier import TextClassifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location(
-    "dump_text_embeddings_for_vocab", os.path.join(REPO, "tools", "dump_text_embeddings.py"))
+    "dump_text_embeddings_for_vocab", os.path.join(REPO, "tools", "dump_text_embeddings.py")
+)
 dump_text = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(dump_text)
 
@@ -33,8 +35,21 @@ def tiny_cfg(gridclip_cfg, clip_tiny_checkpoints):
 def npy(tmp_path, clip_tiny_checkpoints):
     """Embeddings of three names written by tools/dump_text_embeddings.py (with their sidecar)."""
     out = tmp_path / "three.npy"
-    assert dump_text.main(["--clip", clip_tiny_checkpoints.state_dict_path, "--vocabulary", "custom",
-                           "--custom-vocabulary", "zebra,traffic_cone,kite", "--out", str(out)]) == 0
+    assert (
+        dump_text.main(
+            [
+                "--clip",
+                clip_tiny_checkpoints.state_dict_path,
+                "--vocabulary",
+                "custom",
+                "--custom-vocabulary",
+                "zebra,traffic_cone,kite",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return str(out)
 
 
@@ -71,7 +86,9 @@ def test_vocabulary_sources(tiny_cfg, tmp_path, npy):
     cfg.MODEL.GRIDCLIP.CLASS_NAMES = ["person", "necktie"]
     assert vocabulary_from_cfg(cfg) == (["person", "necktie"], "MODEL.GRIDCLIP.CLASS_NAMES")
     cfg.MODEL.GRIDCLIP.VOCABULARY = "lvis"
-    with pytest.raises(ValueError, match="CLASS_NAMES .* and MODEL.GRIDCLIP.VOCABULARY .* are both set"):
+    with pytest.raises(
+        ValueError, match="CLASS_NAMES .* and MODEL.GRIDCLIP.VOCABULARY .* are both set"
+    ):
         vocabulary_from_cfg(cfg)
 
 
@@ -94,7 +111,9 @@ def test_sidecar_mismatches_name_both_sides(tiny_cfg, npy, caplog):
 
     # Names: both lists and the first difference.
     with pytest.raises(ValueError) as e:
-        TextClassifier(cfg, names=["zebra", "kite", "traffic_cone"], names_source="MODEL.GRIDCLIP.CLASS_NAMES")
+        TextClassifier(
+            cfg, names=["zebra", "kite", "traffic_cone"], names_source="MODEL.GRIDCLIP.CLASS_NAMES"
+        )
     msg = str(e.value)
     assert "three.json" in msg and "MODEL.GRIDCLIP.CLASS_NAMES" in msg
     assert "['zebra', 'traffic_cone', 'kite']" in msg and "['zebra', 'kite', 'traffic_cone']" in msg
@@ -106,7 +125,8 @@ def test_sidecar_mismatches_name_both_sides(tiny_cfg, npy, caplog):
     other = cfg.clone()
     other.MODEL.CLIP.WEIGHTS = ""
     with pytest.raises(
-        ValueError, match=r"three.npy were made with CLIP weights .*rntiny_state_dict.pt.* other weights"
+        ValueError,
+        match=r"three.npy were made with CLIP weights .*rntiny_state_dict.pt.* other weights",
     ):
         TextClassifier(other, names=["zebra", "traffic_cone", "kite"])
 
@@ -133,13 +153,18 @@ def test_sidecar_mismatches_name_both_sides(tiny_cfg, npy, caplog):
     assert "records no CLIP text fingerprint" in caplog.text
 
 
-def test_lvis_embeddings_from_the_dump_tool_fit_lvis_training_and_evaluation(tmp_path, gridclip_cfg):
+def test_lvis_embeddings_from_the_dump_tool_fit_lvis_training_and_evaluation(
+    tmp_path, gridclip_cfg
+):
     """The LVIS route: embeddings written by `dump_text_embeddings.py --vocabulary lvis` name exactly
     the classes lvis_v1_train_base labels and lvis_v1_val evaluates (Detectron2's thing_classes)."""
     from gridclip_d2.engine import check_training_vocabulary
 
     out = str(tmp_path / "lvis.npy")
-    assert dump_text.main(["--clip", "", "--arch", "RNtiny", "--vocabulary", "lvis", "--out", out]) == 0
+    assert (
+        dump_text.main(["--clip", "", "--arch", "RNtiny", "--vocabulary", "lvis", "--out", out])
+        == 0
+    )
     cfg = gridclip_cfg(ARCH="RNtiny", WEIGHTS="")
     cfg.merge_from_file(os.path.join(REPO, "configs", "GridCLIP_LVIS.yaml"))
     cfg.MODEL.CLIP.ARCH, cfg.MODEL.CLIP.WEIGHTS = "RNtiny", ""

@@ -1,4 +1,5 @@
 """FPN and BiFPN necks: shapes and strides from a config, BiFPN fusion weights and gradients."""
+
 import pytest
 import torch
 from torch import nn
@@ -29,8 +30,11 @@ class _TinyBottomUp(Backbone):
         return {"res3": r3, "res4": r4, "res5": self.c5(r4)}
 
     def output_shape(self):
-        return {"res3": ShapeSpec(channels=8, stride=8), "res4": ShapeSpec(channels=12, stride=16),
-                "res5": ShapeSpec(channels=16, stride=32)}
+        return {
+            "res3": ShapeSpec(channels=8, stride=8),
+            "res4": ShapeSpec(channels=12, stride=16),
+            "res5": ShapeSpec(channels=16, stride=32),
+        }
 
 
 def _bifpn(**kwargs):
@@ -112,9 +116,13 @@ def neck_cfg(gridclip_cfg):
     return cfg
 
 
-@pytest.mark.parametrize("name,divisibility", [
-    ("build_clip_resnet_fpn_backbone", 32), ("build_clip_resnet_bifpn_backbone", 128),
-])
+@pytest.mark.parametrize(
+    "name,divisibility",
+    [
+        ("build_clip_resnet_fpn_backbone", 32),
+        ("build_clip_resnet_bifpn_backbone", 128),
+    ],
+)
 def test_necks_from_config(neck_cfg, name, divisibility):
     neck_cfg.MODEL.BACKBONE.NAME = name
     neck = build_backbone(neck_cfg)
@@ -157,7 +165,9 @@ def test_clip_fpn_pyramid_is_detectron2_fpn(neck_cfg, fuse_type):
         assert torch.equal(ours[k], reference[k]), k
 
 
-@pytest.mark.parametrize("name", ["build_clip_resnet_fpn_backbone", "build_clip_resnet_bifpn_backbone"])
+@pytest.mark.parametrize(
+    "name", ["build_clip_resnet_fpn_backbone", "build_clip_resnet_bifpn_backbone"]
+)
 def test_necks_output_the_dense_clip_embedding_when_asked(neck_cfg, name):
     neck_cfg.MODEL.BACKBONE.NAME = name
     plain = build_backbone(neck_cfg)
@@ -175,5 +185,7 @@ def test_necks_output_the_dense_clip_embedding_when_asked(neck_cfg, name):
 
     neck_cfg.MODEL.CLIP.OUT_FEATURES = ["res3", "res4"]
     neck_cfg.MODEL.FPN.IN_FEATURES = neck_cfg.MODEL.BIFPN.IN_FEATURES = ["res3", "res4"]
-    with pytest.raises(ValueError, match="DENSE_CLIP_LEVELS needs 'res5' in MODEL.CLIP.OUT_FEATURES"):
+    with pytest.raises(
+        ValueError, match="DENSE_CLIP_LEVELS needs 'res5' in MODEL.CLIP.OUT_FEATURES"
+    ):
         build_backbone(neck_cfg)

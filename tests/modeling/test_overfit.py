@@ -1,5 +1,6 @@
 """GridCLIP overfits a handful of synthetic images: proof that label assignment, losses and decoding
 agree (a sign flip, an off-by-one stride or a class-index mismatch anywhere makes it fail)."""
+
 import time
 
 import pytest
@@ -77,9 +78,11 @@ def test_overfits_a_handful_of_synthetic_images():
             optimizer.step()
             if it % 25 == 24:
                 recall, kept, total = _recall(model, batch, SCORE_THRESH)
-                print(f"iter {it + 1}: {({k: round(v.item(), 4) for k, v in losses.items()})}, "
-                      f"recall {recall:.2f} with {kept} detections for {total} objects, "
-                      f"{time.time() - start:.0f} s")
+                print(
+                    f"iter {it + 1}: { ({k: round(v.item(), 4) for k, v in losses.items()}) }, "
+                    f"recall {recall:.2f} with {kept} detections for {total} objects, "
+                    f"{time.time() - start:.0f} s"
+                )
                 if recall == 1.0 and kept <= 2 * total:
                     break
     assert recall >= 0.9, (recall, kept, total)

@@ -1,4 +1,5 @@
 """Text side: CLIP text encoder, prompt handling, the frozen text classifier, vocabularies."""
+
 import functools
 
 import clip
@@ -41,7 +42,9 @@ def test_text_embeddings_equal_clip_encode_text(clip_tiny_checkpoints, fmt):
     assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
     texts = ["a photo of an aerosol can.", "a photo of a dog.", "a photo of a bow (weapon)."]
     expected = _reference_embeddings(path, texts)
-    got = encode_names(encoder, ["aerosol_can", "Dog", "bow_(weapon)"], ["a photo of {article} {}."])
+    got = encode_names(
+        encoder, ["aerosol_can", "Dog", "bow_(weapon)"], ["a photo of {article} {}."]
+    )
     assert got.dtype == torch.float32 and got.shape == (3, 128)
     assert (got - expected).abs().max() < TOL
     tokens = clip.tokenize(texts)  # full 77-token context, as clip pads
@@ -55,19 +58,29 @@ def test_synonyms_and_templates_are_averaged(clip_tiny_checkpoints):
     encoder = build_text_encoder(path, "RNtiny")
     templates = ["a {}", "a photo of the {}."]
     got = encode_names(encoder, ["kite", "car"], templates, synonyms=[["kite", "paper_kite"], []])
-    texts = ["a kite", "a photo of the kite.", "a paper kite", "a photo of the paper kite.", "a car",
-             "a photo of the car."]
+    texts = [
+        "a kite",
+        "a photo of the kite.",
+        "a paper kite",
+        "a photo of the paper kite.",
+        "a car",
+        "a photo of the car.",
+    ]
     ref = _reference_embeddings(path, texts)
     expected = F.normalize(torch.stack([ref[:4].mean(0), ref[4:].mean(0)]), dim=-1)
     assert (got - expected).abs().max() < TOL
     # batching does not change the result
-    batched = encode_names(encoder, ["kite", "car"], templates, [["kite", "paper_kite"], []],
-                           batch_size=1)
+    batched = encode_names(
+        encoder, ["kite", "car"], templates, [["kite", "paper_kite"], []], batch_size=1
+    )
     assert (batched - got).abs().max() < 1e-6
 
 
 def test_prompts():
-    assert fill_prompt("There is {article} {} in the scene.", "aerosol_can") == "There is an aerosol can in the scene."
+    assert (
+        fill_prompt("There is {article} {} in the scene.", "aerosol_can")
+        == "There is an aerosol can in the scene."
+    )
     assert fill_prompt("a {}", "Traffic_Light") == "a traffic light"
     assert len(PROMPT_ENSEMBLE) == 63 and all(check_prompt(t) for t in PROMPT_ENSEMBLE)
     with pytest.raises(ValueError, match=r'must contain "\{\}"'):
@@ -81,7 +94,9 @@ def test_text_embeddings_from_cfg(clip_tiny_checkpoints, gridclip_cfg):
     cfg = gridclip_cfg(ARCH="RNtiny", WEIGHTS=path)
     cfg.MODEL.GRIDCLIP.PROMPT = "a photo of a {}."
     got = text_embeddings_from_cfg(cfg, ["cat", "traffic_cone"])
-    assert (got - _reference_embeddings(path, ["a photo of a cat.", "a photo of a traffic cone."])).abs().max() < TOL
+    assert (
+        got - _reference_embeddings(path, ["a photo of a cat.", "a photo of a traffic cone."])
+    ).abs().max() < TOL
     cfg.MODEL.GRIDCLIP.PROMPT_ENSEMBLE = True
     ensemble = text_embeddings_from_cfg(cfg, ["cat"])
     ref = _reference_embeddings(path, [fill_prompt(t, "cat") for t in PROMPT_ENSEMBLE])
@@ -98,7 +113,9 @@ def test_text_keys_are_checked(clip_tiny_checkpoints):
     missing = {k: v for k, v in sd.items() if k != "ln_final.bias"}
     with pytest.raises(KeyError, match=r"missing keys \['ln_final.bias'\]"):
         encoder.load_clip_text(missing)
-    with pytest.raises(KeyError, match=r"unexpected keys \['transformer.resblocks.9.ln_1.weight'\]"):
+    with pytest.raises(
+        KeyError, match=r"unexpected keys \['transformer.resblocks.9.ln_1.weight'\]"
+    ):
         encoder.load_clip_text(dict(sd, **{"transformer.resblocks.9.ln_1.weight": torch.ones(128)}))
     with pytest.raises(ValueError, match=r"text_projection has shape \(128, 64\)"):
         encoder.load_clip_text(dict(sd, text_projection=torch.zeros(128, 64)))
@@ -133,7 +150,9 @@ def test_classifier_from_npy_checks_rows_and_dim(tmp_path, gridclip_cfg):
     clf = TextClassifier(cfg, names=names)  # no sidecar: rows taken as given (a warning)
     assert clf.num_classes == 4
     assert torch.allclose(clf.embeddings, load_text_embeddings(str(path)))
-    with pytest.raises(ValueError, match=r"emb.npy have 4 rows but the model's vocabulary has 7 classes"):
+    with pytest.raises(
+        ValueError, match=r"emb.npy have 4 rows but the model's vocabulary has 7 classes"
+    ):
         TextClassifier(cfg, names=names + ["e", "f", "g"])
     np.save(path, np.ones((4, 64), dtype=np.float32))
     with pytest.raises(ValueError, match=r"emb.npy have dimension 64 .*MODEL.CLIP.ARCH.* 128"):
@@ -149,7 +168,9 @@ def test_classifier_from_npy_checks_rows_and_dim(tmp_path, gridclip_cfg):
 def test_classifier_from_names(gridclip_cfg):
     cfg = gridclip_cfg(ARCH="RNtiny", WEIGHTS="", INIT_SEED=3)
     clf = TextClassifier(cfg, names=["red_circle", "kite", "zebra"])
-    expected = encode_names(build_text_encoder("", "RNtiny", seed=3), ["red_circle", "kite", "zebra"], ["a {}"])
+    expected = encode_names(
+        build_text_encoder("", "RNtiny", seed=3), ["red_circle", "kite", "zebra"], ["a {}"]
+    )
     assert torch.equal(clf.embeddings, expected)
 
 
@@ -174,18 +195,25 @@ def test_vocabularies(tmp_path):
     from gridclip_d2.data.synthetic import SYNTHETIC_CATEGORIES
 
     synthetic = get_vocabulary("synthetic")
-    assert [v["name"] for v in synthetic] == [c["name"] for c in sorted(SYNTHETIC_CATEGORIES, key=lambda c: c["id"])]
+    assert [v["name"] for v in synthetic] == [
+        c["name"] for c in sorted(SYNTHETIC_CATEGORIES, key=lambda c: c["id"])
+    ]
     assert all(v["frequency"] in ("r", "c", "f") for v in synthetic)
 
     custom = get_vocabulary("custom", custom="zebra, traffic cone ,kite")
     assert [(v["id"], v["name"], v["synonyms"], v["frequency"]) for v in custom] == [
-        (1, "zebra", ["zebra"], None), (2, "traffic cone", ["traffic cone"], None), (3, "kite", ["kite"], None)
+        (1, "zebra", ["zebra"], None),
+        (2, "traffic cone", ["traffic cone"], None),
+        (3, "kite", ["kite"], None),
     ]
     assert [v["name"] for v in get_vocabulary("custom", custom=["a", "b"])] == ["a", "b"]
     f = tmp_path / "names.txt"
     f.write_text("# my classes\nkite, paper kite\n\nzebra\n")
     from_file = get_vocabulary("custom", file=str(f))
-    assert [(v["name"], v["synonyms"]) for v in from_file] == [("kite", ["kite", "paper kite"]), ("zebra", ["zebra"])]
+    assert [(v["name"], v["synonyms"]) for v in from_file] == [
+        ("kite", ["kite", "paper kite"]),
+        ("zebra", ["zebra"]),
+    ]
 
 
 def test_vocabulary_errors(tmp_path):

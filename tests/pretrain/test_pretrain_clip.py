@@ -1,5 +1,6 @@
 """The small CLIP's pretraining: OpenAI-format output that both ``clip.model.build_model`` and
 ``MODEL.CLIP.WEIGHTS`` load to the same embeddings, deterministic resume, caption data, the tool."""
+
 import os
 import sys
 
@@ -22,8 +23,13 @@ TINY = dict(steps=4, batch_size=8, warmup=1, num_pairs=64, checkpoint_period=2)
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
-    path = pretrain_clip(str(root / "a"), PretrainConfig(**TINY), datasets_root=str(root / "data"),
-                         evaluate=False, progress=False)
+    path = pretrain_clip(
+        str(root / "a"),
+        PretrainConfig(**TINY),
+        datasets_root=str(root / "data"),
+        evaluate=False,
+        progress=False,
+    )
     return root, path
 
 
@@ -58,33 +64,52 @@ def test_checkpoint_loads_in_clip_and_in_the_detector_with_equal_embeddings(tiny
     torch.manual_seed(0)
     pixels = torch.randint(0, 256, (3, 3, 96, 96), dtype=torch.uint8)
     x = normalize_clip_input(pixels)
-    tokens = clip.tokenize(["a red circle", "two blue crosses and a green square."], context_length=32)
+    tokens = clip.tokenize(
+        ["a red circle", "two blue crosses and a green square."], context_length=32
+    )
     with torch.no_grad():
         assert torch.allclose(image_encoder.encode_image(x), reference.encode_image(x), atol=1e-4)
-        assert torch.allclose(text_encoder.encode_text(tokens), reference.encode_text(tokens), atol=1e-4)
+        assert torch.allclose(
+            text_encoder.encode_text(tokens), reference.encode_text(tokens), atol=1e-4
+        )
 
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_run):
     root, straight = tiny_run
     data = str(root / "data")
     out = str(root / "b")
-    pretrain_clip(out, PretrainConfig(**dict(TINY, steps=2)), datasets_root=data, evaluate=False, progress=False)
+    pretrain_clip(
+        out,
+        PretrainConfig(**dict(TINY, steps=2)),
+        datasets_root=data,
+        evaluate=False,
+        progress=False,
+    )
     # a run stopped after step 2 left last_checkpoint.pth of a 4-step schedule: make that state
     # by running the 4-step config and deleting the final file after its step-2 checkpoint
     out = str(root / "c")
     pretrain_clip(out, PretrainConfig(**TINY), datasets_root=data, evaluate=False, progress=False)
-    state = torch.load(os.path.join(out, "last_checkpoint.pth"), map_location="cpu", weights_only=True)
+    state = torch.load(
+        os.path.join(out, "last_checkpoint.pth"), map_location="cpu", weights_only=True
+    )
     assert state["step"] == 2
     os.remove(os.path.join(out, "RNtiny96_synthetic.pt"))
-    resumed = pretrain_clip(out, PretrainConfig(**TINY), resume=True, datasets_root=data,
-                            evaluate=False, progress=False)
+    resumed = pretrain_clip(
+        out, PretrainConfig(**TINY), resume=True, datasets_root=data, evaluate=False, progress=False
+    )
     a = torch.load(straight, map_location="cpu", weights_only=True)
     b = torch.load(resumed, map_location="cpu", weights_only=True)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="written with settings"):
-        pretrain_clip(out, PretrainConfig(**dict(TINY, lr=0.5)), resume=True, datasets_root=data,
-                      evaluate=False, progress=False)
+        pretrain_clip(
+            out,
+            PretrainConfig(**dict(TINY, lr=0.5)),
+            resume=True,
+            datasets_root=data,
+            evaluate=False,
+            progress=False,
+        )
 
 
 def test_tool_reports_zero_shot_accuracy(tiny_run, capsys):
