@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""GridCLIP in a web page: upload an image (or pick an example), name any classes, see what is found.
+"""GridCLIP in a web page: upload an image (or pick an example), name any classes, see what is
+found.
 
     python demo/app.py --config-file configs/GridCLIP_synthetic.yaml \
         --opts MODEL.WEIGHTS output/GridCLIP_synthetic/model_final.pth
@@ -44,10 +45,11 @@ class UnreadableUpload(str):
 
 
 def tolerant_image(**kwargs) -> gr.Image:
-    """A ``gr.Image`` whose unreadable uploads reach the event handler as an :class:`UnreadableUpload`
-    (shown as a message on the page) instead of failing inside Gradio with its internal error text.
-    Written here: Gradio has no option for it. (The instance's ``preprocess`` is wrapped: a subclass
-    of a Gradio component makes Gradio write a .pyi file beside this script.)"""
+    """A ``gr.Image`` whose unreadable uploads reach the event handler as an
+    :class:`UnreadableUpload` (shown as a message on the page) instead of failing inside Gradio with
+    its internal error text. Written here: Gradio has no option for it. (The instance's
+    ``preprocess`` is wrapped: a subclass of a Gradio component makes Gradio write a .pyi file
+    beside this script.)"""
     image = gr.Image(**kwargs)
     preprocess = image.preprocess
 
@@ -79,7 +81,8 @@ class DetectionPage:
             return (
                 None,
                 [],
-                f"The uploaded file is not an image that can be read ({image}). Upload a JPEG or PNG.",
+                f"The uploaded file is not an image that can be read ({image}). "
+                "Upload a JPEG or PNG.",
             )
         try:
             names, _ = parse_vocabulary(vocabulary or "")
@@ -114,8 +117,8 @@ class DetectionPage:
         ]
         found = sorted(set(instances.pred_class_names))
         message = (
-            f"{len(instances)} detection(s) at score >= {threshold:.2f} among {len(names)} class(es) "
-            f"in {time.time() - start:.1f} s" + (f": {', '.join(found)}" if found else "")
+            f"{len(instances)} detection(s) at score >= {threshold:.2f} among {len(names)} "
+            f"class(es) in {time.time() - start:.1f} s" + (f": {', '.join(found)}" if found else "")
         )
         return drawn, rows, message
 
@@ -135,8 +138,8 @@ def build_page(
     with gr.Blocks(title="GridCLIP open-vocabulary detection") as blocks:
         gr.Markdown(
             "# GridCLIP: open-vocabulary detection\n"
-            "Upload an image or pick an example, type the classes to look for (any names, separated by "
-            "commas), and press **Detect**."
+            "Upload an image or pick an example, type the classes to look for (any names, "
+            "separated by commas), and press **Detect**."
         )
         with gr.Row():
             with gr.Column():

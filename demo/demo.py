@@ -9,8 +9,8 @@
 
 ``--input`` takes image files, folders (their images, sorted) and glob patterns. Drawn images are
 written to ``--output`` (a folder, or a file name for a single input) under the input's file name;
-without ``--output`` they are shown in a window. Inputs are never overwritten, nor files the demo did
-not write (unless ``--overwrite``); outputs are checked before the model is built.
+without ``--output`` they are shown in a window. Inputs are never overwritten, nor files the demo
+did not write (unless ``--overwrite``); outputs are checked before the model is built.
 """
 
 import argparse
@@ -67,7 +67,9 @@ def get_parser():
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="overwrite existing output files the demo did not write (inputs are never overwritten)",
+        help=(
+            "overwrite existing output files the demo did not write (inputs are never overwritten)"
+        ),
     )
     parser.add_argument(
         "--confidence-threshold",

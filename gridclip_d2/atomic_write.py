@@ -14,7 +14,8 @@ __all__ = ["atomic_write", "atomic_torch_save", "atomic_json_dump"]
 
 
 def atomic_write(path: str, write: Callable[[IO], None], mode: str = "wb") -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it to
+    ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
     try:

@@ -40,7 +40,8 @@ def add_gridclip_config(cfg):
     _C.MODEL.CLIP.OUT_FEATURES = ["res3", "res4", "res5"]
 
     # MODEL.WEIGHTS must fill every tensor of the model (another architecture's weights are an error
-    # naming the file); True loads what fits and only logs the rest (fine-tuning from part of a model).
+    # naming the file); True loads what fits and only logs the rest (fine-tuning from part of a
+    # model).
     _C.MODEL.ALLOW_PARTIAL_WEIGHTS = False
 
     # ---------------------------------------------------------------- BiFPN neck
@@ -95,10 +96,11 @@ def add_gridclip_config(cfg):
     # follow the vocabulary; its .json sidecar is checked against the vocabulary, MODEL.CLIP and the
     # prompts. "" = compute them at build time with CLIP's text encoder.
     _C.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = ""
-    # The model's vocabulary (class names, in class-id order), so that a model builds from its config
-    # alone: "lvis" / "synthetic" (built-in), or a .txt (one name per line) / .json (list of names, or
-    # a text-embedding sidecar) file. "" with CLASS_NAMES [] = the names in TEXT_EMBEDDINGS' sidecar,
-    # else the training set's thing_classes (training writes them into the saved config.yaml).
+    # The model's vocabulary (class names, in class-id order), so that a model builds from its
+    # config alone: "lvis" / "synthetic" (built-in), or a .txt (one name per line) / .json (list of
+    # names, or a text-embedding sidecar) file. "" with CLASS_NAMES [] = the names in
+    # TEXT_EMBEDDINGS' sidecar, else the training set's thing_classes (training writes them into the
+    # saved config.yaml).
     _C.MODEL.GRIDCLIP.VOCABULARY = ""
     # The vocabulary as a list of names (exclusive with VOCABULARY).
     _C.MODEL.GRIDCLIP.CLASS_NAMES = []

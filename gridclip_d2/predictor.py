@@ -17,7 +17,8 @@ What it returns by default is what a person looks at: one box and one label per 
 own output follows the LVIS protocol (300 detections per image down to score 1e-4, class-aware NMS),
 which keeps other-class copies of a box for the AP of every class; the predictor drops detections
 under ``score_thresh`` and suppresses boxes that overlap a higher-scoring box of any class by more
-than ``nms_thresh`` IoU (MODEL.GRIDCLIP.DISPLAY). ``display=False`` returns the model's output as is.
+than ``nms_thresh`` IoU (MODEL.GRIDCLIP.DISPLAY). ``display=False`` returns the model's output as
+is.
 """
 
 import logging
@@ -231,7 +232,8 @@ class GridCLIPPredictor:
         if not isinstance(image, np.ndarray):  # a PIL image
             if not hasattr(image, "convert"):
                 raise TypeError(
-                    f"image: expected a path, a numpy array or a PIL image, got {type(image).__name__}"
+                    "image: expected a path, a numpy array or a PIL image, "
+                    f"got {type(image).__name__}"
                 )
             image, format = np.asarray(image.convert("RGB")), "RGB"
         if format not in ("RGB", "BGR"):

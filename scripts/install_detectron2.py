@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Build and install Detectron2 v0.6 from the PyPI source package ``pb1-detectron2==0.6``.
 
-The official Detectron2 is not published on PyPI. ``pb1-detectron2==0.6`` holds the files of upstream
-tag v0.6 (commit d1e04565) but does not build or run as-is on today's Python stack. This script is the
-one place where those incompatibilities are fixed, before building. Run-time fixes that apply to
-any Detectron2 install (CPU models in ``create_ddp_model``, optimizer state in checkpoints) live in
-``gridclip_d2/backports.py``. Every patch is idempotent (a file
+The official Detectron2 is not published on PyPI. ``pb1-detectron2==0.6`` holds the files of
+upstream tag v0.6 (commit d1e04565) but does not build or run as-is on today's Python stack. This
+script is the one place where those incompatibilities are fixed, before building. Run-time fixes
+that apply to any Detectron2 install (CPU models in ``create_ddp_model``, optimizer state in
+checkpoints) live in ``gridclip_d2/backports.py``. Every patch is idempotent (a file
 already patched is left alone) and fails loudly when the text it expects is absent, so a changed
 package cannot be half-patched silently.
 
@@ -51,7 +51,7 @@ def __getattr__(name):
         f"detectron2._C.{name} needs detectron2's compiled extension, which this build does not have "
         "(rotated boxes, deformable convolution, fast COCO eval). Install upstream detectron2 for them."
     )
-'''
+'''  # noqa: E501
 
 # (file, old text or regex, new text, why). `None` as old means "create the file".
 PATCHES = [
@@ -90,12 +90,14 @@ PATCHES = [
         "cfg_file = pkg_resources.resource_filename(\n"
         '        "detectron2.model_zoo", os.path.join("configs", config_path)\n    )',
         "import importlib.resources\n\n"
-        '    cfg_file = str(importlib.resources.files("detectron2.model_zoo") / "configs" / config_path)',
+        '    cfg_file = str(importlib.resources.files("detectron2.model_zoo") / "configs" / '
+        "config_path)",
         "same as above",
     ),
     (
         "detectron2/engine/launch.py",
-        '    assert torch.cuda.is_available(), "cuda is not available. Please check your installation."\n',
+        "    assert torch.cuda.is_available(), "
+        '"cuda is not available. Please check your installation."\n',
         "    has_gpu = torch.cuda.is_available()\n",
         "CPU workers (gloo) must be able to start; upstream fixed this in 2023",
     ),
@@ -107,7 +109,8 @@ PATCHES = [
     ),
     (
         "detectron2/engine/launch.py",
-        "    assert num_gpus_per_machine <= torch.cuda.device_count()\n    torch.cuda.set_device(local_rank)\n",
+        "    assert num_gpus_per_machine <= torch.cuda.device_count()\n"
+        "    torch.cuda.set_device(local_rank)\n",
         "    if has_gpu:\n        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
         "        torch.cuda.set_device(local_rank)\n",
         "same as above",
@@ -116,16 +119,17 @@ PATCHES = [
         "detectron2/data/common.py",
         "cur_idx = self._rng.sample(self._fallback_candidates, k=1)[0]",
         "cur_idx = self._rng.sample(sorted(self._fallback_candidates), k=1)[0]",
-        "random.sample no longer takes a set (Python 3.11): the first image a mapper skips would end "
-        "training instead of being replaced by another",
+        "random.sample no longer takes a set (Python 3.11): the first image a mapper skips "
+        "would end training instead of being replaced by another",
     ),
     (
         "detectron2/export/__init__.py",
         "\nfrom .api import *\n",
-        "\ntry:\n    from caffe2.proto import caffe2_pb2 as _tmp  # noqa: F401\nexcept ImportError:\n"
+        "\ntry:\n    from caffe2.proto import caffe2_pb2 as _tmp  # noqa: F401\n"
+        "except ImportError:\n"
         "    pass  # caffe2 is optional\nelse:\n    from .api import *\n",
-        "caffe2 is no longer part of PyTorch: `import detectron2.export` (TracingAdapter, for TorchScript "
-        "and ONNX export) failed; upstream made caffe2 optional the same way in 2022",
+        "caffe2 is no longer part of PyTorch: `import detectron2.export` (TracingAdapter, for "
+        "TorchScript and ONNX export) failed; upstream made caffe2 optional the same way in 2022",
     ),
 ]
 

@@ -1,8 +1,8 @@
 """Shared pytest fixtures: small CLIP checkpoints written the way OpenAI distributes them.
 
 ``clip_tiny_checkpoints`` writes one randomly initialised RNtiny CLIP twice, as a plain state dict
-(conv/linear weights in fp16, BatchNorm in fp32, as OpenAI's files) and as a TorchScript archive made
-with ``torch.jit.trace_module`` on ``encode_image`` / ``encode_text`` (with OpenAI's
+(conv/linear weights in fp16, BatchNorm in fp32, as OpenAI's files) and as a TorchScript archive
+made with ``torch.jit.trace_module`` on ``encode_image`` / ``encode_text`` (with OpenAI's
 ``input_resolution`` / ``context_length`` / ``vocab_size`` entries). BatchNorm statistics and affine
 parameters are randomised so that a wrong key mapping cannot go unnoticed; weights are rounded to
 fp16 values, so ``clip.load(path, jit=False)`` and a float32 loader see the same numbers.
@@ -29,7 +29,8 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def make_random_clip(arch: str = "RNtiny", seed: int = 1234) -> CLIP:
-    """A ``clip.model.CLIP`` with random weights, random BN statistics and fp16-representable weights."""
+    """A ``clip.model.CLIP`` with random weights, random BN statistics and fp16-representable
+    weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIP(**dataclasses.asdict(CLIP_ARCHS[arch]))
@@ -45,7 +46,8 @@ def make_random_clip(arch: str = "RNtiny", seed: int = 1234) -> CLIP:
 
 @pytest.fixture(scope="session")
 def clip_tiny_checkpoints(tmp_path_factory):
-    """RNtiny CLIP as files: ``.state_dict_path``, ``.torchscript_path``, ``.state_dict`` (float32)."""
+    """RNtiny CLIP as files: ``.state_dict_path``, ``.torchscript_path``, ``.state_dict``
+    (float32)."""
     root = tmp_path_factory.mktemp("clip_ckpt")
     model = make_random_clip("RNtiny")
     state_dict_path = str(root / "rntiny_state_dict.pt")

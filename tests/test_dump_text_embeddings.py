@@ -1,4 +1,5 @@
-"""tools/dump_text_embeddings.py: outputs, metadata, determinism, errors, and no half-written files."""
+"""tools/dump_text_embeddings.py: outputs, metadata, determinism, errors, and no half-written
+files."""
 
 import importlib.util
 import json

@@ -79,12 +79,15 @@ def test_exports_match_eager_inference(exported):
         "from PIL import Image\n"
         "extra = {'model.json': ''}\n"
         f"model = torch.jit.load({str(out / 'model.ts')!r}, _extra_files=extra)\n"
-        f"photo = torch.from_numpy(np.asarray(Image.open({PHOTO!r}).convert('RGB'))).permute(2, 0, 1).contiguous()\n"
+        f"photo = torch.from_numpy(np.asarray(Image.open({PHOTO!r}).convert('RGB')))"
+        ".permute(2, 0, 1).contiguous()\n"
         f"resized = torch.from_numpy(np.load({str(out.parent / 'resized.npy')!r}))\n"
         "with torch.no_grad():\n"
         "    results = [[t.tolist() for t in model(image)] for image in (photo, resized)]\n"
-        "assert not [m for m in sys.modules if m.startswith(('detectron2', 'gridclip_d2', 'clip'))]\n"
-        "print(json.dumps({'names': json.loads(extra['model.json'])['class_names'], 'results': results}))\n"
+        "assert not [m for m in sys.modules "
+        "if m.startswith(('detectron2', 'gridclip_d2', 'clip'))]\n"
+        "print(json.dumps({'names': json.loads(extra['model.json'])['class_names'], "
+        "'results': results}))\n"
     )
     result = json.loads(
         subprocess.run(

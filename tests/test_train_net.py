@@ -1,8 +1,8 @@
 """train_net.py end to end on the embedded synthetic data: training, evaluation, --eval-only,
 --resume after a kill, two gloo workers on CPU, and a user's own LVIS-format data set.
 
-Runs are tiny (128 px images, 2 images per batch, a few iterations); AP after so few steps is near 0,
-so reproductions are checked on the detections themselves, not only on AP.
+Runs are tiny (128 px images, 2 images per batch, a few iterations); AP after so few steps
+is near 0, so reproductions are checked on the detections themselves, not only on AP.
 """
 
 import importlib.util
@@ -231,9 +231,9 @@ def test_train_evaluate_and_eval_only_reproduces(tmp_path):
 
 
 def _subset_of_synthetic_val(tmp_path, name, shuffle):
-    """The first 10 images of synthetic_val as a new LVIS-format set; with ``shuffle`` its categories
-    are renumbered, listed in reverse order, "red circle" is spelled "red_circle", and two classes
-    the model never saw are added."""
+    """The first 10 images of synthetic_val as a new LVIS-format set; with ``shuffle`` its
+    categories are renumbered, listed in reverse order, "red circle" is spelled "red_circle", and
+    two classes the model never saw are added."""
     from gridclip_d2.data import register_lvis_format
 
     meta = MetadataCatalog.get("synthetic_val")
@@ -314,8 +314,8 @@ def _check_cross_dataset_evaluation(weights, tmp_path):
     assert results[original]["open_vocabulary"]["num_novel_classes"] == 6
     log = (out / "log.txt").read_text()
     assert (
-        f"Evaluating {shuffled} with its own 26 classes (24 of them in the model's 24-class vocabulary)"
-        in log
+        f"Evaluating {shuffled} with its own 26 classes "
+        "(24 of them in the model's 24-class vocabulary)" in log
     )
 
 
@@ -368,7 +368,8 @@ def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
     final = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
     assert final["iteration"] == max_iter - 1
     assert final["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == max_iter
-    # Rows the resumed run wrote (metrics.json is appended to): only iterations after the checkpoint.
+    # Rows the resumed run wrote (metrics.json is appended to): only iterations after the
+    # checkpoint.
     resumed = [r["iteration"] for r in _metrics(tmp_path)[rows_before:] if "total_loss" in r]
     assert resumed and resumed[-1] == max_iter - 1 and all(it > done for it in resumed), (
         done,

@@ -2,8 +2,10 @@
 """Speed, memory and FLOPs of GridCLIP against the detectors a user would pick instead, in one run.
 
     python tools/benchmark.py                              # 640x640 and 800x1333, every model
-    python tools/benchmark.py --size 640 640 --json output/benchmark/bench.json --plot output/benchmark/bench.png
-    python tools/benchmark.py --quick                      # small input, a couple of minutes on 2 cores
+    python tools/benchmark.py --size 640 640 --json output/benchmark/bench.json \
+        --plot output/benchmark/bench.png
+    python tools/benchmark.py --quick                      # small input, a couple of minutes
+                                                           # on 2 cores
     python tools/benchmark.py --models gridclip_r50_fpn,faster_rcnn_r50_fpn --profile
 
 Models (random weights: speed does not depend on them), all with the LVIS vocabulary (1203 classes)
@@ -776,7 +778,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
         p.error(
-            f"--models: unknown model(s) {unknown or args.models!r}; choose from {', '.join(MODELS)}"
+            f"--models: unknown model(s) {unknown or args.models!r}; "
+            f"choose from {', '.join(MODELS)}"
         )
     args.models = models
     if args.size is not None and (args.size[0] < 32 or args.size[1] < 32 or max(args.size) > 4096):

@@ -29,7 +29,8 @@ logger = logging.getLogger("gridclip_d2.display_threshold")
 
 
 def match(instances, annotations, iou_thresh):
-    """Per detection (in score order): 1 if it matches an unmatched ground-truth box of its class."""
+    """Per detection (in score order): 1 if it matches an unmatched ground-truth box of its
+    class."""
     gt_boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
     gt_classes = torch.tensor([a["category_id"] for a in annotations], dtype=torch.long)
     correct = np.zeros(len(instances), dtype=bool)
@@ -99,7 +100,8 @@ def main(argv=None):
     scores, correct = np.concatenate(scores), np.concatenate(correct)
     rows = threshold_table(scores, correct, num_gt, np.round(np.arange(0.05, 0.96, 0.05), 2))
     print(
-        f"Displayed detections on {name} ({len(dicts)} images, {num_gt} objects, class-agnostic NMS "
+        f"Displayed detections on {name} ({len(dicts)} images, {num_gt} objects, "
+        "class-agnostic NMS "
         f"at IoU {predictor.nms_thresh}, correct = right class at IoU >= {args.iou}):\n"
     )
     print("| score threshold | shown | precision | recall | F1 |\n|---|---|---|---|---|")

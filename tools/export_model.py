@@ -16,9 +16,9 @@ Both take one image as a ``3 x H x W`` uint8 tensor in INPUT.FORMAT (RGB for the
 and return ``boxes`` (N x 4, XYXY in that image's pixels), ``scores`` (N) and ``classes`` (N,
 indices into the class names): the detections a person looks at (MODEL.GRIDCLIP.DISPLAY, as
 ``GridCLIPPredictor`` returns them). The graph is traced at the sample image's size after the test
-resize (INPUT.MIN/MAX_SIZE_TEST; in ``model.json``). ``model.ts`` takes any image size: it scales the
-image to fit that size (aspect kept, padded) and maps the boxes back. ``model.onnx`` takes exactly
-that size (ONNX Runtime refuses others); resize and pad before, as ``model.json`` says.
+resize (INPUT.MIN/MAX_SIZE_TEST; in ``model.json``). ``model.ts`` takes any image size: it scales
+the image to fit that size (aspect kept, padded) and maps the boxes back. ``model.onnx`` takes
+exactly that size (ONNX Runtime refuses others); resize and pad before, as ``model.json`` says.
 
 After export, each file is run on the sample image and its boxes, scores and classes are compared
 with eager inference (``--atol``); a mismatch is an error and removes nothing already there: files
@@ -248,7 +248,8 @@ def main(argv=None) -> Dict[str, str]:
             "width": int(width),
             "dtype": "uint8",
             "layout": "3 x H x W",
-            "note": "model.ts takes any H x W (scaled to fit this size, padded); model.onnx this size",
+            "note": "model.ts takes any H x W (scaled to fit this size, padded); "
+            "model.onnx this size",
         },
         "outputs": {
             "boxes": "N x 4 XYXY pixels of the input",
@@ -278,7 +279,8 @@ def main(argv=None) -> Dict[str, str]:
         os.replace(staged, path)
         written[fmt] = path
         logger.info(
-            f"{path}: {len(expected[0])} detections on {args.sample_image}, equal to eager inference"
+            f"{path}: {len(expected[0])} detections on {args.sample_image}, "
+            "equal to eager inference"
         )
     atomic_write(
         os.path.join(args.output, "model.json"), lambda f: json.dump(meta, f, indent=1), mode="w"

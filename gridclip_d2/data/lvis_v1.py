@@ -13,9 +13,9 @@ Metadata (contiguous class i is LVIS category id i + 1, as in Detectron2):
 
 - ``class_frequency``: r/c/f from Detectron2's ``LVIS_V1_CATEGORIES``.
 - ``image_count_per_class``: images annotated with the class in the training json (not upstream
-  Detectron2's ``class_image_count``, a list of ``{id, image_count}`` dicts that newer versions set on
-  the built-in LVIS names and that Detectron2's metadata refuses to overwrite) (LVIS v1 train for
-  ``lvis_v1_train`` and ``lvis_v1_val``; the base json, so 0 for rare classes, for
+  Detectron2's ``class_image_count``, a list of ``{id, image_count}`` dicts that newer versions set
+  on the built-in LVIS names and that Detectron2's metadata refuses to overwrite) (LVIS v1 train
+  for ``lvis_v1_train`` and ``lvis_v1_val``; the base json, so 0 for rare classes, for
   ``lvis_v1_train_base``). Detectron2 v0.6's tables carry no counts, so they are read from
   ``lvis_v1_train_cat_info.json``; without it ``lvis_v1_train_base`` gets them when it is loaded
   and the other names go without.

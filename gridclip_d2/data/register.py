@@ -62,7 +62,8 @@ def _load_api(json_file: str):
         api = LVIS(local)
     except UnicodeDecodeError as e:
         raise ValueError(
-            f"'{json_file}' is not UTF-8 text (byte {e.start}: {e.reason}); json files must be UTF-8"
+            f"'{json_file}' is not UTF-8 text (byte {e.start}: {e.reason}); "
+            "json files must be UTF-8"
         ) from None
     except json.JSONDecodeError as e:
         raise ValueError(f"'{json_file}' is not valid json: {e}") from e
@@ -386,8 +387,8 @@ def register_lvis_format(
     Args:
         novel_classes: the open-vocabulary split of a training set: novel category names, or
             ``["auto"]`` (categories without annotations). Their boxes are dropped from the loaded
-            dicts, their ids go to the metadata's ``novel_class_ids`` (left out of the classification
-            loss; AP novel / AP base at evaluation).
+            dicts, their ids go to the metadata's ``novel_class_ids`` (left out of the
+            classification loss; AP novel / AP base at evaluation).
         train_image_count: for a test set, name -> training images per class; sets the r/c/f
             frequencies when the json has none (see ``_category_metadata``).
         check_images: False registers the metadata without checking that the images exist (a

@@ -54,8 +54,9 @@ def register_from_cfg(
         if not json_file:
             if split == "test":
                 logger.warning(
-                    f"DATASETS.GRIDCLIP.NAME is '{opts.NAME}' without DATASETS.GRIDCLIP.TEST_JSON: nothing "
-                    f"is evaluated (DATASETS.TEST {tuple(cfg.DATASETS.TEST)} emptied); set TEST_JSON and "
+                    f"DATASETS.GRIDCLIP.NAME is '{opts.NAME}' without "
+                    "DATASETS.GRIDCLIP.TEST_JSON: nothing is evaluated "
+                    f"(DATASETS.TEST {tuple(cfg.DATASETS.TEST)} emptied); set TEST_JSON and "
                     "TEST_IMAGES to evaluate on your test set"
                 )
                 cfg.DATASETS.TEST = ()

@@ -162,7 +162,8 @@ _JPEG_QUALITY = 92
 
 
 def _instances_per_image(num_images: int, rng) -> List[List[int]]:
-    """Category index of every instance to draw, per image; rare categories first (never dropped)."""
+    """Category index of every instance to draw, per image; rare categories first (never
+    dropped)."""
     num = len(CATEGORY_NAMES)
     present = np.zeros((num_images, num), dtype=bool)
     for k, presence in enumerate(_PRESENCE):

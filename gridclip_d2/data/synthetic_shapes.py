@@ -4,9 +4,9 @@ Both synthetic data sets draw from here: the detection set (:mod:`.synthetic`, b
 and the image-caption pairs that pretrain the small CLIP (:mod:`.synthetic_captions`). A category
 is a colour and a shape, named in plain words ("red circle"), so captions and prompts can name it.
 
-``render_objects(height, width, categories, rng, radius_range)`` returns an H x W x 3 uint8 RGB image
-and the placed objects as ``(category index, [x, y, w, h])`` with boxes tight around the drawn
-pixels. Randomness comes only from the ``numpy.random.RandomState`` passed in.
+``render_objects(height, width, categories, rng, radius_range)`` returns an H x W x 3 uint8 RGB
+image and the placed objects as ``(category index, [x, y, w, h])`` with boxes tight around the
+drawn pixels. Randomness comes only from the ``numpy.random.RandomState`` passed in.
 """
 
 from typing import List, Sequence, Tuple

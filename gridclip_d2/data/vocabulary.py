@@ -6,8 +6,8 @@ order), ``name``, ``synonyms`` (list, the name first) and ``frequency`` ('r'/'c'
 - ``"lvis"``: LVIS v1's 1203 categories (Detectron2's ``lvis_v1_categories``), in id order, named as
   Detectron2's LVIS ``thing_classes`` (the first synonym);
 - ``"synthetic"``: the embedded data set's categories (``gridclip_d2.data.synthetic``);
-- ``"custom"``: names given as a comma-separated string / list (``custom``) or a text file (``file``)
-  with one category per line, optionally followed by synonyms after commas
+- ``"custom"``: names given as a comma-separated string / list (``custom``) or a text file
+  (``file``) with one category per line, optionally followed by synonyms after commas
   (``"kite,paper kite"``); blank lines and lines starting with "#" are skipped.
 """
 

@@ -1,5 +1,5 @@
-"""GridCLIP's checkpointer: Detectron2's ``DetectionCheckpointer`` made safe with untrusted files and
-kills.
+"""GridCLIP's checkpointer: Detectron2's ``DetectionCheckpointer`` made safe with untrusted files
+and kills.
 
 - **Reading.** ``.pth`` files go through PyTorch's safe loader (``weights_only``), which stays on.
   ``.pkl`` model-zoo files (dicts of numpy arrays) are read by an unpickler that accepts only numpy
@@ -9,9 +9,9 @@ kills.
 - **Fit.** Weights that leave model parameters unfilled (another architecture, e.g. a ResNet-18
   classifier) are an error naming the file, the counts and the first keys, instead of Detectron2's
   warning and a random model; ``MODEL.ALLOW_PARTIAL_WEIGHTS`` allows it on purpose (fine-tuning).
-- **Writing.** A checkpoint is written to a temporary file in the same folder and renamed, and so is
-  ``last_checkpoint``: a kill or a full disk leaves the previous files whole. Weights holding NaN/inf
-  are not saved (a diverged run must not become the checkpoint ``--resume`` picks).
+- **Writing.** A checkpoint is written to a temporary file in the same folder and renamed, and so
+  is ``last_checkpoint``: a kill or a full disk leaves the previous files whole. Weights holding
+  NaN/inf are not saved (a diverged run must not become the checkpoint ``--resume`` picks).
 - **Resuming.** When ``last_checkpoint`` is empty or names a missing or unreadable file, the newest
   loadable ``.pth`` in the folder is used, and the log says so.
 
@@ -60,9 +60,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _PKL_ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(
-            f"{self.filename}: refusing to load: the pickle references {module}.{name}, which a weights "
-            "file (numpy arrays in dicts, Detectron2's model-zoo format) never needs; loading it could "
-            "run code. Convert the weights to a .pth state dict where they come from a trusted source"
+            f"{self.filename}: refusing to load: the pickle references {module}.{name}, "
+            "which a weights file (numpy arrays in dicts, Detectron2's model-zoo format) never "
+            "needs; loading it could run code. Convert the weights to a .pth state dict where "
+            "they come from a trusted source"
         )
 
 
@@ -93,7 +94,8 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with the safety rules of the module docstring.
 
     Args:
-        allow_partial: accept weights that fill only part of the model (MODEL.ALLOW_PARTIAL_WEIGHTS).
+        allow_partial: accept weights that fill only part of the model
+            (MODEL.ALLOW_PARTIAL_WEIGHTS).
         model, save_dir, checkpointables: as ``DetectionCheckpointer``.
     """
 
@@ -121,8 +123,9 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
             return super()._load_file(filename)
         except Exception as e:
             raise ValueError(
-                f"Cannot read checkpoint {filename}: {_readable_error(e)}. It is truncated or corrupt, or "
-                "holds objects other than tensors and plain data (it is read with PyTorch's safe loader)"
+                f"Cannot read checkpoint {filename}: {_readable_error(e)}. It is truncated or "
+                "corrupt, or holds objects other than tensors and plain data (it is read with "
+                "PyTorch's safe loader)"
             ) from None
 
     def _load_model(self, checkpoint):
@@ -144,11 +147,13 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
         if missing or wrong:
             filled = len(expected) - len(missing) - len(wrong)
             raise ValueError(
-                f"Checkpoint {self._loading or '(MODEL.WEIGHTS)'} fills {filled} of the model's {len(expected)} "
-                f"tensors: {len(missing)} missing (first: {missing[:5]}), {len(wrong)} of another shape "
-                f"(first: {wrong[:5]}), {len(incompatible.unexpected_keys)} it holds that the model has not "
-                f"(first: {incompatible.unexpected_keys[:5]}). Is it a GridCLIP checkpoint of this config's "
-                "architecture? Set MODEL.ALLOW_PARTIAL_WEIGHTS True to load part of a model on purpose"
+                f"Checkpoint {self._loading or '(MODEL.WEIGHTS)'} fills {filled} of the model's "
+                f"{len(expected)} tensors: {len(missing)} missing (first: {missing[:5]}), "
+                f"{len(wrong)} of another shape (first: {wrong[:5]}), "
+                f"{len(incompatible.unexpected_keys)} it holds that the model has not "
+                f"(first: {incompatible.unexpected_keys[:5]}). Is it a GridCLIP checkpoint of "
+                "this config's architecture? Set MODEL.ALLOW_PARTIAL_WEIGHTS True to load part "
+                "of a model on purpose"
             )
         return incompatible
 
@@ -165,8 +170,8 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
         ]
         if bad:
             logger.error(
-                "Not saving checkpoint %s: the weights hold NaN/inf (%d tensors, first %s); the run has "
-                "diverged. last_checkpoint still names the last good one",
+                "Not saving checkpoint %s: the weights hold NaN/inf (%d tensors, first %s); "
+                "the run has diverged. last_checkpoint still names the last good one",
                 name,
                 len(bad),
                 bad[:3],
@@ -223,8 +228,9 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
             ]  # every process resumes from the main process's choice
         if not chosen:
             raise FileNotFoundError(
-                f"--resume: {os.path.join(self.save_dir, 'last_checkpoint')} exists but no checkpoint in "
-                f"{self.save_dir} can be loaded: {'; '.join(failures) or 'there is none'}. Remove "
+                f"--resume: {os.path.join(self.save_dir, 'last_checkpoint')} exists but no "
+                f"checkpoint in {self.save_dir} can be loaded: "
+                f"{'; '.join(failures) or 'there is none'}. Remove "
                 "last_checkpoint to start afresh"
             )
         if failures:

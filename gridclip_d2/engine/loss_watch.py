@@ -44,8 +44,9 @@ class LossWatch(HookBase):
         if self._last_warned is None or it - self._last_warned >= self.period:
             self._last_warned = it
             logger.warning(
-                "LOSS EXPLODED: total_loss %.4g at iteration %d is %.0fx its early level %.4g: training is "
-                "diverging. Lower SOLVER.BASE_LR (keep SOLVER.CLIP_GRADIENTS on) and restart",
+                "LOSS EXPLODED: total_loss %.4g at iteration %d is %.0fx its early level %.4g: "
+                "training is diverging. Lower SOLVER.BASE_LR (keep SOLVER.CLIP_GRADIENTS on) "
+                "and restart",
                 value,
                 it,
                 ratio,
@@ -56,7 +57,8 @@ class LossWatch(HookBase):
         if self.worst is not None:
             ratio, it, value = self.worst
             logger.warning(
-                "LOSS EXPLODED during this run: worst total_loss %.4g at iteration %d, %.0fx its early level. "
+                "LOSS EXPLODED during this run: worst total_loss %.4g at iteration %d, "
+                "%.0fx its early level. "
                 "The saved model is not trustworthy; lower SOLVER.BASE_LR and train again",
                 value,
                 it,

@@ -1,7 +1,8 @@
 """Training curves (losses, learning rate, evaluation AP) plotted from Detectron2's metrics.json.
 
 ``metrics.json`` (written by Detectron2's ``JSONWriter``) holds one JSON object per line, each with
-an ``iteration`` and the scalars logged at it (``total_loss``, ``loss_*``, ``lr``, ``bbox/AP``, ...).
+an ``iteration`` and the scalars logged at it (``total_loss``, ``loss_*``, ``lr``, ``bbox/AP``,
+...).
 A resumed run appends to the same file and may repeat iterations; the later line wins.
 :class:`PlotTrainingCurves` saves the plot as ``training_curves.png`` next to it at the end of
 training (SOLVER.PLOT_CURVES).

@@ -7,8 +7,8 @@ Modes:
 
 - ``"train"``: registers the training and test sets. When the config names no vocabulary
   (MODEL.GRIDCLIP.CLASS_NAMES / VOCABULARY / a TEXT_EMBEDDINGS sidecar), the training set's classes
-  are written into MODEL.GRIDCLIP.CLASS_NAMES, so the config.yaml saved beside the checkpoints builds
-  the model with no training data.
+  are written into MODEL.GRIDCLIP.CLASS_NAMES, so the config.yaml saved beside the checkpoints
+  builds the model with no training data.
 - ``"eval"`` (``--eval-only``): registers the test set, and the training set only for its classes
   and split (its images are not needed); the image-level alignment (a training loss) is turned off,
   so no CLIP teacher is built.
@@ -64,7 +64,8 @@ def setup_cfg(
         register_from_cfg(cfg)
     elif mode == "eval":
         register_from_cfg(cfg, check_train_images=False)
-    else:  # the training set only for its classes, when no vocabulary names them and its json is there
+    else:
+        # the training set only for its classes, when no vocabulary names them and its json is there
         register_from_cfg(cfg, splits=("train",), check_train_images=False)
     if mode in ("eval", "inference") and cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED:
         cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED = False  # a training loss: no teacher at inference

@@ -6,8 +6,10 @@ train_main``): a script that registers its own data set needs no repository on `
     from gridclip_d2.engine import train_main
 
     register_lvis_format("mydata_train", "train.json", "images/", novel_classes=["zebra"])
-    args = default_argument_parser().parse_args(["--config-file", CFG, "DATASETS.TRAIN", "('mydata_train',)"])
-    results = train_main.main(args)      # one process: spawned workers would not see the registration
+    args = default_argument_parser().parse_args(
+        ["--config-file", CFG, "DATASETS.TRAIN", "('mydata_train',)"]
+    )
+    results = train_main.main(args)  # one process: spawned workers would not see the registration
 """
 
 from detectron2.engine import default_setup
@@ -24,9 +26,9 @@ __all__ = ["setup", "main"]
 
 
 def setup(args):
-    """Config from ``args`` (file + trailing KEY VALUE overrides) set up by ``setup_cfg`` for training
-    or ``--eval-only`` (data sets registered, vocabulary recorded, CPU fallback), then Detectron2's
-    ``default_setup`` (logging, output folder, config.yaml)."""
+    """Config from ``args`` (file + trailing KEY VALUE overrides) set up by ``setup_cfg`` for
+    training or ``--eval-only`` (data sets registered, vocabulary recorded, CPU fallback), then
+    Detectron2's ``default_setup`` (logging, output folder, config.yaml)."""
     cfg = setup_cfg(args.config_file, args.opts, mode="eval" if args.eval_only else "train")
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="gridclip_d2")
@@ -34,9 +36,9 @@ def setup(args):
 
 
 def main(args):
-    """Train (then evaluate) or, with ``--eval-only``, evaluate MODEL.WEIGHTS. Returns the evaluation
-    results: ``{"bbox": {...}, "open_vocabulary": {...}}`` for one test set, keyed by test set name
-    for several (on the main process)."""
+    """Train (then evaluate) or, with ``--eval-only``, evaluate MODEL.WEIGHTS. Returns the
+    evaluation results: ``{"bbox": {...}, "open_vocabulary": {...}}`` for one test set, keyed by
+    test set name for several (on the main process)."""
     cfg = setup(args)
     set_cpu_threads_per_worker()
 

@@ -76,7 +76,8 @@ def test_novel_class_ids(cfg, test_classes: Sequence[str]) -> List[int]:
 
 
 def check_training_vocabulary(cfg) -> None:
-    """Raise when DATASETS.TRAIN[0]'s classes are not the model's vocabulary, naming the difference."""
+    """Raise when DATASETS.TRAIN[0]'s classes are not the model's vocabulary, naming the
+    difference."""
     if not len(cfg.DATASETS.TRAIN):
         return
     name = cfg.DATASETS.TRAIN[0]
@@ -254,7 +255,8 @@ def _vocabulary_of(cfg, model, classes: List[str], test_name: str):
         model.set_vocabulary(names=classes, embeddings=path)
     else:
         logger.info(
-            "Evaluating %s with its own %d classes (%d of them in the model's %d-class vocabulary), "
+            "Evaluating %s with its own %d classes "
+            "(%d of them in the model's %d-class vocabulary), "
             "embedded with the model's CLIP weights and prompts",
             test_name,
             len(classes),

@@ -81,7 +81,8 @@ def pool_regions(
 
 
 def _rois(boxes: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """Per-image K_i x 4 boxes -> (sum K_i) x 5 (image index, x0, y0, x1, y1), as roi_align takes."""
+    """Per-image K_i x 4 boxes -> (sum K_i) x 5 (image index, x0, y0, x1, y1), as roi_align
+    takes."""
     rows = [
         torch.cat([torch.full((len(b), 1), float(i)), b.float().cpu().reshape(-1, 4)], dim=1)
         for i, b in enumerate(boxes)

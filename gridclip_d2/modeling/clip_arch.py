@@ -111,7 +111,8 @@ def _require(state_dict: Mapping, key: str):
 
 
 def infer_arch(state_dict: Mapping) -> CLIPArch:
-    """Architecture of an OpenAI-layout CLIP state dict, inferred as ``clip.model.build_model`` does."""
+    """Architecture of an OpenAI-layout CLIP state dict, inferred as
+    ``clip.model.build_model`` does."""
     if "visual.proj" in state_dict:
         raise ValueError(
             "This is a CLIP ViT checkpoint; only CLIP ResNet (RN*) models are supported"

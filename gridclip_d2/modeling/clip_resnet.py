@@ -1,18 +1,20 @@
 """CLIP's ModifiedResNet as a Detectron2 backbone, with CLIP's attention pool on top.
 
 Naming follows Detectron2's ResNet: ``stem`` (CLIP's three 3x3 convs + avgpool, stride 4) and
-``res2..res5`` (``layer1..layer4``, strides 4/8/16/32; channels ``width * 4 * 2**i``, 256/512/1024/2048
-for RN50). The ``clip`` package's ``ModifiedResNet`` is kept whole as the submodule ``visual``, so
-OpenAI's ``visual.*`` keys map onto it one to one (``load_clip_visual``).
+``res2..res5`` (``layer1..layer4``, strides 4/8/16/32; channels ``width * 4 * 2**i``,
+256/512/1024/2048 for RN50). The ``clip`` package's ``ModifiedResNet`` is kept whole as the
+submodule ``visual``, so OpenAI's ``visual.*`` keys map onto it one to one (``load_clip_visual``).
 
-Input: ``N x 3 x H x W`` RGB, normalised with CLIP's mean/std on the 0-1 scale (the meta-architecture
-does it with PIXEL_MEAN/STD; ``normalize_clip_input`` does it for uint8 teacher crops).
+Input: ``N x 3 x H x W`` RGB, normalised with CLIP's mean/std on the 0-1 scale (the
+meta-architecture does it with PIXEL_MEAN/STD; ``normalize_clip_input`` does it for uint8 teacher
+crops).
 Besides the feature maps, the backbone gives CLIP's joint image-text space:
 
-- ``pooled_embedding(res5) -> N x D``: CLIP's attention pool (positional embedding resized bicubically
-  when res5 is not the native ``image_resolution / 32`` grid);
-- ``dense_embedding(res5) -> N x D x h x w``: the attention pool's value and output projections applied
-  at every location (MaskCLIP), i.e. what each location contributes to the pooled embedding;
+- ``pooled_embedding(res5) -> N x D``: CLIP's attention pool (positional embedding resized
+  bicubically when res5 is not the native ``image_resolution / 32`` grid);
+- ``dense_embedding(res5) -> N x D x h x w``: the attention pool's value and output projections
+  applied at every location (MaskCLIP), i.e. what each location contributes to the pooled
+  embedding;
 - ``encode_image(x) -> N x D``: stem..res5 + attention pool, equal to ``clip``'s ``encode_image``.
 """
 
@@ -99,7 +101,8 @@ class CLIPResNet(Backbone):
         unknown = [f for f in out_features if f not in _STAGES]
         if unknown or not out_features:
             raise ValueError(
-                f"MODEL.CLIP.OUT_FEATURES must be a non-empty subset of {_STAGES}, got {list(out_features)}"
+                f"MODEL.CLIP.OUT_FEATURES must be a non-empty subset of {_STAGES}, "
+                f"got {list(out_features)}"
             )
 
         a = self.arch
@@ -217,7 +220,8 @@ class CLIPResNet(Backbone):
         return outputs
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """x: N x 3 x H x W normalised RGB -> {"res2": N x C2 x H/4 x W/4, ..., "res5": ... H/32}."""
+        """x: N x 3 x H x W normalised RGB -> {"res2": N x C2 x H/4 x W/4, ...,
+        "res5": ... H/32}."""
         outputs = self._run(x, self._out_features[-1])
         return {k: outputs[k] for k in self._out_features}
 
@@ -261,7 +265,8 @@ class CLIPResNet(Backbone):
         return x.squeeze(0)  # N x D
 
     def dense_embedding(self, res5: torch.Tensor) -> torch.Tensor:
-        """Attention pool's v_proj then c_proj at every location: N x C5 x h x w -> N x D x h x w."""
+        """Attention pool's v_proj then c_proj at every location: N x C5 x h x w ->
+        N x D x h x w."""
         pool = self.visual.attnpool
         x = res5.permute(0, 2, 3, 1)  # N x h x w x C5
         x = F.linear(
@@ -270,7 +275,8 @@ class CLIPResNet(Backbone):
         return x.permute(0, 3, 1, 2)  # N x D x h x w
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        """stem..res5 + attention pool: N x 3 x H x W -> N x D (clip's encode_image at native size)."""
+        """stem..res5 + attention pool: N x 3 x H x W -> N x D (clip's encode_image at native
+        size)."""
         return self.pooled_embedding(self._run(x, "res5")["res5"])
 
 
@@ -289,7 +295,8 @@ class _FrozenCLIPResNet(CLIPResNet):
 
 @BACKBONE_REGISTRY.register()
 def build_clip_resnet_backbone(cfg, input_shape: ShapeSpec) -> CLIPResNet:
-    """CLIPResNet initialised from MODEL.CLIP.* (weights, arch, norm, out features), FREEZE_AT applied."""
+    """CLIPResNet initialised from MODEL.CLIP.* (weights, arch, norm, out features), FREEZE_AT
+    applied."""
     c = cfg.MODEL.CLIP
     logger.info(
         "CLIP %s backbone from %s, norm %s, FREEZE_AT %d",

@@ -114,7 +114,8 @@ def clean_name(name: str) -> str:
 
 
 def check_prompt(template: str) -> str:
-    """Raise ValueError unless ``template`` has exactly one "{}" and formats (``{article}`` allowed)."""
+    """Raise ValueError unless ``template`` has exactly one "{}" and formats (``{article}``
+    allowed)."""
     if template.count("{}") != 1:
         raise ValueError(
             f'Prompt {template!r} must contain "{{}}" exactly once (the category name)'
@@ -173,7 +174,8 @@ class CLIPTextEncoder(nn.Module):
 
     @classmethod
     def from_state_dict(cls, state_dict) -> "CLIPTextEncoder":
-        """Encoder of the architecture inferred from an OpenAI-layout state dict, with its weights, frozen."""
+        """Encoder of the architecture inferred from an OpenAI-layout state dict, with its weights,
+        frozen."""
         encoder = cls.from_arch(infer_arch(state_dict))
         encoder.load_clip_text(state_dict)
         return encoder.freeze()
@@ -184,7 +186,8 @@ class CLIPTextEncoder(nn.Module):
         return self.eval()
 
     def load_clip_text(self, state_dict) -> None:
-        """Load the text entries of an OpenAI-layout CLIP state dict (key for key, all must be used).
+        """Load the text entries of an OpenAI-layout CLIP state dict (key for key, all must be
+        used).
 
         The text entries are every key except ``visual.*`` and ``logit_scale``.
         """
@@ -196,7 +199,8 @@ class CLIPTextEncoder(nn.Module):
         load_exact(self, given, "text encoder")
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: N x L (clip.tokenize, L <= context_length) -> N x D, exactly clip's encode_text."""
+        """tokens: N x L (clip.tokenize, L <= context_length) -> N x D, exactly clip's
+        encode_text."""
         n_ctx = tokens.shape[-1]
         x = self.token_embedding(tokens)  # N x L x W
         x = x + self.positional_embedding[:n_ctx]
@@ -206,10 +210,12 @@ class CLIPTextEncoder(nn.Module):
         return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ self.text_projection
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        """clip.tokenize, cut after the longest text's end-of-text token: N x L, L <= context_length.
+        """clip.tokenize, cut after the longest text's end-of-text token: N x L, L <=
+        context_length.
 
         The attention is causal, so the end-of-text features do not depend on the padding after it:
-        cutting it gives the same embeddings for a fraction of the compute (by hand; clip pads to 77).
+        cutting it gives the same embeddings for a fraction of the compute (by hand; clip pads to
+        77).
         """
         tokens = clip.tokenize(list(texts), context_length=self.context_length)
         length = int(tokens.argmax(dim=-1).max()) + 1
@@ -235,7 +241,8 @@ def encode_names(
     Args:
         names: C category names.
         templates: prompts with "{}" (e.g. ["a {}"] or PROMPT_ENSEMBLE).
-        synonyms: optional C lists of names to average over instead of ``names`` (empty list: the name).
+        synonyms: optional C lists of names to average over instead of ``names`` (empty list: the
+            name).
         progress: show a tqdm bar with ETA over the prompt batches.
     """
     if len(names) == 0:
@@ -282,7 +289,8 @@ def prompts_from_cfg(cfg) -> List[str]:
 
 
 def text_embeddings_from_cfg(cfg, names: Sequence[str]) -> torch.Tensor:
-    """C x D embeddings of ``names`` with MODEL.CLIP.* weights and MODEL.GRIDCLIP.PROMPT(_ENSEMBLE)."""
+    """C x D embeddings of ``names`` with MODEL.CLIP.* weights and
+    MODEL.GRIDCLIP.PROMPT(_ENSEMBLE)."""
     encoder = CLIPTextEncoder.from_state_dict(clip_state_dict_from_cfg(cfg))
     templates = prompts_from_cfg(cfg)
     logger.info(

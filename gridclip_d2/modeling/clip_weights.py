@@ -2,9 +2,9 @@
 
 ``MODEL.CLIP.WEIGHTS`` is one of:
 
-- an OpenAI model name (one of ``clip.available_models()``, e.g. ``"RN50"``): the file named after the URL's
-  basename is looked up in ``MODEL.CLIP.DOWNLOAD_ROOT`` (or clip's default ``~/.cache/clip``) and
-  downloaded there by ``clip._download`` when absent and online;
+- an OpenAI model name (one of ``clip.available_models()``, e.g. ``"RN50"``): the file named after
+  the URL's basename is looked up in ``MODEL.CLIP.DOWNLOAD_ROOT`` (or clip's default
+  ``~/.cache/clip``) and downloaded there by ``clip._download`` when absent and online;
 - a path to a TorchScript archive (the format OpenAI distributes) or to a plain state dict;
 - ``"synthetic"``: the small CLIP (``RNtiny96``) pretrained on the synthetic image-caption pairs,
   made by ``tools/pretrain_clip.py``'s default run on first use and cached (see
@@ -39,14 +39,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Metadata entries of OpenAI's TorchScript archives that are not weights (clip.build_model drops them).
+# Metadata entries of OpenAI's TorchScript archives that are not weights (clip.build_model drops
+# them).
 _METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _CACHE: Dict[tuple, Dict[str, torch.Tensor]] = {}
 
 _HOW_TO_GET = (
     'Download it on a machine with internet access, e.g. `python -c "import clip; '
     "clip.load('{name}', device='cpu', download_root='{root}')\"`, or fetch {url} into that folder "
-    '(README section "CLIP weights"). MODEL.CLIP.WEIGHTS "" trains from a randomly initialised CLIP.'
+    '(README section "CLIP weights"). '
+    'MODEL.CLIP.WEIGHTS "" trains from a randomly initialised CLIP.'
 )
 
 
@@ -89,7 +91,8 @@ def _read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(
-            f"CLIP checkpoint {path} is neither a TorchScript archive nor a torch.save'd state dict "
+            f"CLIP checkpoint {path} is neither a TorchScript archive "
+            "nor a torch.save'd state dict "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -144,7 +147,8 @@ def load_clip_state_dict(
         path = os.path.expanduser(weights)
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f"CLIP weights (MODEL.CLIP.WEIGHTS) {weights!r}: no such file, and not an OpenAI model "
+                f"CLIP weights (MODEL.CLIP.WEIGHTS) {weights!r}: no such file, "
+                "and not an OpenAI model "
                 f"name ({sorted(n for n in clip.available_models() if n.startswith('RN'))}). "
                 'MODEL.CLIP.WEIGHTS "" trains from a randomly initialised CLIP.'
             )
@@ -206,14 +210,15 @@ def load_exact(
     for k, v in own.items():
         if tuple(given[k].shape) != tuple(v.shape):
             raise ValueError(
-                f"CLIP weight {prefix + k} has shape {tuple(given[k].shape)}, the {what} expects {tuple(v.shape)}"
+                f"CLIP weight {prefix + k} has shape {tuple(given[k].shape)}, "
+                f"the {what} expects {tuple(v.shape)}"
             )
     module.load_state_dict({k: given[k] for k in own}, strict=True)
 
 
 def text_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """16 hex digits identifying the text tower of an OpenAI-layout CLIP state dict: a SHA-1 over the
-    names, shapes and float32 bytes of every text entry (everything but ``visual.*`` and
+    """16 hex digits identifying the text tower of an OpenAI-layout CLIP state dict: a SHA-1 over
+    the names, shapes and float32 bytes of every text entry (everything but ``visual.*`` and
     ``logit_scale``). Text embeddings made with equal fingerprints are equal; the sidecar of a
     text-embedding ``.npy`` records it (RN50's text tower: ~0.2 s)."""
     digest = hashlib.sha1()

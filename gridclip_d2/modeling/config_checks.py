@@ -25,6 +25,7 @@ def check_group_norm(norm: str, channels: int, key: str, channels_key: str) -> N
     channels (given by ``channels_key``)."""
     if norm == "GN" and channels % 32 != 0:
         raise ValueError(
-            f"{key}='GN' uses GroupNorm(32, C), but {channels_key} gives {channels} channels, not a "
+            f"{key}='GN' uses GroupNorm(32, C), but {channels_key} gives {channels} channels, "
+            "not a "
             f"multiple of 32: use a multiple of 32 or another {key}"
         )

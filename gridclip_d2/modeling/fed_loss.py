@@ -1,8 +1,8 @@
 """Federated classification loss for long-tailed vocabularies (LVIS).
 
 Idea of Detic (Zhou et al., ECCV 2022, ``detic/modeling/roi_heads/detic_fast_rcnn.py``): LVIS is
-annotated federatedly, so a category absent from an image's labels is not necessarily absent from the
-image. Per batch, the sigmoid classification loss is computed only on the columns of
+annotated federatedly, so a category absent from an image's labels is not necessarily absent from
+the image. Per batch, the sigmoid classification loss is computed only on the columns of
 
 * every class that occurs in the batch's ground truth, plus
 * classes sampled without replacement with probability ``image_count ** freq_weight``,
@@ -64,8 +64,8 @@ def sample_fed_loss_classes(
 
     Args:
         gt_classes: ground-truth class ids of every instance of the batch (any shape, int).
-        num_sample: number of classes in all (as ``FED_LOSS_NUM_CLASSES``); the gt classes are always
-            included even when there are more of them.
+        num_sample: number of classes in all (as ``FED_LOSS_NUM_CLASSES``); the gt classes are
+            always included even when there are more of them.
         weights: C sampling weights (:func:`fed_loss_class_weights`).
         generator: optional torch random generator for the sampling.
 
@@ -76,7 +76,8 @@ def sample_fed_loss_classes(
     appeared = torch.unique(gt_classes.reshape(-1).to(device=weights.device, dtype=torch.int64))
     if len(appeared) and (appeared.min() < 0 or appeared.max() >= num_classes):
         raise ValueError(
-            f"gt class ids must lie in [0, {num_classes}), got {appeared.min().item()}..{appeared.max().item()}"
+            f"gt class ids must lie in [0, {num_classes}), "
+            f"got {appeared.min().item()}..{appeared.max().item()}"
         )
     prob = weights.detach().clone().float()
     prob[appeared] = 0.0

@@ -56,7 +56,8 @@ def _tower(channels: int, num_convs: int, norm: str) -> nn.Sequential:
 
 
 def _attnpool_projection(cfg):
-    """(v_proj.weight, v_proj.bias, c_proj.weight, c_proj.bias) of MODEL.CLIP.WEIGHTS' attention pool."""
+    """(v_proj.weight, v_proj.bias, c_proj.weight, c_proj.bias) of MODEL.CLIP.WEIGHTS' attention
+    pool."""
     from .clip_weights import clip_state_dict_from_cfg
 
     sd = clip_state_dict_from_cfg(cfg)
@@ -94,7 +95,8 @@ class GridCLIPHead(nn.Module):
             classifier: module mapping ``... x D`` normalised embeddings to ``... x C`` cosines; it
                 must expose ``embeddings`` (C x D).
             num_convs: 3x3 convs in each tower.
-            norm: normalisation in the towers ("GN", "BN", "" ...; see ``detectron2.layers.get_norm``).
+            norm: normalisation in the towers ("GN", "BN", "" ...; see
+                ``detectron2.layers.get_norm``).
             prior_prob: initial foreground probability, sets the scalar logit bias.
             temperature: initial (or fixed) temperature multiplying the cosines.
             learn_temperature: learn the temperature (log-parametrised) or keep it fixed.
@@ -139,7 +141,8 @@ class GridCLIPHead(nn.Module):
             v_w, v_b, c_w, c_b = (t.detach().float() for t in clip_projection)
             if c_w.shape[0] != embed_dim or v_w.shape[0] != c_w.shape[1]:
                 raise ValueError(
-                    f"CLIP attention-pool projections of shapes {tuple(v_w.shape)}, {tuple(c_w.shape)} "
+                    f"CLIP attention-pool projections of shapes {tuple(v_w.shape)}, "
+                    f"{tuple(c_w.shape)} "
                     f"do not map res5 into the classifier's {embed_dim}-d space"
                 )
             width = v_w.shape[0]
@@ -175,7 +178,8 @@ class GridCLIPHead(nn.Module):
         in_features = list(cfg.MODEL.GRIDCLIP.IN_FEATURES)
         if cfg.MODEL.GRIDCLIP.EMBED_INIT not in ("random", "clip"):
             raise ValueError(
-                f"MODEL.GRIDCLIP.EMBED_INIT must be 'random' or 'clip', got {cfg.MODEL.GRIDCLIP.EMBED_INIT!r}"
+                "MODEL.GRIDCLIP.EMBED_INIT must be 'random' or 'clip', "
+                f"got {cfg.MODEL.GRIDCLIP.EMBED_INIT!r}"
             )
         dense_levels = []
         for name in cfg.MODEL.GRIDCLIP.DENSE_CLIP_LEVELS:
@@ -225,8 +229,8 @@ class GridCLIPHead(nn.Module):
         Args:
             features: one N x Cin x Hi x Wi tensor per level.
             dense_embedding: N x D x h x w dense CLIP embedding, required when the head has
-                ``dense_clip_levels``; resized bilinearly to each such level and added, L2-normalised,
-                to the projected embedding before the final normalisation.
+                ``dense_clip_levels``; resized bilinearly to each such level and added,
+                L2-normalised, to the projected embedding before the final normalisation.
 
         Returns:
             :class:`GridHeadOutputs` (logits, box_deltas, centerness, grid_embeddings), each a list

@@ -1,14 +1,16 @@
-"""GridCLIP meta-architecture: an FCOS detector whose classifier is a frozen CLIP text-embedding matrix.
+"""GridCLIP meta-architecture: an FCOS detector whose classifier is a frozen CLIP text-embedding
+matrix.
 
 Training losses (dict keys): ``loss_cls`` (sigmoid focal loss on the text logits: grid-level
 alignment), ``loss_box_reg`` (GIoU), ``loss_quality`` (centerness BCE) and, when
-``MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED``, ``loss_image_align`` (image-level alignment). Detection losses
-are divided by FCOS's moving average of the number of positive locations.
+``MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED``, ``loss_image_align`` (image-level alignment). Detection
+losses are divided by FCOS's moving average of the number of positive locations.
 
 Conventions: N images, R = sum over levels of Hi x Wi locations (one anchor point per location),
 C classes of the current vocabulary, D = CLIP embedding dim. Class ids are contiguous and index the
 vocabulary the model currently holds, ``GridCLIP.vocabulary``: the names it was built with
-(:mod:`.model_vocabulary`: from its config alone) until :meth:`GridCLIP.set_vocabulary` replaces them.
+(:mod:`.model_vocabulary`: from its config alone) until :meth:`GridCLIP.set_vocabulary` replaces
+them.
 """
 
 import functools
@@ -34,8 +36,8 @@ from .alignment import ImageAlignment
 from .clip_text import text_embeddings_from_cfg
 from .config_checks import check_in_features
 from .dense_decoding import decode_level, topk_flat
-from .fed_loss import fed_loss_class_weights, sample_fed_loss_classes
 from .grid_head import GridCLIPHead, GridHeadOutputs
+from .loss_columns import LossColumns
 from .model_vocabulary import training_metadata, vocabulary_from_cfg
 from .necks import DENSE_CLIP
 from .text_classifier import TextClassifier, load_text_embeddings
@@ -49,9 +51,9 @@ logger = logging.getLogger(__name__)
 class GridCLIP(FCOS):
     """
     FCOS (Detectron2's label assignment with centre sampling, GIoU box loss, centerness targets and
-    decoding) with :class:`GridCLIPHead`, an optional image-level alignment loss, class masks for the
-    classification loss (novel classes, federated loss) and a vocabulary that can be swapped at
-    inference (:meth:`set_vocabulary`).
+    decoding) with :class:`GridCLIPHead`, an optional image-level alignment loss, class masks for
+    the classification loss (novel classes, federated loss: :class:`.LossColumns`) and a
+    vocabulary that can be swapped at inference (:meth:`set_vocabulary`).
     """
 
     @configurable
@@ -78,7 +80,8 @@ class GridCLIP(FCOS):
         """
         Args:
             backbone: a Detectron2 backbone giving ``head_in_features``; with
-                ``head.dense_clip_levels`` also ``"dense_clip"`` (:data:`.necks.DENSE_CLIP`, N x D x h x w).
+                ``head.dense_clip_levels`` also ``"dense_clip"`` (:data:`.necks.DENSE_CLIP`,
+                N x D x h x w).
             head: the :class:`GridCLIPHead`; its classifier holds the C x D text embeddings.
             head_in_features: backbone outputs fed to the head, finest first.
             num_classes: C, number of rows of the head's text embeddings.
@@ -91,9 +94,10 @@ class GridCLIP(FCOS):
             fed_loss_freq_weight: exponent of the counts.
             input_format: "RGB"; only used to show training images.
             vocabulary: the C class names (``self.vocabulary``: what predicted class ids index).
-            fcos_kwargs: the remaining arguments of Detectron2's :class:`FCOS` (center_sampling_radius,
-                focal_loss_alpha/gamma, test_score_thresh, test_topk_candidates, test_nms_thresh,
-                max_detections_per_image, box2box_transform).
+            fcos_kwargs: the remaining arguments of Detectron2's :class:`FCOS`
+                (center_sampling_radius, focal_loss_alpha/gamma, test_score_thresh,
+                test_topk_candidates, test_nms_thresh, max_detections_per_image,
+                box2box_transform).
         """
         super().__init__(
             backbone=backbone,
@@ -114,7 +118,8 @@ class GridCLIP(FCOS):
         if head.dense_clip_levels and DENSE_CLIP not in shapes:
             raise ValueError(
                 f"MODEL.GRIDCLIP.DENSE_CLIP_LEVELS needs a backbone with a {DENSE_CLIP!r} output "
-                f"(build_clip_resnet_fpn_backbone or build_clip_resnet_bifpn_backbone); it gives {list(shapes)}"
+                "(build_clip_resnet_fpn_backbone or build_clip_resnet_bifpn_backbone); it gives "
+                f"{list(shapes)}"
             )
         self.image_alignment = image_alignment
         self.encode_vocabulary = encode_vocabulary
@@ -127,31 +132,21 @@ class GridCLIP(FCOS):
             None if vocabulary is None else [str(n) for n in vocabulary]
         )
 
-        # Classification-loss columns: True = class takes part in loss_cls.
-        self.loss_num_classes = num_classes
-        allowed = torch.ones(num_classes, dtype=torch.bool)
-        for c in novel_class_ids:
-            if not 0 <= int(c) < num_classes:
-                raise ValueError(f"novel class id {c} out of range for {num_classes} classes")
-            allowed[int(c)] = False
-        self.register_buffer("loss_class_mask", allowed, persistent=False)
-        self.use_fed_loss = bool(use_fed_loss)
-        self.fed_loss_num_classes = int(fed_loss_num_classes)
-        weights = None
-        if self.use_fed_loss and image_count_per_class is not None:
-            if len(image_count_per_class) != num_classes:
-                raise ValueError(
-                    "MODEL.GRIDCLIP.USE_FED_LOSS needs the training set's metadata 'image_count_per_class' "
-                    f"with {num_classes} entries, got {len(image_count_per_class)}"
-                )
-            weights = fed_loss_class_weights(image_count_per_class, fed_loss_freq_weight, allowed)
-        self.register_buffer("fed_loss_weights", weights, persistent=False)  # None: no counts
+        self.loss_columns = LossColumns(
+            num_classes,
+            novel_class_ids,
+            use_fed_loss,
+            fed_loss_num_classes,
+            image_count_per_class,
+            fed_loss_freq_weight,
+        )
 
     @classmethod
     def from_config(cls, cfg):
         if cfg.INPUT.FORMAT != "RGB":
             raise ValueError(
-                f"GridCLIP's CLIP backbone takes RGB images: INPUT.FORMAT must be 'RGB', got {cfg.INPUT.FORMAT!r}"
+                "GridCLIP's CLIP backbone takes RGB images: INPUT.FORMAT must be 'RGB', got "
+                f"{cfg.INPUT.FORMAT!r}"
             )
         g = cfg.MODEL.GRIDCLIP
         names, names_source = vocabulary_from_cfg(cfg)
@@ -173,8 +168,8 @@ class GridCLIP(FCOS):
             else []
         )
         logger.info(
-            "GridCLIP: %d classes from %s, %d novel left out of loss_cls, federated loss %s, image-level "
-            "alignment %s",
+            "GridCLIP: %d classes from %s, %d novel left out of loss_cls, federated loss %s, "
+            "image-level alignment %s",
             len(names),
             names_source,
             len(novel),
@@ -226,7 +221,8 @@ class GridCLIP(FCOS):
             missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
             if missing:
                 raise ValueError(
-                    f"GridCLIP training needs 'instances' in every input; inputs {missing} lack them"
+                    "GridCLIP training needs 'instances' in every input; "
+                    f"inputs {missing} lack them"
                 )
             gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
             return self.forward_training(images, features, outputs, gt_instances, batched_inputs)
@@ -284,8 +280,9 @@ class GridCLIP(FCOS):
         bad = [name for name, s in zip(outputs, sums) if not bool(torch.isfinite(s))]
         raise FloatingPointError(
             f"GridCLIP training diverged at iteration {get_event_storage().iter}: the head's "
-            f"{' and '.join(bad)} hold NaN or inf. Lower SOLVER.BASE_LR (and keep SOLVER.CLIP_GRADIENTS on); "
-            "checkpoints with non-finite weights are not saved, so --resume restarts from the last good one"
+            f"{' and '.join(bad)} hold NaN or inf. Lower SOLVER.BASE_LR (and keep "
+            "SOLVER.CLIP_GRADIENTS on); checkpoints with non-finite weights are not saved, so "
+            "--resume restarts from the last good one"
         )
 
     # ------------------------------------------------------------------ training targets and losses
@@ -310,32 +307,15 @@ class GridCLIP(FCOS):
                 gt_boxes.append(Boxes(torch.zeros((num_anchors, 4), device=device)))
         return gt_labels, gt_boxes
 
-    def _loss_columns(self, pos_labels: Tensor) -> Optional[Tensor]:
-        """Class ids taking part in ``loss_cls`` for this batch (None = all classes)."""
-        if self.use_fed_loss:
-            if self.fed_loss_weights is None:
-                raise ValueError(
-                    "MODEL.GRIDCLIP.USE_FED_LOSS needs the training set's metadata 'image_count_per_class' "
-                    "(training images per class), which the model was built without: the training set "
-                    "has none (for LVIS: run datasets/prepare_lvis_base.py, which writes the counts), or "
-                    "its classes are not the model's vocabulary"
-                )
-            columns = sample_fed_loss_classes(
-                pos_labels, self.fed_loss_num_classes, self.fed_loss_weights
-            )
-            return columns[self.loss_class_mask[columns]]
-        if bool(self.loss_class_mask.all()):
-            return None
-        return self.loss_class_mask.nonzero().squeeze(1)
-
     def losses(
         self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness
     ):
         """FCOS's losses, renamed, with the classification loss restricted to the loss columns."""
-        if self.num_classes != self.loss_num_classes:
+        if self.num_classes != self.loss_columns.num_classes:
             raise RuntimeError(
-                f"the vocabulary was swapped ({self.loss_num_classes} -> {self.num_classes} classes) with "
-                "set_vocabulary, which is for inference; build a new model to train"
+                "the vocabulary was swapped "
+                f"({self.loss_columns.num_classes} -> {self.num_classes} "
+                "classes) with set_vocabulary, which is for inference; build a new model to train"
             )
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # N x R
@@ -345,19 +325,7 @@ class GridCLIP(FCOS):
         normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 300)
 
         logits = torch.cat(pred_logits, dim=1)  # N x R x C
-        pos_labels = gt_labels[pos_mask]  # P
-        columns = self._loss_columns(pos_labels)
-        column_of_class = torch.arange(self.num_classes, device=logits.device)
-        if columns is not None:
-            logits = logits[:, :, columns]  # N x R x C'
-            column_of_class = torch.full_like(column_of_class, -1)
-            column_of_class[columns] = torch.arange(len(columns), device=logits.device)
-        # One-hot targets built by scatter: F.one_hot over C + 1 int64 columns is ~8x the logits' memory.
-        targets = torch.zeros_like(logits)  # N x R x C'
-        img_idx, anchor_idx = pos_mask.nonzero(as_tuple=True)
-        cols = column_of_class[pos_labels]
-        keep = cols >= 0
-        targets[img_idx[keep], anchor_idx[keep], cols[keep]] = 1.0
+        logits, targets = self.loss_columns(logits, gt_labels, pos_mask)  # N x R x C' each
         loss_cls = sigmoid_focal_loss_jit(
             logits,
             targets,
@@ -475,11 +443,13 @@ class GridCLIP(FCOS):
         )
         if emb.ndim != 2 or emb.shape[0] == 0:
             raise ValueError(
-                f"set_vocabulary: embeddings must be a non-empty C x D matrix, got shape {tuple(emb.shape)}"
+                "set_vocabulary: embeddings must be a non-empty C x D matrix, got shape "
+                f"{tuple(emb.shape)}"
             )
         if emb.shape[1] != self.head.embed_dim:
             raise ValueError(
-                f"set_vocabulary: embeddings have dim {emb.shape[1]}, the model's CLIP embedding dim is "
+                f"set_vocabulary: embeddings have dim {emb.shape[1]}, the model's CLIP embedding "
+                "dim is "
                 f"{self.head.embed_dim}"
             )
         if names is not None and len(names) != emb.shape[0]:

@@ -6,14 +6,16 @@ A model builds from its config alone; the names come from the first of:
 2. ``MODEL.GRIDCLIP.VOCABULARY``: ``"lvis"`` or ``"synthetic"`` (the built-in vocabularies), or a
    file: ``.txt`` (one category per line, synonyms after commas, as the demo's vocabulary files) or
    ``.json`` (a list of names, or an object with ``"names"``: e.g. a text-embedding sidecar);
-3. the ``names`` of the sidecar (``FILE.json`` beside ``FILE.npy``) of ``MODEL.GRIDCLIP.TEXT_EMBEDDINGS``;
-4. only when none of these is given, the ``thing_classes`` of ``DATASETS.TRAIN[0]`` (which must then be
-   registered: the training json is read).
+3. the ``names`` of the sidecar (``FILE.json`` beside ``FILE.npy``) of
+   ``MODEL.GRIDCLIP.TEXT_EMBEDDINGS``;
+4. only when none of these is given, the ``thing_classes`` of ``DATASETS.TRAIN[0]`` (which must then
+   be registered: the training json is read).
 
 Setting both CLASS_NAMES and VOCABULARY is an error. The sidecar written by
-``tools/dump_text_embeddings.py`` is checked whenever the ``.npy`` is loaded (:func:`check_sidecar`):
-its names against the vocabulary, its CLIP architecture and text-tower fingerprint against
-MODEL.CLIP.*, its prompts against MODEL.GRIDCLIP.PROMPT(_ENSEMBLE); a mismatch names both sides.
+``tools/dump_text_embeddings.py`` is checked whenever the ``.npy`` is loaded
+(:func:`check_sidecar`): its names against the vocabulary, its CLIP architecture and text-tower
+fingerprint against MODEL.CLIP.*, its prompts against MODEL.GRIDCLIP.PROMPT(_ENSEMBLE); a mismatch
+names both sides.
 """
 
 import json
@@ -46,7 +48,8 @@ def _duplicates(names: Sequence[str]) -> List[str]:
 
 
 def read_vocabulary_file(path: str, what: str = "Vocabulary file") -> List[str]:
-    """Names of a ``.txt`` (one category per line) or ``.json`` (list, or object with "names") file."""
+    """Names of a ``.txt`` (one category per line) or ``.json`` (list, or object with "names")
+    file."""
     from ..data.vocabulary import get_vocabulary
 
     if not os.path.isfile(path):
@@ -64,7 +67,8 @@ def read_vocabulary_file(path: str, what: str = "Vocabulary file") -> List[str]:
             or not all(isinstance(n, str) and n for n in names)
         ):
             raise ValueError(
-                f'{what} {path} must hold a non-empty list of names, or an object whose "names" is one'
+                f"{what} {path} must hold a non-empty list of names, "
+                'or an object whose "names" is one'
             )
         duplicates = _duplicates(names)
         if duplicates:
@@ -119,7 +123,10 @@ def names_mismatch(
     only_want = [n for n in want if n not in have_set]
     extra = ""
     if only_have or only_want:
-        extra = f"; only in {have_what}: {_show(only_have, 10)}, only in {want_what}: {_show(only_want, 10)}"
+        extra = (
+            f"; only in {have_what}: {_show(only_have, 10)}, "
+            f"only in {want_what}: {_show(only_want, 10)}"
+        )
     return f"{have_what} {_show(have)} differ from {want_what} {_show(want)}: {detail}{extra}"
 
 
@@ -146,7 +153,8 @@ def check_sidecar(
             )
     if meta.get("arch") is not None and meta["arch"] != arch:
         raise ValueError(
-            f"Text embeddings {npy_path} were made with CLIP {meta['arch']!r} ({side}) but MODEL.CLIP.ARCH is "
+            f"Text embeddings {npy_path} were made with CLIP {meta['arch']!r} ({side}) "
+            "but MODEL.CLIP.ARCH is "
             f"{arch!r}; rewrite them with tools/dump_text_embeddings.py --arch {arch}"
         )
     if meta.get("text_fingerprint") is None:
@@ -157,14 +165,19 @@ def check_sidecar(
         )
     elif meta["text_fingerprint"] != fingerprint:
         raise ValueError(
-            f"Text embeddings {npy_path} were made with CLIP weights {meta.get('clip_weights')!r} (text "
-            f"fingerprint {meta['text_fingerprint']}, {side}) but MODEL.CLIP.WEIGHTS gives text fingerprint "
-            f"{fingerprint}: other weights. Rewrite them with tools/dump_text_embeddings.py and the same weights"
+            f"Text embeddings {npy_path} were made with CLIP weights "
+            f"{meta.get('clip_weights')!r} (text "
+            f"fingerprint {meta['text_fingerprint']}, {side}) "
+            "but MODEL.CLIP.WEIGHTS gives text fingerprint "
+            f"{fingerprint}: other weights. "
+            "Rewrite them with tools/dump_text_embeddings.py and the same weights"
         )
     if meta.get("prompts") is not None and list(meta["prompts"]) != list(prompts):
         raise ValueError(
-            f"Text embeddings {npy_path} were made with prompts {_show(meta['prompts'], 3)} ({side}) but "
-            f"MODEL.GRIDCLIP.PROMPT / PROMPT_ENSEMBLE give {_show(list(prompts), 3)}: a vocabulary named "
+            f"Text embeddings {npy_path} were made with prompts {_show(meta['prompts'], 3)} "
+            f"({side}) but "
+            f"MODEL.GRIDCLIP.PROMPT / PROMPT_ENSEMBLE give {_show(list(prompts), 3)}: "
+            "a vocabulary named "
             "later would be embedded differently from the trained classifier"
         )
 
@@ -175,7 +188,8 @@ def explicit_vocabulary_from_cfg(cfg) -> Optional[Tuple[List[str], str]]:
     names, vocabulary = list(g.CLASS_NAMES), g.VOCABULARY
     if names and vocabulary:
         raise ValueError(
-            f"MODEL.GRIDCLIP.CLASS_NAMES ({len(names)} names) and MODEL.GRIDCLIP.VOCABULARY ({vocabulary!r}) "
+            f"MODEL.GRIDCLIP.CLASS_NAMES ({len(names)} names) "
+            f"and MODEL.GRIDCLIP.VOCABULARY ({vocabulary!r}) "
             "are both set: give one"
         )
     if names:
@@ -195,7 +209,8 @@ def explicit_vocabulary_from_cfg(cfg) -> Optional[Tuple[List[str], str]]:
             ], f"MODEL.GRIDCLIP.VOCABULARY {vocabulary!r}"
         if not vocabulary.lower().endswith((".txt", ".json")):
             raise ValueError(
-                f"MODEL.GRIDCLIP.VOCABULARY {vocabulary!r}: expected {' or '.join(BUILTIN_VOCABULARIES)}, "
+                f"MODEL.GRIDCLIP.VOCABULARY {vocabulary!r}: "
+                f"expected {' or '.join(BUILTIN_VOCABULARIES)}, "
                 "or a .txt / .json file of names"
             )
         names = read_vocabulary_file(vocabulary, "MODEL.GRIDCLIP.VOCABULARY file")
@@ -215,15 +230,18 @@ def vocabulary_from_cfg(cfg) -> Tuple[List[str], str]:
             return [str(n) for n in meta["names"]], f"the sidecar of {path}"
     if not len(cfg.DATASETS.TRAIN):
         raise ValueError(
-            "GridCLIP has no vocabulary: set MODEL.GRIDCLIP.CLASS_NAMES or MODEL.GRIDCLIP.VOCABULARY, give "
-            "MODEL.GRIDCLIP.TEXT_EMBEDDINGS with its .json sidecar, or a training set (DATASETS.TRAIN)"
+            "GridCLIP has no vocabulary: set MODEL.GRIDCLIP.CLASS_NAMES or "
+            "MODEL.GRIDCLIP.VOCABULARY, give "
+            "MODEL.GRIDCLIP.TEXT_EMBEDDINGS with its .json sidecar, "
+            "or a training set (DATASETS.TRAIN)"
         )
     name = cfg.DATASETS.TRAIN[0]
     classes = MetadataCatalog.get(name).get("thing_classes", None)
     if not classes:
         raise ValueError(
             f"GridCLIP takes its vocabulary from the training set {name!r} (DATASETS.TRAIN[0]: no "
-            "MODEL.GRIDCLIP.CLASS_NAMES / VOCABULARY / TEXT_EMBEDDINGS sidecar given), which has no "
+            "MODEL.GRIDCLIP.CLASS_NAMES / VOCABULARY / TEXT_EMBEDDINGS sidecar given), "
+            "which has no "
             "'thing_classes': is it registered and spelled correctly?"
         )
     return list(classes), f"the classes of training set {name!r}"

@@ -80,7 +80,8 @@ class TextClassifier(nn.Module):
             meta = read_sidecar(path)
             if meta is None:
                 logger.warning(
-                    "Text embeddings %s have no sidecar %s: their rows are taken to follow %s unchecked",
+                    "Text embeddings %s have no sidecar %s: "
+                    "their rows are taken to follow %s unchecked",
                     path,
                     sidecar_path(path),
                     names_source,

@@ -9,9 +9,10 @@ cosine decay.
 Output folder::
 
     last_checkpoint.pth   model + optimizer + step, every ``checkpoint_period`` steps (--resume)
-    <arch>_synthetic.pt   the final weights: ``CLIP.state_dict()`` after ``clip.model.convert_weights``,
-                          i.e. OpenAI's layout and dtypes; ``clip.model.build_model`` accepts it and
-                          ``MODEL.CLIP.WEIGHTS`` loads it like ``RN50.pt``
+    <arch>_synthetic.pt   the final weights: ``CLIP.state_dict()`` after
+                          ``clip.model.convert_weights``, i.e. OpenAI's layout and dtypes;
+                          ``clip.model.build_model`` accepts it and ``MODEL.CLIP.WEIGHTS`` loads it
+                          like ``RN50.pt``
     zero_shot.json        zero-shot accuracy on single-object crops of synthetic_val
 
 Deterministic: the batches of step ``i`` are drawn from a generator seeded with ``(seed, i)``, so a
@@ -152,7 +153,8 @@ def pretrain_clip(
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if state.get("config") != dataclasses.asdict(cfg):
             raise ValueError(
-                f"{ckpt_path} was written with settings {state.get('config')}, not {dataclasses.asdict(cfg)}; "
+                f"{ckpt_path} was written with settings {state.get('config')}, "
+                f"not {dataclasses.asdict(cfg)}; "
                 "resume with the same settings or choose another --output"
             )
         model.load_state_dict(state["model"])

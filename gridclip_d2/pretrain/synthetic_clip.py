@@ -50,7 +50,8 @@ def ensure_synthetic_clip(datasets_root: Optional[str] = None) -> str:
     with _machine_lock(path):
         if not os.path.isfile(path):
             logging.getLogger(__name__).warning(
-                f"MODEL.CLIP.WEIGHTS '{SYNTHETIC_CLIP_NAME}': {path} does not exist; pretraining the "
+                f"MODEL.CLIP.WEIGHTS '{SYNTHETIC_CLIP_NAME}': {path} does not exist; "
+                "pretraining the "
                 "small CLIP on synthetic image-caption pairs now (once; tools/pretrain_clip.py)"
             )
             with _global_rng_kept():

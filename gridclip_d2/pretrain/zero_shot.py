@@ -4,8 +4,8 @@ For every box of the synthetic validation set, a square crop centred on the box 
 longer side, shifted to stay inside the image) is resized to the CLIP's resolution and classified
 among all 24 category names by cosine similarity with their text embeddings, with one prompt
 ("a {}", the detector's ``MODEL.GRIDCLIP.PROMPT``) and with the prompt ensemble. Images go through
-the detector's own ``CLIPResNet.encode_image`` and names through ``encode_names``: the same code that
-builds the detector's backbone, teacher and classifier from ``MODEL.CLIP.WEIGHTS``.
+the detector's own ``CLIPResNet.encode_image`` and names through ``encode_names``: the same code
+that builds the detector's backbone, teacher and classifier from ``MODEL.CLIP.WEIGHTS``.
 """
 
 import json

@@ -167,8 +167,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 out = {}
 for name in ("lvis_v1_train", "lvis_v1_val", "lvis_v1_train_base"):
     m = MetadataCatalog.get(name)
-    out[name] = {k: m.get(k) for k in ("class_frequency", "image_count_per_class", "novel_class_ids",
-                                       "evaluator_type", "json_file", "image_root")}
+    out[name] = {k: m.get(k) for k in ("class_frequency", "image_count_per_class",
+                                       "novel_class_ids", "evaluator_type", "json_file",
+                                       "image_root")}
     out[name]["num_classes"] = len(m.thing_classes)
 records = DatasetCatalog.get("lvis_v1_train_base")
 out["records"] = [(r["image_id"], r["file_name"], [o["category_id"] for o in r["annotations"]])

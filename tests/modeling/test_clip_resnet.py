@@ -1,4 +1,5 @@
-"""CLIPResNet backbone: exact reproduction of clip's image tower, freezing, norms, key checks, teacher."""
+"""CLIPResNet backbone: exact reproduction of clip's image tower, freezing, norms, key checks,
+teacher."""
 
 import clip
 import pytest

@@ -198,7 +198,8 @@ def test_from_config():
 
 def test_projection_initialised_from_clip_attention_pool():
     """EMBED_INIT "clip": a 1x1 conv to res5's width, then c_proj o v_proj as one 1x1 conv; on
-    features that the first conv passes through unchanged, the grid embedding is CLIP's dense one."""
+    features that the first conv passes through unchanged, the grid embedding is CLIP's dense
+    one."""
     width = CH  # the first conv maps CH -> width
     g = torch.Generator().manual_seed(3)
     v_w, v_b = torch.randn(width, width, generator=g), torch.randn(width, generator=g)

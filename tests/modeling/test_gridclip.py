@@ -324,4 +324,4 @@ def test_configuration_errors():
     model = build_model(cfg)
     assert model.vocabulary == ["a", "b"]
     with pytest.raises(ValueError, match="image_count_per_class"):
-        model._loss_columns(torch.tensor([0]))
+        model.loss_columns.columns(torch.tensor([0]))

@@ -126,7 +126,10 @@ def test_shipped_config_builds_gridclip(trained_step):
     # lvis_v1_train_base: the rare classes are novel and left out of the classification loss.
     rare = lvis_v1_rare_class_ids()
     assert len(rare) == 337
-    assert not model.loss_class_mask[rare].any() and int(model.loss_class_mask.sum()) == 1203 - 337
+    assert (
+        not model.loss_columns.class_mask[rare].any()
+        and int(model.loss_columns.class_mask.sum()) == 1203 - 337
+    )
     assert model.image_alignment is not None
 
 

@@ -156,8 +156,9 @@ def test_sidecar_mismatches_name_both_sides(tiny_cfg, npy, caplog):
 def test_lvis_embeddings_from_the_dump_tool_fit_lvis_training_and_evaluation(
     tmp_path, gridclip_cfg
 ):
-    """The LVIS route: embeddings written by `dump_text_embeddings.py --vocabulary lvis` name exactly
-    the classes lvis_v1_train_base labels and lvis_v1_val evaluates (Detectron2's thing_classes)."""
+    """The LVIS route: embeddings written by `dump_text_embeddings.py --vocabulary lvis` name
+    exactly the classes lvis_v1_train_base labels and lvis_v1_val evaluates (Detectron2's
+    thing_classes)."""
     from gridclip_d2.engine import check_training_vocabulary
 
     out = str(tmp_path / "lvis.npy")

@@ -184,7 +184,8 @@ def test_vocabularies(tmp_path):
     lvis = get_vocabulary("lvis")
     assert len(lvis) == 1203 and [v["id"] for v in lvis] == list(range(1, 1204))
     assert lvis[0]["name"] == "aerosol_can" and lvis[0]["synonyms"] == ["aerosol_can", "spray_can"]
-    # The names are the classes LVIS's labels index (Detectron2's thing_classes), "horned_cow" included.
+    # The names are the classes LVIS's labels index (Detectron2's thing_classes), "horned_cow"
+    # included.
     from detectron2.data import MetadataCatalog
 
     assert [v["name"] for v in lvis] == MetadataCatalog.get("lvis_v1_val").thing_classes
