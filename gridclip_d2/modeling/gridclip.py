@@ -40,7 +40,7 @@ from .grid_head import GridCLIPHead, GridHeadOutputs
 from .loss_columns import LossColumns
 from .model_vocabulary import training_metadata, vocabulary_from_cfg
 from .necks import DENSE_CLIP
-from .text_classifier import TextClassifier, load_text_embeddings
+from .text_classifier import TextClassifier, vocabulary_embeddings
 
 __all__ = ["GridCLIP", "topk_flat"]
 
@@ -420,40 +420,12 @@ class GridCLIP(FCOS):
                 only name the rows (``self.vocabulary``).
             embeddings: a C x D array/tensor or the path of a ``.npy`` holding one.
         """
-        if names is None and embeddings is None:
-            raise ValueError("set_vocabulary needs `names`, `embeddings`, or both")
-        if names is not None:
-            if isinstance(names, str):
-                raise TypeError("set_vocabulary(names=...) takes a list of names, not one string")
-            names = [str(n) for n in names]
-            if not names:
-                raise ValueError("set_vocabulary: the vocabulary is empty (no names given)")
-        if embeddings is None:
-            if self.encode_vocabulary is None:
-                raise ValueError(
-                    "this model was built without a text encoder; pass `embeddings` instead"
-                )
-            emb = self.encode_vocabulary(names)
-        elif isinstance(embeddings, (str, os.PathLike)):
-            emb = load_text_embeddings(os.fspath(embeddings))
-        else:
-            emb = embeddings
-        emb = torch.as_tensor(
-            np.asarray(emb) if not isinstance(emb, Tensor) else emb, dtype=torch.float32
-        )
-        if emb.ndim != 2 or emb.shape[0] == 0:
-            raise ValueError(
-                "set_vocabulary: embeddings must be a non-empty C x D matrix, got shape "
-                f"{tuple(emb.shape)}"
-            )
+        names, emb = vocabulary_embeddings(names, embeddings, self.encode_vocabulary)
         if emb.shape[1] != self.head.embed_dim:
             raise ValueError(
                 f"set_vocabulary: embeddings have dim {emb.shape[1]}, the model's CLIP embedding "
-                "dim is "
-                f"{self.head.embed_dim}"
+                f"dim is {self.head.embed_dim}"
             )
-        if names is not None and len(names) != emb.shape[0]:
-            raise ValueError(f"set_vocabulary: {emb.shape[0]} embeddings for {len(names)} names")
         self.head.classifier.set_embeddings(F.normalize(emb, dim=1).to(self.device))
         self.num_classes = int(emb.shape[0])
         self.vocabulary = names

@@ -10,7 +10,7 @@ naming the file and both numbers. ``set_embeddings`` swaps the vocabulary at inf
 
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from .clip_text import prompts_from_cfg, text_embeddings_from_cfg
 from .clip_weights import clip_state_dict_from_cfg, text_fingerprint
 from .model_vocabulary import check_sidecar, read_sidecar, sidecar_path
 
-__all__ = ["TextClassifier", "load_text_embeddings"]
+__all__ = ["TextClassifier", "load_text_embeddings", "vocabulary_embeddings"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,50 @@ def load_text_embeddings(path: str, expected_rows: Optional[int] = None) -> torc
     if not np.isfinite(array).all() or (np.linalg.norm(array, axis=1) == 0).any():
         raise ValueError(f"Text embeddings {path} contain non-finite values or all-zero rows")
     return F.normalize(torch.from_numpy(array.astype(np.float32)), dim=1)
+
+
+def vocabulary_embeddings(
+    names: Optional[Sequence[str]],
+    embeddings: Union[None, str, os.PathLike, np.ndarray, torch.Tensor],
+    encode: Optional[Callable[[List[str]], torch.Tensor]] = None,
+) -> Tuple[Optional[List[str]], torch.Tensor]:
+    """
+    A vocabulary given to ``GridCLIP.set_vocabulary``, checked: ``(names or None, C x D float32)``.
+
+    Args:
+        names: category names; embedded with ``encode`` unless ``embeddings`` are given too.
+        embeddings: a C x D array/tensor or the path of a ``.npy`` holding one.
+        encode: names -> C x D embeddings (the model's CLIP text encoder), or None.
+    """
+    if names is None and embeddings is None:
+        raise ValueError("set_vocabulary needs `names`, `embeddings`, or both")
+    if names is not None:
+        if isinstance(names, str):
+            raise TypeError("set_vocabulary(names=...) takes a list of names, not one string")
+        names = [str(n) for n in names]
+        if not names:
+            raise ValueError("set_vocabulary: the vocabulary is empty (no names given)")
+    if embeddings is None:
+        if encode is None:
+            raise ValueError(
+                "this model was built without a text encoder; pass `embeddings` instead"
+            )
+        emb = encode(names)
+    elif isinstance(embeddings, (str, os.PathLike)):
+        emb = load_text_embeddings(os.fspath(embeddings))
+    else:
+        emb = embeddings
+    if not isinstance(emb, torch.Tensor):
+        emb = np.asarray(emb)
+    emb = torch.as_tensor(emb, dtype=torch.float32)
+    if emb.ndim != 2 or emb.shape[0] == 0:
+        raise ValueError(
+            "set_vocabulary: embeddings must be a non-empty C x D matrix, got shape "
+            f"{tuple(emb.shape)}"
+        )
+    if names is not None and len(names) != emb.shape[0]:
+        raise ValueError(f"set_vocabulary: {emb.shape[0]} embeddings for {len(names)} names")
+    return names, emb
 
 
 class TextClassifier(nn.Module):
