@@ -212,16 +212,21 @@ class GridCLIPHead(nn.Module):
     def embed_dim(self) -> int:
         return self.classifier.embeddings.shape[1]
 
-    def _inference_logits(self, emb: Tensor, temperature: Tensor) -> Tensor:
+    def _scaled_text(self, temperature: Tensor, dtype: torch.dtype) -> Tensor:
+        """``(temperature * text)^T``: D x C, the L2-normalised text embeddings scaled, in
+        ``dtype`` (computed once per forward, for every level)."""
+        return (self.classifier.embeddings.to(dtype) * temperature.to(dtype)).t()
+
+    def _inference_logits(self, emb: Tensor, scaled_text: Tensor) -> Tensor:
         """``temperature * cos + bias`` of L2-normalised grid embeddings (N x D x H x W) in one
-        matrix product, ``bias + emb @ (temperature * text)^T``: training's path (normalise again,
-        multiply, scale, shift: four passes over N x H x W x C) up to float rounding.
-        Returns N x C x H x W, laid out as N x H x W x C (what the decoding reads)."""
+        matrix product, ``bias + emb @ (temperature * text)^T`` (``scaled_text``, D x C):
+        training's path (normalise again, multiply, scale, shift: four passes over N x H x W x C)
+        up to float rounding. Returns N x C x H x W, laid out as N x H x W x C (what the decoding
+        reads)."""
         n, d, h, w = emb.shape
-        text = self.classifier.embeddings.to(emb.dtype)  # C x D, L2-normalised
         flat = emb.permute(0, 2, 3, 1).reshape(n * h * w, d)  # NHW x D
-        bias = self.logit_bias.to(emb.dtype).expand(text.shape[0])
-        out = torch.addmm(bias, flat, (text * temperature.to(emb.dtype)).t())  # NHW x C
+        bias = self.logit_bias.to(emb.dtype).expand(scaled_text.shape[1])
+        out = torch.addmm(bias, flat, scaled_text)  # NHW x C
         return out.view(n, h, w, -1).permute(0, 3, 1, 2)
 
     def forward(self, features: List[Tensor], dense_embedding: Optional[Tensor] = None):
@@ -243,6 +248,7 @@ class GridCLIPHead(nn.Module):
         if self.dense_clip_levels and dense_embedding is None:
             raise ValueError("GridCLIPHead has dense_clip_levels but no dense_embedding was given")
         temperature = self.temperature
+        scaled_text = None  # inference: D x C, the same for every level
         logits, box_deltas, centerness, grid_embeddings = [], [], [], []
         for i, x in enumerate(features):
             emb = self.embed(self.cls_subnet(x))  # N x D x Hi x Wi
@@ -261,7 +267,9 @@ class GridCLIPHead(nn.Module):
                     cos.permute(0, 3, 1, 2) * temperature + self.logit_bias
                 )  # N x C x Hi x Wi
             else:
-                logits.append(self._inference_logits(emb, temperature))
+                if scaled_text is None:
+                    scaled_text = self._scaled_text(temperature, emb.dtype)
+                logits.append(self._inference_logits(emb, scaled_text))
             grid_embeddings.append(emb)
 
             reg = self.bbox_subnet(x)
