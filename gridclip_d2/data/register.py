@@ -1,22 +1,13 @@
-"""LVIS-format data sets: a validating loader and the registration of a user's own set (the no-code
-path from the config, ``DATASETS.GRIDCLIP.*``, is :mod:`.register_from_cfg`).
+"""A user's own LVIS-format data set: its registration with Detectron2's catalogs, its metadata and
+the json its evaluation reads (the loader is :mod:`.lvis_format`; the no-code path from the config,
+``DATASETS.GRIDCLIP.*``, is :mod:`.register_from_cfg`).
 
 Detectron2 v0.6's ``register_lvis_instances`` takes its metadata from the built-in LVIS tables
-(``get_lvis_instances_meta`` raises for any other name), and ``load_lvis_json`` builds image paths
-from ``coco_url`` only and maps category id c to c - 1. A user's json usually has ``file_name``
-relative to the image folder and may number its categories freely, so this module builds the
-dataset dicts itself; parsing and indexing stay lvis-api's (``lvis.LVIS``).
+(``get_lvis_instances_meta`` raises for any other name), so this module registers the dataset dicts
+of :func:`.lvis_format.load_lvis_format_json` with metadata made from the json itself. The json is
+read and checked at registration; the dataset dicts are built when the data set is first loaded.
 
-Rules of the loader:
-- image path: ``image_root/file_name`` when the image has ``file_name``; otherwise the tail of
-  ``coco_url``: ``image_root/<folder>/<file>`` (Detectron2's COCO layout) if that exists, else
-  ``image_root/<file>``. A referenced image that does not exist is an error naming it: skipping it
-  would silently change the evaluation, since lvis-api scores every image of the json.
-- categories: contiguous ids follow the json's category ids in increasing order and their ``name``
-  fields are ``thing_classes``. An annotation whose category id is not among the categories is an
-  error naming the json, the annotation id and the category id.
-- boxes: zero-area (w or h <= 0, or not finite) and out-of-image boxes are skipped, boxes crossing
-  the image border are clipped to it, and one warning per json counts them (Detectron2's habit).
+Rules of the registration:
 - metadata: ``image_count_per_class`` and ``class_frequency`` come from the json's categories
   (``image_count``, ``frequency``); when absent they are counted from the annotations (LVIS rule:
   r < 10 images, c 10-99, f >= 100) with a warning.
@@ -29,209 +20,24 @@ Rules of the loader:
 
 import copy
 import hashlib
-import json
 import logging
-import math
 import os
 import tempfile
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
 from ..atomic_write import atomic_json_dump
+from .lvis_format import build_records, check_box, issues_text, load_lvis_api, load_lvis_format_json
 from .lvis_stats import FREQUENCIES, images_per_category, lvis_frequency
 
-__all__ = ["load_lvis_format_json", "register_lvis_format"]
+__all__ = ["register_lvis_format"]
 
 logger = logging.getLogger(__name__)
 
 _REGISTERED: Dict[str, tuple] = {}  # name -> (json file, image root) registered here
-
-
-def _load_api(json_file: str):
-    """``lvis.LVIS`` of ``json_file``, after checks that name the json and the faulty entry."""
-    from lvis import LVIS
-
-    local = PathManager.get_local_path(json_file)
-    if not os.path.isfile(local):
-        raise FileNotFoundError(f"LVIS-format json '{json_file}' does not exist")
-    try:
-        api = LVIS(local)
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"'{json_file}' is not UTF-8 text (byte {e.start}: {e.reason}); "
-            "json files must be UTF-8"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"'{json_file}' is not valid json: {e}") from e
-    except (KeyError, TypeError, AssertionError) as e:
-        raise ValueError(
-            f"'{json_file}' is not in LVIS format ({type(e).__name__}: {e}); it needs 'images', "
-            "'annotations' and 'categories' lists whose entries have an 'id'"
-        ) from e
-    data = api.dataset
-    for kind, index, entries in (
-        ("image", api.imgs, data["images"]),
-        ("annotation", api.anns, data["annotations"]),
-        ("category", api.cats, data["categories"]),
-    ):
-        if len(index) != len(entries):
-            dup = [k for k, n in Counter(e["id"] for e in entries).items() if n > 1][:5]
-            raise ValueError(f"'{json_file}': {kind} ids are not unique (repeated: {dup})")
-    if not api.cats:
-        raise ValueError(f"'{json_file}' has no categories")
-    for cat in data["categories"]:
-        if not isinstance(cat.get("name"), str) or not cat["name"]:
-            raise ValueError(f"'{json_file}': category {cat['id']} has no 'name'")
-        try:
-            cat["name"].encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(
-                f"'{json_file}': category {cat['id']} has name {ascii(cat['name'])}, which is not "
-                "valid Unicode text (a lone surrogate escape)"
-            ) from None
-        freq = cat.get("frequency")
-        if freq is not None and freq not in FREQUENCIES:
-            raise ValueError(
-                f"'{json_file}': category {cat['id']} has frequency {freq!r}; expected r, c or f"
-            )
-    for img in data["images"]:
-        for key in ("height", "width"):
-            value = img.get(key)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value <= 0
-                or value != int(value)
-            ):
-                raise ValueError(
-                    f"'{json_file}': image {img['id']} has {key} {value!r}; expected "
-                    "a positive whole number of pixels"
-                )
-        if "file_name" not in img and "coco_url" not in img:
-            raise ValueError(
-                f"'{json_file}': image {img['id']} has neither 'file_name' nor 'coco_url'"
-            )
-    for ann in data["annotations"]:
-        if ann.get("image_id") not in api.imgs:
-            raise ValueError(
-                f"'{json_file}': annotation {ann['id']} refers to image id {ann.get('image_id')}, "
-                "which is not among the json's images"
-            )
-        if ann.get("category_id") not in api.cats:
-            raise ValueError(
-                f"'{json_file}': annotation {ann['id']} has category_id {ann.get('category_id')}, "
-                f"which is not among the json's {len(api.cats)} categories"
-            )
-        bbox = ann.get("bbox")
-        if (
-            not isinstance(bbox, (list, tuple))
-            or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) for v in bbox)
-        ):
-            raise ValueError(
-                f"'{json_file}': annotation {ann['id']} has bbox {bbox!r}; expected "
-                "[x, y, width, height]"
-            )
-    return api
-
-
-def _check_box(bbox, width: int, height: int):
-    """("ok" | "clipped" | "zero-area" | "outside", XYWH box clipped to the image)."""
-    x, y, w, h = (float(v) for v in bbox)
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        return "zero-area", None
-    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
-    if x1 <= x0 or y1 <= y0:
-        return "outside", None
-    if (x0, y0, x1, y1) == (x, y, x + w, y + h):
-        return "ok", [x, y, w, h]
-    return "clipped", [x0, y0, x1 - x0, y1 - y0]
-
-
-def _image_path(img: dict, image_root: str) -> str:
-    if "file_name" in img:
-        return os.path.join(image_root, img["file_name"])
-    parts = img["coco_url"].split("/")
-    flat = os.path.join(image_root, parts[-1])
-    if len(parts) < 2:
-        return flat
-    in_folder = os.path.join(image_root, parts[-2], parts[-1])
-    return in_folder if PathManager.exists(in_folder) or not PathManager.exists(flat) else flat
-
-
-def _build(api, json_file: str, image_root: str, check_images: bool = True):
-    """Dataset dicts plus {status: [annotation ids]} of the boxes that were not "ok"."""
-    cat_ids = sorted(api.cats)
-    contiguous = {c: i for i, c in enumerate(cat_ids)}
-    issues, records, missing = defaultdict(list), [], []
-    for image_id in sorted(api.imgs):
-        img = api.imgs[image_id]
-        path = _image_path(img, image_root)
-        height, width = int(img["height"]), int(img["width"])
-        if check_images and not PathManager.exists(path):
-            missing.append(path)
-        objs = []
-        for ann in api.img_ann_map[image_id]:
-            status, box = _check_box(ann["bbox"], width, height)
-            if status != "ok":
-                issues[status].append(ann["id"])
-            if box is None:
-                continue
-            obj = {
-                "bbox": box,
-                "bbox_mode": BoxMode.XYWH_ABS,
-                "category_id": contiguous[ann["category_id"]],
-            }
-            if isinstance(ann.get("segmentation"), list) and ann["segmentation"]:
-                obj["segmentation"] = ann["segmentation"]
-            objs.append(obj)
-        records.append(
-            {
-                "file_name": path,
-                "height": height,
-                "width": width,
-                "image_id": image_id,
-                "neg_category_ids": img.get("neg_category_ids", []),
-                "not_exhaustive_category_ids": img.get("not_exhaustive_category_ids", []),
-                "annotations": objs,
-            }
-        )
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of the {len(records)} images listed in '{json_file}' do not exist "
-            f"under image root '{image_root}'; the first is '{missing[0]}'"
-        )
-    return records, issues
-
-
-def _issues_text(issues) -> str:
-    return ", ".join(
-        f"{len(ids)} {status} (annotation ids {ids[:5]}{' ...' if len(ids) > 5 else ''})"
-        for status, ids in sorted(issues.items())
-    )
-
-
-def load_lvis_format_json(json_file: str, image_root: str, dataset_name: Optional[str] = None):
-    """Dataset dicts (Detectron2 format) of an LVIS-format json; see the module docstring for the
-    rules. ``dataset_name`` only labels the log."""
-    api = _load_api(json_file)
-    records, issues = _build(api, json_file, image_root)
-    skipped = sum(len(v) for k, v in issues.items() if k != "clipped")
-    if issues:
-        logger.warning(
-            f"{json_file}: skipped {skipped} of {len(api.anns)} boxes, clipped "
-            f"{len(issues.get('clipped', []))} to the image: {_issues_text(issues)}"
-        )
-    logger.info(
-        f"Loaded {len(records)} images from {json_file}"
-        + (f" for dataset '{dataset_name}'" if dataset_name else "")
-    )
-    return records
 
 
 def _category_metadata(
@@ -247,7 +53,7 @@ def _category_metadata(
         per_cat = images_per_category(
             (ann["category_id"], ann["image_id"])
             for ann in api.anns.values()
-            if _check_box(
+            if check_box(
                 ann["bbox"], api.imgs[ann["image_id"]]["width"], api.imgs[ann["image_id"]]["height"]
             )[1]
             is not None
@@ -328,7 +134,7 @@ def _evaluation_json(name: str, json_file: str, api, issues, frequency: List[str
         if any(key not in e for e in entries)
     ]
     if issues:
-        needs.append(f"boxes skipped or clipped: {_issues_text(issues)}")
+        needs.append(f"boxes skipped or clipped: {issues_text(issues)}")
     if not needs:
         return json_file
     data = copy.deepcopy(data)
@@ -338,7 +144,7 @@ def _evaluation_json(name: str, json_file: str, api, issues, frequency: List[str
     annotations = []
     for ann in data["annotations"]:
         img = api.imgs[ann["image_id"]]
-        _, box = _check_box(ann["bbox"], img["width"], img["height"])
+        _, box = check_box(ann["bbox"], img["width"], img["height"])
         if box is None:
             continue
         ann["bbox"] = box
@@ -409,8 +215,8 @@ def register_lvis_format(
             + (f" with novel classes {list(novel_classes)}" if novel_classes else "")
             + ". Choose another name."
         )
-    api = _load_api(json_file)
-    issues = _build(api, json_file, image_root, check_images=check_images)[1]
+    api = load_lvis_api(json_file)
+    issues = build_records(api, json_file, image_root, check_images=check_images)[1]
     meta = _category_metadata(api, json_file, train_image_count)
     eval_json = _evaluation_json(name, json_file, api, issues, meta["class_frequency"])
     annotated = {

@@ -353,7 +353,7 @@ def _machine_lock(path: str):
 
 def load_synthetic(split: str, datasets_root: str = None) -> List[dict]:
     """Dataset dicts of a synthetic split, generating the set first if needed."""
-    from .register import load_lvis_format_json
+    from .lvis_format import load_lvis_format_json
 
     if split not in SYNTHETIC_SPLITS:
         raise KeyError(f"Unknown synthetic split '{split}'; choose from {list(SYNTHETIC_SPLITS)}")

@@ -1,5 +1,7 @@
-"""A user's own LVIS-format data: register_lvis_format (file_name-relative and coco_url-only jsons,
-bad input), the evaluation copy for incomplete jsons, and the no-code path register_from_cfg."""
+"""A user's own LVIS-format data: register_lvis_format (metadata, errors raised at registration,
+the evaluation copy for incomplete jsons and skipped boxes) and the no-code path register_from_cfg.
+The loader's own rules (image paths, category ids, boxes, bad input) are test_lvis_format.py's; the
+small data set is conftest.py's ``lvis_set``."""
 
 import json
 import logging
@@ -8,7 +10,6 @@ import uuid
 
 import pytest
 import torch
-from PIL import Image
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -18,95 +19,21 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from gridclip_d2 import add_gridclip_config
 from gridclip_d2.backports import lvis_numpy_aliases
 from gridclip_d2.data import register_from_cfg, register_lvis_format
-from gridclip_d2.data.register import load_lvis_format_json
-
-H, W = 48, 64
-# category ids need not be 1..C: contiguous ids follow the json's ids in increasing order
-CATEGORIES = [
-    {"id": 7, "name": "kite", "frequency": "c", "image_count": 12},
-    {"id": 3, "name": "zebra", "frequency": "f", "image_count": 150},
-    {"id": 10, "name": "traffic_cone", "frequency": "r", "image_count": 2},
-]
-# (image index, category id, XYWH box)
-ANNOTATIONS = [
-    (0, 3, [4, 5, 20, 10]),
-    (0, 7, [30, 8, 12, 30]),
-    (1, 10, [10, 10, 40, 30]),
-    (2, 3, [0, 0, 64, 48]),
-    (2, 10, [50, 20, 10, 20]),
-]
 
 
 def _unique(prefix):
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
-def _write_set(
-    root,
-    layout="file_name",
-    annotations=ANNOTATIONS,
-    categories=CATEGORIES,
-    complete=True,
-    skip_images=(),
-):
-    """Write 3 images and an LVIS-format json under ``root``; returns (json path, image root).
-
-    layout: "file_name" (relative file_name), "coco_url" (only coco_url, images in root/<split>/),
-    "coco_url_flat" (only coco_url, images directly in the image root).
-    """
-    image_root = os.path.join(root, "images")
-    images = []
-    for i in range(3):
-        name = f"{i:04d}.png"
-        sub = "train2017" if layout == "coco_url" else ""
-        os.makedirs(os.path.join(image_root, sub), exist_ok=True)
-        if i not in skip_images:
-            Image.new("RGB", (W, H), (10 * i, 100, 200)).save(os.path.join(image_root, sub, name))
-        img = {"id": 100 + i, "height": H, "width": W}
-        if layout == "file_name":
-            img["file_name"] = name
-        else:
-            img["coco_url"] = f"http://images.example.org/train2017/{name}"
-        if complete:
-            img.update(neg_category_ids=[], not_exhaustive_category_ids=[])
-        images.append(img)
-    anns = []
-    for k, (i, cat, box) in enumerate(annotations):
-        ann = {"id": k + 1, "image_id": 100 + i, "category_id": cat, "bbox": box}
-        if complete:
-            ann["area"] = box[2] * box[3]
-        anns.append(ann)
-    if complete:  # absent categories are negatives, as an exhaustively annotated set has it
-        for img in images:
-            present = {a["category_id"] for a in anns if a["image_id"] == img["id"]}
-            img["neg_category_ids"] = [c["id"] for c in categories if c["id"] not in present]
-    json_file = os.path.join(root, "annotations.json")
-    with open(json_file, "w") as f:
-        json.dump({"images": images, "annotations": anns, "categories": categories}, f)
-    return json_file, image_root
-
-
 @pytest.fixture
-def records_of(tmp_path):
+def records_of(tmp_path, lvis_set):
     def register(**kwargs):
-        json_file, image_root = _write_set(str(tmp_path), **kwargs)
+        json_file, image_root = lvis_set.write(str(tmp_path), **kwargs)
         name = _unique("mine")
         register_lvis_format(name, json_file, image_root)
         return name, DatasetCatalog.get(name)
 
     return register
-
-
-@pytest.fixture
-def log_records():
-    """Records logged by gridclip_d2.data.register (independent of other loggers' propagation)."""
-    records = []
-    handler = logging.Handler(level=logging.DEBUG)
-    handler.emit = records.append
-    log = logging.getLogger("gridclip_d2.data.register")
-    log.addHandler(handler)
-    yield records
-    log.removeHandler(handler)
 
 
 def _gt_as_detections(name, records, extra=None):
@@ -129,7 +56,7 @@ def _gt_as_detections(name, records, extra=None):
         return evaluator.evaluate()["bbox"]
 
 
-def test_file_name_relative_json(records_of):
+def test_metadata_and_evaluation_of_a_file_name_relative_json(records_of):
     name, records = records_of(layout="file_name")
     meta = MetadataCatalog.get(name)
     assert meta.thing_classes == ["zebra", "kite", "traffic_cone"]  # category ids 3, 7, 10
@@ -138,84 +65,57 @@ def test_file_name_relative_json(records_of):
     assert meta.image_count_per_class == [150, 12, 2]
     assert meta.novel_class_ids == [] and meta.evaluator_type == "lvis"
     assert meta.json_file.endswith("annotations.json"), "a complete json is evaluated as it is"
-    assert [r["image_id"] for r in records] == [100, 101, 102]
+    assert [r["image_id"] for r in records] == [100, 101, 102]  # the loader's dicts
     assert records[0]["file_name"] == os.path.join(meta.image_root, "0000.png")
-    assert (records[0]["height"], records[0]["width"]) == (H, W)
-    assert [(o["category_id"], o["bbox"]) for o in records[0]["annotations"]] == [
-        (0, [4, 5, 20, 10]),
-        (1, [30, 8, 12, 30]),
-    ]
-    assert records[0]["annotations"][0]["bbox_mode"] == BoxMode.XYWH_ABS
     results = _gt_as_detections(name, records)
     assert results["AP"] == pytest.approx(100.0)
 
 
-@pytest.mark.parametrize("layout", ["coco_url", "coco_url_flat"])
-def test_coco_url_only_json(records_of, layout):
-    name, records = records_of(layout=layout)
-    sub = "train2017" if layout == "coco_url" else ""
-    image_root = MetadataCatalog.get(name).image_root
-    assert [r["file_name"] for r in records] == [
-        os.path.join(image_root, sub, f"{i:04d}.png") for i in range(3)
-    ]
-    assert all(os.path.isfile(r["file_name"]) for r in records)
-
-
-def test_missing_json_is_named(tmp_path):
-    missing = str(tmp_path / "nope.json")
+def test_bad_json_raises_at_registration(tmp_path, lvis_set):
+    """The loader's checks run when the set is registered, not when it is first loaded, and nothing
+    is registered (the messages are test_lvis_format.py's)."""
+    names = [_unique("mine") for _ in range(4)]
     with pytest.raises(FileNotFoundError, match="nope.json"):
-        register_lvis_format(_unique("mine"), missing, str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="nope.json"):
-        load_lvis_format_json(missing, str(tmp_path))
-
-
-def test_unknown_category_is_named(tmp_path):
-    unknown = ANNOTATIONS + [(1, 99, [1, 1, 9, 9])]
-    json_file, image_root = _write_set(str(tmp_path), annotations=unknown)
-    pattern = r"annotations\.json'.*annotation 6 has category_id 99"
-    with pytest.raises(ValueError, match=pattern):
-        register_lvis_format(_unique("mine"), json_file, image_root)
-    with pytest.raises(ValueError, match=pattern):
-        load_lvis_format_json(json_file, image_root)
-
-
-def test_missing_image_is_named(tmp_path):
-    json_file, image_root = _write_set(str(tmp_path), skip_images=(1,))
+        register_lvis_format(names[0], str(tmp_path / "nope.json"), str(tmp_path))
+    unknown = lvis_set.ANNOTATIONS + [(1, 99, [1, 1, 9, 9])]
+    json_file, image_root = lvis_set.write(str(tmp_path / "unknown"), annotations=unknown)
+    with pytest.raises(ValueError, match=r"annotations\.json'.*annotation 6 has category_id 99"):
+        register_lvis_format(names[1], json_file, image_root)
+    json_file, image_root = lvis_set.write(str(tmp_path / "missing"), skip_images=(1,))
     with pytest.raises(FileNotFoundError, match=r"1 of the 3 images .* first is '.*0001\.png'"):
-        register_lvis_format(_unique("mine"), json_file, image_root)
+        register_lvis_format(names[2], json_file, image_root)
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(
+        open(json_file, "rb")
+        .read()
+        .replace(b'"kite"', '"cerf-volant \u00e9t\u00e9"'.encode("latin-1"))
+    )
+    with pytest.raises(ValueError, match=r"latin1.json' is not UTF-8 text"):
+        register_lvis_format(names[3], str(latin1), image_root)
+    assert not set(names) & set(DatasetCatalog.list())
 
 
-def test_bad_boxes_are_skipped_or_clipped_with_a_warning(records_of, log_records):
-    bad = ANNOTATIONS + [
+def test_skipped_and_clipped_boxes_give_an_evaluation_copy(records_of, lvis_set):
+    bad = lvis_set.ANNOTATIONS + [
         (0, 3, [10, 10, 0, 5]),  # zero width
         (1, 7, [5, 5, 8, -2]),  # negative height
         (1, 3, [70, 10, 10, 10]),  # right of the image
         (2, 7, [-5, 40, 20, 20]),  # crosses the left and bottom borders: clipped
     ]
     name, records = records_of(annotations=bad)
-    boxes = [(o["category_id"], o["bbox"]) for r in records for o in r["annotations"]]
-    assert len(boxes) == len(ANNOTATIONS) + 1
-    assert (1, [0.0, 40.0, 15.0, 8.0]) in boxes
-    warning = [
-        r.getMessage()
-        for r in log_records
-        if r.levelno == logging.WARNING and "boxes, clipped" in r.getMessage()
-    ]  # the loader's warning
-    assert len(warning) == 1
-    assert "skipped 3 of 9 boxes, clipped 1" in warning[0]
-    assert "2 zero-area (annotation ids [6, 7])" in warning[0]
-    assert "1 outside (annotation ids [8])" in warning[0]
     # the evaluator reads a copy without the skipped boxes and with the clipped one clipped
     meta = MetadataCatalog.get(name)
     assert meta.json_file != os.path.join(os.path.dirname(meta.image_root), "annotations.json")
     with open(meta.json_file) as f:
         copy = json.load(f)
     assert sorted(a["id"] for a in copy["annotations"]) == [1, 2, 3, 4, 5, 9]
+    clipped = next(a for a in copy["annotations"] if a["id"] == 9)
+    assert clipped["bbox"] == [0.0, 40.0, 15.0, 8.0]
     assert _gt_as_detections(name, records)["AP"] == pytest.approx(100.0)
 
 
-def test_incomplete_json_gets_defaults_and_an_evaluation_copy(records_of, log_records):
-    bare = [{"id": c["id"], "name": c["name"]} for c in CATEGORIES]
+def test_incomplete_json_gets_defaults_and_an_evaluation_copy(records_of, lvis_set, log_records):
+    bare = [{"id": c["id"], "name": c["name"]} for c in lvis_set.CATEGORIES]
     name, records = records_of(categories=bare, complete=False)
     meta = MetadataCatalog.get(name)
     assert meta.image_count_per_class == [
@@ -238,12 +138,12 @@ def test_incomplete_json_gets_defaults_and_an_evaluation_copy(records_of, log_re
     assert _gt_as_detections(name, records, extra=fp)["AP"] < 100.0
 
 
-def test_register_twice(tmp_path):
-    json_file, image_root = _write_set(str(tmp_path))
+def test_register_twice(tmp_path, lvis_set):
+    json_file, image_root = lvis_set.write(str(tmp_path))
     name = _unique("mine")
     register_lvis_format(name, json_file, image_root)
     register_lvis_format(name, json_file, image_root)  # same source: nothing happens
-    other, _ = _write_set(str(tmp_path / "other"))
+    other, _ = lvis_set.write(str(tmp_path / "other"))
     with pytest.raises(ValueError, match=f"'{name}' is already registered"):
         register_lvis_format(name, other, image_root)
 
@@ -256,11 +156,11 @@ def _cfg(**opts):
     return cfg
 
 
-def test_register_from_cfg(tmp_path):
+def test_register_from_cfg(tmp_path, lvis_set):
     assert register_from_cfg(_cfg()).DATASETS.TRAIN == get_cfg().DATASETS.TRAIN  # NAME unset
 
-    train_json, train_images = _write_set(str(tmp_path / "train"))
-    test_json, test_images = _write_set(str(tmp_path / "test"), layout="coco_url")
+    train_json, train_images = lvis_set.write(str(tmp_path / "train"))
+    test_json, test_images = lvis_set.write(str(tmp_path / "test"), layout="coco_url")
     name = _unique("shapes")
     cfg = _cfg(
         NAME=name,
@@ -277,8 +177,8 @@ def test_register_from_cfg(tmp_path):
     register_from_cfg(cfg.clone())  # a second call (e.g. in each worker) is harmless
 
 
-def test_register_from_cfg_names_the_bad_option(tmp_path):
-    json_file, _ = _write_set(str(tmp_path))
+def test_register_from_cfg_names_the_bad_option(tmp_path, lvis_set):
+    json_file, _ = lvis_set.write(str(tmp_path))
     with pytest.raises(ValueError, match="TRAIN_JSON nor DATASETS.GRIDCLIP.TEST_JSON"):
         register_from_cfg(_cfg(NAME=_unique("x")))
     with pytest.raises(ValueError, match="DATASETS.GRIDCLIP.TRAIN_IMAGES"):
@@ -293,11 +193,13 @@ def test_register_from_cfg_names_the_bad_option(tmp_path):
         )
 
 
-def test_register_from_cfg_open_vocabulary_split_and_test_frequencies(tmp_path):
-    train_json, train_images = _write_set(str(tmp_path / "train"))
+def test_register_from_cfg_open_vocabulary_split_and_test_frequencies(tmp_path, lvis_set):
+    train_json, train_images = lvis_set.write(str(tmp_path / "train"))
     # A small test set whose json has no frequencies: its own counts would make every class rare.
-    no_freq = [{"id": c["id"], "name": c["name"]} for c in CATEGORIES]
-    test_json, test_images = _write_set(str(tmp_path / "test"), categories=no_freq, complete=False)
+    no_freq = [{"id": c["id"], "name": c["name"]} for c in lvis_set.CATEGORIES]
+    test_json, test_images = lvis_set.write(
+        str(tmp_path / "test"), categories=no_freq, complete=False
+    )
     name = _unique("split")
     cfg = _cfg(
         NAME=name,
@@ -319,8 +221,8 @@ def test_register_from_cfg_open_vocabulary_split_and_test_frequencies(tmp_path):
     assert MetadataCatalog.get(f"{name}_test").class_frequency == ["f", "c", "r"]
 
     # "auto": the categories without training annotations, written back as names.
-    no_kite = [a for a in ANNOTATIONS if a[1] != 7]
-    auto_json, auto_images = _write_set(str(tmp_path / "auto"), annotations=no_kite)
+    no_kite = [a for a in lvis_set.ANNOTATIONS if a[1] != 7]
+    auto_json, auto_images = lvis_set.write(str(tmp_path / "auto"), annotations=no_kite)
     name = _unique("auto")
     cfg = _cfg(NAME=name, TRAIN_JSON=auto_json, TRAIN_IMAGES=auto_images, NOVEL_CLASSES=["auto"])
     register_from_cfg(cfg)
@@ -344,9 +246,9 @@ def test_register_from_cfg_open_vocabulary_split_and_test_frequencies(tmp_path):
         register_from_cfg(_cfg(NOVEL_CLASSES=["kite"]))
 
 
-def test_register_from_cfg_without_training_images(tmp_path):
+def test_register_from_cfg_without_training_images(tmp_path, lvis_set):
     """An evaluation or the demo needs the training set's classes and split, not its images."""
-    train_json, train_images = _write_set(str(tmp_path / "train"), skip_images=(0, 1, 2))
+    train_json, train_images = lvis_set.write(str(tmp_path / "train"), skip_images=(0, 1, 2))
     name = _unique("gone")
     opts = dict(NAME=name, TRAIN_JSON=train_json, TRAIN_IMAGES=train_images)
     with pytest.raises(FileNotFoundError, match="3 of the 3 images"):
@@ -362,21 +264,3 @@ def test_register_from_cfg_without_training_images(tmp_path):
         check_train_images=False,
     )
     assert f"{name}_train" not in DatasetCatalog.list()
-
-
-def test_non_utf8_json_and_invalid_names_are_named(tmp_path):
-    json_file, image_root = _write_set(str(tmp_path))
-    latin1 = tmp_path / "latin1.json"
-    latin1.write_bytes(
-        open(json_file, "rb")
-        .read()
-        .replace(b'"kite"', '"cerf-volant \u00e9t\u00e9"'.encode("latin-1"))
-    )
-    with pytest.raises(ValueError, match=r"latin1.json' is not UTF-8 text"):
-        register_lvis_format(_unique("latin1"), str(latin1), image_root)
-    surrogate = tmp_path / "surrogate.json"
-    surrogate.write_text(open(json_file).read().replace('"kite"', '"ki\\udc80te"'))
-    with pytest.raises(
-        ValueError, match=r"category 7 has name 'ki\\udc80te', which is not valid Unicode"
-    ):
-        register_lvis_format(_unique("surrogate"), str(surrogate), image_root)
