@@ -7,11 +7,11 @@ found.
     # then open http://127.0.0.1:7860
 
 A local Gradio page (nothing is sent anywhere: Gradio's analytics are off and no share link is
-made). The model is loaded once (:class:`gridclip_d2.GridCLIPPredictor`); each vocabulary's text
-embeddings are computed once and cached. The page shows the image with the detections drawn by
-Detectron2's ``Visualizer`` and a table of them (class, score, box), one box and one label per
-object (MODEL.GRIDCLIP.DISPLAY). A missing image, an unreadable upload or an empty vocabulary is
-answered with a message on the page.
+made). The model is loaded once (:class:`gridclip_d2.GridCLIPPredictor`); the text embeddings of
+the vocabularies used last are cached. The text box takes class names only (never a file on the
+server). The page shows the image with the detections drawn by Detectron2's ``Visualizer`` and a
+table of them (class, score, box), one box and one label per object (MODEL.GRIDCLIP.DISPLAY). A
+missing image, an unreadable upload or an empty vocabulary is answered with a message on the page.
 """
 
 import argparse
@@ -63,6 +63,14 @@ def tolerant_image(**kwargs) -> gr.Image:
     return image
 
 
+def vocabulary_from_text(text: Optional[str]) -> List[str]:
+    """The class names typed in the page's text box: comma-separated names only (a name ending in
+    .txt, .json or .npy is a name, never a file on the server). Raises ValueError for an empty
+    vocabulary or a name given twice."""
+    names, _ = parse_vocabulary((text or "").split(","))
+    return names
+
+
 class DetectionPage:
     """What the page does, apart from the page itself (so tests can call it directly)."""
 
@@ -85,30 +93,25 @@ class DetectionPage:
                 "Upload a JPEG or PNG.",
             )
         try:
-            names, _ = parse_vocabulary(vocabulary or "")
+            names = vocabulary_from_text(vocabulary)
         except ValueError as e:
             return (
                 None,
                 [],
                 f'Vocabulary: {e}. Type class names separated by commas, e.g. "cat, dog".',
             )
-        image = np.asarray(image)
-        if image.ndim == 3 and image.shape[2] == 4:
-            image = image[:, :, :3]
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            return (
-                None,
-                [],
-                f"Cannot use this image (an array of shape {image.shape}, {image.dtype}).",
-            )
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
+        try:
+            image = self.predictor.as_model_array(np.asarray(image), format="RGB")
+        except ValueError as e:
+            return None, [], f"Cannot use this image: {e}."
+        model_format = self.predictor.input_format
+        rgb = image if model_format == "RGB" else image[:, :, ::-1]
         start = time.time()
         with self.lock:
             self.predictor.set_vocabulary(names)
             self.predictor.score_thresh = float(threshold)
-            instances = self.predictor(image, format="RGB")
-        drawn = draw_instances(image, instances, names).get_image()
+            instances = self.predictor(image, format=model_format)
+        drawn = draw_instances(rgb, instances, names).get_image()
         rows = [
             [name, round(float(score), 3), *[round(float(v), 1) for v in box]]
             for name, score, box in zip(

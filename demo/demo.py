@@ -32,7 +32,7 @@ from predictor import VisualizationDemo  # noqa: E402
 
 from gridclip_d2.data.vocabulary import get_vocabulary  # noqa: E402
 from gridclip_d2.engine import setup_cfg as setup_cfg_for  # noqa: E402
-from gridclip_d2.modeling.model_vocabulary import read_sidecar  # noqa: E402
+from gridclip_d2.predictor import config_with_vocabulary  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
@@ -86,17 +86,13 @@ def get_parser():
 def setup_cfg(args):
     """The config for inference (``gridclip_d2.engine.setup_cfg``: no training data, no teacher, CPU
     when there is no CUDA). A vocabulary given on the command line becomes the model's
-    (MODEL.GRIDCLIP.CLASS_NAMES): it is embedded once when the model is built, and the config's
-    TEXT_EMBEDDINGS file is only used when its sidecar lists exactly these names."""
+    (``gridclip_d2.predictor.config_with_vocabulary``: MODEL.GRIDCLIP.CLASS_NAMES, embedded once
+    when the model is built; the config's TEXT_EMBEDDINGS file is only used when its sidecar lists
+    exactly these names)."""
     vocabulary = vocabulary_names(args)
     cfg = setup_cfg_for(args.config_file, args.opts, mode="inference", freeze=False)
     if vocabulary is not None:
-        cfg.MODEL.GRIDCLIP.VOCABULARY = ""
-        cfg.MODEL.GRIDCLIP.CLASS_NAMES = list(vocabulary)
-        path = cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS
-        sidecar = read_sidecar(path) if path and os.path.isfile(path) else None
-        if sidecar is None or list(sidecar["names"]) != list(vocabulary):
-            cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = ""
+        cfg = config_with_vocabulary(cfg, vocabulary)
     cfg.freeze()
     return cfg
 

@@ -5,13 +5,12 @@ test-time resize, any vocabulary, one box and one label per object: the display 
 MODEL.GRIDCLIP.DISPLAY) and draws the result, labelling boxes with the predictor's vocabulary.
 """
 
-import hashlib
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
 from detectron2.structures import Instances
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
@@ -21,14 +20,10 @@ from gridclip_d2.predictor import GridCLIPPredictor
 __all__ = ["VisualizationDemo", "draw_instances", "vocabulary_metadata"]
 
 
-def vocabulary_metadata(names: Sequence[str]):
-    """A MetadataCatalog entry whose ``thing_classes`` are ``names`` (one entry per vocabulary:
-    Detectron2's metadata refuses to change a key once set)."""
-    digest = hashlib.sha1("\n".join(names).encode()).hexdigest()[:12]
-    meta = MetadataCatalog.get(f"__gridclip_demo_vocabulary_{digest}")
-    if not meta.get("thing_classes"):
-        meta.set(thing_classes=list(names))
-    return meta
+def vocabulary_metadata(names: Sequence[str]) -> Metadata:
+    """Metadata whose ``thing_classes`` are ``names``, for the Visualizer: not registered in
+    Detectron2's MetadataCatalog, so a page that sees many vocabularies adds nothing global."""
+    return Metadata(thing_classes=list(names))
 
 
 def draw_instances(
@@ -57,8 +52,6 @@ class VisualizationDemo:
         confidence_threshold: Optional[float] = None,
         instance_mode=ColorMode.IMAGE,
     ):
-        if vocabulary is not None and not list(vocabulary):
-            raise ValueError("the vocabulary is empty: give at least one class name")
         self.predictor = GridCLIPPredictor(cfg, vocabulary, score_thresh=confidence_threshold)
         self.instance_mode = instance_mode
 

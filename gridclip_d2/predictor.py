@@ -9,9 +9,9 @@
 
 Like Detectron2's ``DefaultPredictor`` (model built and weights loaded once, test-time resize, eval
 mode), plus what open-vocabulary use needs: any vocabulary (names, a ``.npy`` of text embeddings
-with its sidecar, a names file), changed without reloading the model, with each vocabulary's text
-embeddings cached; RGB or BGR arrays, PIL images or paths; several images in batches; and class
-names on every detection (``instances.pred_class_names``).
+with its sidecar, a names file), changed without reloading the model, with the text embeddings of
+the vocabularies used last cached; RGB or BGR arrays, PIL images or paths; several images in
+batches; and class names on every detection (``instances.pred_class_names``).
 
 What it returns by default is what a person looks at: one box and one label per object. The model's
 own output follows the LVIS protocol (300 detections per image down to score 1e-4, class-aware NMS),
@@ -21,28 +21,31 @@ than ``nms_thresh`` IoU (MODEL.GRIDCLIP.DISPLAY). ``display=False`` returns the 
 is.
 """
 
+import collections
+import contextlib
+import itertools
 import logging
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence as SequenceABC
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
+from detectron2.data.detection_utils import convert_PIL_to_numpy, read_image
 from detectron2.layers import nms
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
+from .data.vocabulary import get_vocabulary
 from .engine.checkpointer import GridCLIPCheckpointer
 from .engine.setup import setup_cfg
-from .modeling.clip_text import prompts_from_cfg
-from .modeling.clip_weights import clip_state_dict_from_cfg, text_fingerprint
-from .modeling.model_vocabulary import check_sidecar, read_sidecar
-from .modeling.text_classifier import load_text_embeddings
+from .modeling.model_vocabulary import read_sidecar, read_vocabulary_file
+from .modeling.text_classifier import checked_text_embeddings
 
-__all__ = ["ClassNames", "GridCLIPPredictor", "parse_vocabulary"]
+__all__ = ["ClassNames", "GridCLIPPredictor", "config_with_vocabulary", "parse_vocabulary"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,56 +53,113 @@ ImageLike = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image"]  # noqa: F821
 VocabularyLike = Union[Sequence[str], str, os.PathLike]
 
 
-class ClassNames(list):
-    """A list of class names that ``Instances`` can index like its tensors (a boolean mask, an
-    index tensor or array, a slice) and concatenate: Detectron2's ``Instances`` indexes every field
-    with the same index, which a plain list does not accept. Written here: Detectron2 has no such
-    field type."""
+class ClassNames(SequenceABC):
+    """The class names of detections, a sequence that ``Instances`` can index like its tensors (a
+    boolean mask, an index tensor or array, a slice) and concatenate: Detectron2's ``Instances``
+    indexes every field with the same index, which a plain list does not accept. Not a ``list``
+    subclass: ``Instances.cat`` turns a list field into a plain list, and calls ``cat`` of any other
+    type. Equal to a list of the same names. Written here: Detectron2 has no such field type."""
+
+    def __init__(self, names: Iterable[str] = ()):
+        self._names = list(names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
 
     def __getitem__(self, item):
         if isinstance(item, (int, np.integer)):
-            return list.__getitem__(self, int(item))
+            return self._names[int(item)]
         if isinstance(item, slice):
-            return ClassNames(list.__getitem__(self, item))
+            return ClassNames(self._names[item])
         index = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item)
         if index.dtype == torch.bool:
             if index.numel() != len(self):
                 raise IndexError(f"boolean index of {index.numel()} entries for {len(self)} names")
             index = index.nonzero().flatten()
-        return ClassNames(list.__getitem__(self, int(i)) for i in index.flatten().tolist())
+        return ClassNames(self._names[int(i)] for i in index.flatten().tolist())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, ClassNames):
+            return self._names == other._names
+        if isinstance(other, list):
+            return self._names == other
+        return NotImplemented
+
+    __hash__ = None  # mutable-list semantics: equal to lists, so not hashable
+
+    def __repr__(self) -> str:
+        return f"ClassNames({self._names!r})"
 
     @staticmethod
     def cat(lists: Sequence["ClassNames"]) -> "ClassNames":
         return ClassNames(name for names in lists for name in names)
 
 
+def _npy_path(vocabulary: VocabularyLike) -> Optional[str]:
+    if isinstance(vocabulary, (str, os.PathLike)) and os.fspath(vocabulary).endswith(".npy"):
+        return os.fspath(vocabulary)
+    return None
+
+
 def parse_vocabulary(vocabulary: VocabularyLike) -> Tuple[Optional[List[str]], Optional[str]]:
     """``(names, npy_path)`` of a vocabulary given as a list of names, a comma-separated string, a
     ``.txt`` file (one name a line), a ``.json`` list of names, or a text-embedding ``.npy`` (whose
-    sidecar names its rows; ``names`` is None when it has none)."""
+    sidecar names its rows; ``names`` is None when it has none). Names are parsed by
+    ``get_vocabulary("custom", ...)``, as the demo does: stripped, blank ones and ``#`` comments
+    skipped, a name given twice refused. A list is names only, never a path."""
+    npy = _npy_path(vocabulary)
+    if npy is not None:
+        if not os.path.isfile(npy):
+            raise FileNotFoundError(f"vocabulary: no such text-embedding file: {npy}")
+        meta = read_sidecar(npy)
+        return (list(meta["names"]) if meta else None), npy
     if isinstance(vocabulary, (str, os.PathLike)):
         text = os.fspath(vocabulary)
-        if text.endswith(".npy"):
-            if not os.path.isfile(text):
-                raise FileNotFoundError(f"vocabulary: no such text-embedding file: {text}")
-            meta = read_sidecar(text)
-            return (list(meta["names"]) if meta else None), text
-        if text.endswith((".txt", ".json")) and os.path.isfile(text):
-            from .data.vocabulary import get_vocabulary
-
-            return [c["name"] for c in get_vocabulary("custom", file=text)], None
         if text.endswith((".txt", ".json")):
-            raise FileNotFoundError(f"vocabulary: no such names file: {text}")
-        names = [n.strip() for n in text.split(",")]
+            if not os.path.isfile(text):
+                raise FileNotFoundError(f"vocabulary: no such names file: {text}")
+            return read_vocabulary_file(text), None
+        custom = text
     else:
-        names = [str(n).strip() for n in vocabulary]
-    names = [n for n in names if n]
-    if not names:
+        custom = [str(n) for n in vocabulary]
+    joined = custom if isinstance(custom, str) else ",".join(custom)
+    if not joined.replace(",", " ").strip():
         raise ValueError("the vocabulary is empty: give at least one class name")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"the vocabulary names {duplicates} more than once")
-    return names, None
+    try:
+        entries = get_vocabulary("custom", custom=custom)
+    except ValueError as e:  # a name given twice, or nothing but "#" comments
+        raise ValueError(
+            f"the vocabulary must not name a class more than once, nor hold only '#' comments: {e}"
+        ) from None
+    return [c["name"] for c in entries], None
+
+
+def config_with_vocabulary(cfg: CfgNode, vocabulary: VocabularyLike) -> CfgNode:
+    """A clone of ``cfg`` whose model is built with ``vocabulary`` (see
+    :meth:`GridCLIPPredictor.set_vocabulary`) instead of the config's: the names go to
+    MODEL.GRIDCLIP.CLASS_NAMES (VOCABULARY cleared), and are embedded when the model is built;
+    the config's TEXT_EMBEDDINGS is only kept when its sidecar lists exactly these names (so a
+    missing or other-vocabulary file, e.g. LVIS's, is neither needed nor embedded to be thrown
+    away). A text-embedding ``.npy`` becomes TEXT_EMBEDDINGS, its sidecar's names CLASS_NAMES."""
+    names, npy = parse_vocabulary(vocabulary)
+    if npy is not None and names is None:
+        raise ValueError(f"{npy} has no sidecar naming its rows: pass the names as a list instead")
+    cfg = cfg.clone()
+    cfg.defrost()
+    g = cfg.MODEL.GRIDCLIP
+    g.VOCABULARY = ""
+    g.CLASS_NAMES = list(names)
+    if npy is not None:
+        g.TEXT_EMBEDDINGS = npy
+    elif g.TEXT_EMBEDDINGS:
+        path = g.TEXT_EMBEDDINGS
+        sidecar = read_sidecar(path) if os.path.isfile(path) else None
+        if sidecar is None or list(sidecar["names"]) != list(names):
+            g.TEXT_EMBEDDINGS = ""
+    return cfg
 
 
 class GridCLIPPredictor:
@@ -109,10 +169,15 @@ class GridCLIPPredictor:
         cfg: a GridCLIP config (e.g. from :func:`gridclip_d2.engine.setup_cfg` with
             ``mode="inference"``); MODEL.WEIGHTS is loaded, INPUT.MIN/MAX_SIZE_TEST resize.
         vocabulary: the classes to detect (see :meth:`set_vocabulary`); None = the model's own.
+            Given, the model is built with it (:func:`config_with_vocabulary`): the config's
+            vocabulary is never embedded or loaded.
         score_thresh, nms_thresh: display filtering (module docstring); None = the config's
             MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH / NMS_THRESH.
         batch_size: images per forward pass in :meth:`predict`.
     """
+
+    #: how many vocabularies' text embeddings are kept (least recently used dropped first)
+    cache_size = 16
 
     def __init__(
         self,
@@ -123,9 +188,23 @@ class GridCLIPPredictor:
         nms_thresh: Optional[float] = None,
         batch_size: int = 4,
     ):
-        self.cfg = cfg.clone()
+        self.cfg = (
+            config_with_vocabulary(cfg, vocabulary) if vocabulary is not None else cfg.clone()
+        )
         self.cfg.freeze()
-        self.model = build_model(self.cfg).eval()
+        cfg = self.cfg
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(
+                f"INPUT.FORMAT must be RGB or BGR for the predictor, got {self.input_format!r}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        display = cfg.MODEL.GRIDCLIP.DISPLAY
+        self.score_thresh = float(display.SCORE_THRESH if score_thresh is None else score_thresh)
+        self.nms_thresh = float(display.NMS_THRESH if nms_thresh is None else nms_thresh)
+        self.model = build_model(cfg).eval()
         if cfg.MODEL.WEIGHTS:
             GridCLIPCheckpointer(self.model, allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS).load(
                 cfg.MODEL.WEIGHTS
@@ -133,29 +212,15 @@ class GridCLIPPredictor:
         else:
             logger.warning("MODEL.WEIGHTS is empty: the detector's head is untrained")
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-        self.input_format = cfg.INPUT.FORMAT
-        if self.input_format not in ("RGB", "BGR"):
-            raise ValueError(
-                f"INPUT.FORMAT must be RGB or BGR for the predictor, got {self.input_format!r}"
-            )
-        display = cfg.MODEL.GRIDCLIP.DISPLAY
-        self.score_thresh = float(display.SCORE_THRESH if score_thresh is None else score_thresh)
-        self.nms_thresh = float(display.NMS_THRESH if nms_thresh is None else nms_thresh)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
-        # Text embeddings of every vocabulary used so far (C x D, on the CPU), by names.
-        self._embeddings: Dict[Tuple[str, ...], torch.Tensor] = {}
-        if self.model.vocabulary:
-            self._embeddings[tuple(self.model.vocabulary)] = (
-                self.model.head.classifier.embeddings.cpu()
-            )
-        if vocabulary is not None:
-            self.set_vocabulary(vocabulary)
         if not self.model.vocabulary:
             raise ValueError(
                 "the model's vocabulary has no names: give the names to label boxes with"
             )
+        # Text embeddings (C x D, on the CPU) of the vocabularies used last, by names.
+        self._embeddings: "collections.OrderedDict[Tuple[str, ...], torch.Tensor]" = (
+            collections.OrderedDict()
+        )
+        self._remember(self.model.vocabulary, self.model.head.classifier.embeddings)
 
     @classmethod
     def from_config_file(
@@ -190,37 +255,43 @@ class GridCLIPPredictor:
         """Detect ``vocabulary`` from now on: a list of names, a comma-separated string, a ``.txt``
         / ``.json`` names file, or a ``.npy`` of text embeddings from
         ``tools/dump_text_embeddings.py`` (its sidecar must match this model's CLIP and prompts).
-        Names are embedded with the model's CLIP text encoder once; a vocabulary used before is
-        taken from the cache. The model is not reloaded."""
-        names, npy = parse_vocabulary(vocabulary)
+        Names are embedded with the model's CLIP text encoder once; the text embeddings of the last
+        :attr:`cache_size` vocabularies are cached. The model is not reloaded."""
+        npy = _npy_path(vocabulary)
         if npy is not None:
-            if names is None:
-                raise ValueError(
-                    f"{npy} has no sidecar naming its rows: pass the names as a list instead"
-                )
-            if tuple(names) not in self._embeddings:
-                check_sidecar(
-                    npy,
-                    read_sidecar(npy),
-                    names=names,
-                    names_source="its own names",
-                    arch=self.cfg.MODEL.CLIP.ARCH,
-                    fingerprint=text_fingerprint(clip_state_dict_from_cfg(self.cfg)),
-                    prompts=prompts_from_cfg(self.cfg),
-                )
-                self._embeddings[tuple(names)] = load_text_embeddings(npy, expected_rows=len(names))
+            names, embeddings = checked_text_embeddings(
+                self.cfg, npy, names=None, names_source="its own names"
+            )
+            self._remember(names, embeddings)
+        else:
+            names, _ = parse_vocabulary(vocabulary)
         key = tuple(names)
         if key == tuple(self.model.vocabulary or ()):
+            self._remember(names, self.model.head.classifier.embeddings)
             return
-        if key in self._embeddings:
-            self.model.set_vocabulary(names=names, embeddings=self._embeddings[key])
+        cached = self._embeddings.get(key)
+        if cached is not None:
+            self.model.set_vocabulary(names=names, embeddings=cached)
         else:
             self.model.set_vocabulary(names=names)
-            self._embeddings[key] = self.model.head.classifier.embeddings.cpu()
+        self._remember(names, self.model.head.classifier.embeddings)
+
+    def _remember(self, names: Sequence[str], embeddings: torch.Tensor) -> None:
+        """Cache ``embeddings`` of ``names`` as the most recently used; drop the least recently
+        used beyond :attr:`cache_size`."""
+        key = tuple(names)
+        if key not in self._embeddings:
+            self._embeddings[key] = embeddings.detach().cpu()
+        self._embeddings.move_to_end(key)
+        while len(self._embeddings) > max(1, int(self.cache_size)):
+            self._embeddings.popitem(last=False)
 
     # ------------------------------------------------------------------ inference
-    def _to_model_format(self, image: ImageLike, format: str) -> np.ndarray:
-        """H x W x 3 uint8 in INPUT.FORMAT; ``format`` is that of an array input."""
+    def as_model_array(self, image: ImageLike, format: str = "BGR") -> np.ndarray:
+        """``image`` as the model takes it: H x W x 3 uint8 in INPUT.FORMAT. ``image``: a path, a
+        PIL image, or an H x W (grey), H x W x 3 or H x W x 4 (alpha dropped) uint8 array in
+        ``format`` ("RGB" or "BGR"). Raises FileNotFoundError for a missing file, ValueError for an
+        unreadable one or an unusable array, TypeError for anything else."""
         if isinstance(image, (str, os.PathLike)):
             path = os.fspath(image)
             if not os.path.isfile(path):
@@ -235,7 +306,7 @@ class GridCLIPPredictor:
                     "image: expected a path, a numpy array or a PIL image, "
                     f"got {type(image).__name__}"
                 )
-            image, format = np.asarray(image.convert("RGB")), "RGB"
+            image, format = convert_PIL_to_numpy(image, self.input_format), self.input_format
         if format not in ("RGB", "BGR"):
             raise ValueError(f"format must be 'RGB' or 'BGR', got {format!r}")
         if image.ndim == 2:
@@ -260,41 +331,56 @@ class GridCLIPPredictor:
         instances = instances[instances.scores >= self.score_thresh]
         return instances[nms(instances.pred_boxes.tensor, instances.scores, self.nms_thresh)]
 
+    @contextlib.contextmanager
+    def decoding_for_display(self, display: bool = True) -> Iterator[None]:
+        """Within it, the model decodes only the scores :meth:`display_filter` keeps (with
+        ``display``; without, the model's own protocol threshold); restored on leaving.
+
+        Decoding only the displayed scores gives the same boxes: NMS is greedy by score, so
+        lower-scoring boxes never suppress higher ones, and the per-level top-k only gains room.
+        The model keeps scores > its threshold, the display those >= ``score_thresh``: the model's
+        threshold becomes the float32 just below ``score_thresh`` (never lower than its own)."""
+        protocol_thresh = self.model.test_score_thresh
+        if display:
+            below = float(np.nextafter(np.float32(self.score_thresh), np.float32(-np.inf)))
+            self.model.test_score_thresh = max(protocol_thresh, below)
+        try:
+            yield
+        finally:
+            self.model.test_score_thresh = protocol_thresh
+
     @torch.no_grad()
     def predict(
         self, images: Iterable[ImageLike], format: str = "BGR", display: bool = True
     ) -> List[Instances]:
         """Detections in each image (paths, PIL images, or H x W x 3 uint8 arrays in ``format``:
-        "BGR" as OpenCV reads them, "RGB" as PIL / matplotlib do), ``batch_size`` at a time.
+        "BGR" as OpenCV reads them, "RGB" as PIL / matplotlib do), ``batch_size`` at a time
+        (images are read and converted one batch at a time).
 
         Returns: one ``Instances`` per image, on the CPU, in the image's own pixel coordinates:
         ``pred_boxes`` (XYXY), ``scores``, ``pred_classes`` (indices into :attr:`vocabulary`) and
         ``pred_class_names``; sorted by score. ``display=False``: the model's LVIS-protocol output.
         """
-        arrays = [self._to_model_format(image, format) for image in images]
-        results = []
-        protocol_thresh = self.model.test_score_thresh
-        # Decoding only the displayed scores gives the same boxes: NMS is greedy by score, so
-        # lower-scoring boxes never suppress higher ones, and the per-level top-k only gains room.
-        # (The model keeps scores > its threshold, the display those >= score_thresh.)
-        below = float(np.nextafter(np.float32(self.score_thresh), np.float32(-np.inf)))
-        self.model.test_score_thresh = max(protocol_thresh, below) if display else protocol_thresh
-        try:
-            outputs = []
-            for start in range(0, len(arrays), self.batch_size):
-                outputs += self.model(
-                    [self._inputs(a) for a in arrays[start : start + self.batch_size]]
-                )
-        finally:
-            self.model.test_score_thresh = protocol_thresh
         names = self.model.vocabulary
-        for output in outputs:
-            instances = output["instances"].to("cpu")
-            instances = instances[instances.scores.argsort(descending=True)]
-            if display:
-                instances = self.display_filter(instances)
-            instances.pred_class_names = ClassNames(names[int(c)] for c in instances.pred_classes)
-            results.append(instances)
+        results = []
+        images = iter(images)
+        with self.decoding_for_display(display):
+            while True:
+                batch = [
+                    self._inputs(self.as_model_array(image, format))
+                    for image in itertools.islice(images, self.batch_size)
+                ]
+                if not batch:
+                    break
+                for output in self.model(batch):
+                    instances = output["instances"].to("cpu")
+                    instances = instances[instances.scores.argsort(descending=True)]
+                    if display:
+                        instances = self.display_filter(instances)
+                    instances.pred_class_names = ClassNames(
+                        names[int(c)] for c in instances.pred_classes
+                    )
+                    results.append(instances)
         return results
 
     def __call__(self, image: ImageLike, format: str = "BGR", display: bool = True) -> Instances:

@@ -324,3 +324,46 @@ def test_no_display_asks_for_an_output_before_loading_anything(monkeypatch, imag
     monkeypatch.setattr(demo, "setup_cfg", lambda args: pytest.fail("the model must not be set up"))
     with pytest.raises(SystemExit, match="No display .* pass --output FOLDER"):
         demo.main(["--config-file", CONFIG, "--input", images[0]])
+
+
+def test_web_page_callback_takes_names_only(weights, images, tmp_path):
+    """demo/app.py's callback without a browser: the text box holds class names only (a name that
+    looks like a path is a name, no server file is read), bad input is answered with a message,
+    and no vocabulary is registered globally."""
+    from detectron2.data import MetadataCatalog
+
+    from gridclip_d2 import GridCLIPPredictor
+
+    spec = importlib.util.spec_from_file_location(
+        "gridclip_app", os.path.join(REPO, "demo", "app.py")
+    )
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    predictor = GridCLIPPredictor.from_config_file(CONFIG, weights=weights, opts=SMALL)
+    page = app.DetectionPage(predictor)
+    rgb = np.asarray(Image.open(images[0]).convert("RGB"))
+    secret = tmp_path / "classes.txt"
+    secret.write_text("secret class\n")
+    registered = len(MetadataCatalog.list())
+
+    for text in [f"{secret}, kite", "zebra.npy, cone.json,missing.txt"]:
+        drawn, rows, message = page.detect(rgb, text, 0.0)
+        names = [n.strip() for n in text.split(",")]
+        assert "detection(s) at score >= 0.00" in message, message
+        assert predictor.vocabulary == names and drawn.shape == rgb.shape
+        assert rows and {row[0] for row in rows} <= set(names)
+    assert app.vocabulary_from_text(" zebra ,, kite ") == ["zebra", "kite"]
+    assert len(MetadataCatalog.list()) == registered
+
+    _, _, message = page.detect(rgb, " , ", 0.5)
+    assert message.startswith("Vocabulary: the vocabulary is empty")
+    _, _, message = page.detect(rgb, "kite, zebra, kite", 0.5)
+    assert message.startswith("Vocabulary:") and "more than once" in message
+    _, _, message = page.detect(rgb.astype(np.float32), "kite", 0.5)
+    assert message.startswith("Cannot use this image: image: expected a uint8 array")
+    _, _, message = page.detect(np.zeros((4, 4, 2), np.uint8), "kite", 0.5)
+    assert message.startswith("Cannot use this image:")
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    for image in (rgba, rgb[:, :, 0]):  # alpha dropped, grey made three channels
+        drawn, _, message = page.detect(image, "kite", 0.0)
+        assert drawn.shape == rgb.shape and "detection(s)" in message

@@ -67,9 +67,7 @@ def test_exports_match_eager_inference(exported):
     )
     expected = predictor(PHOTO)  # the Python API on the photograph (512 x 600)
     assert len(expected) > 1
-    resized = predictor._inputs(predictor._to_model_format(PHOTO, "BGR"))[
-        "image"
-    ]  # the traced size
+    resized = predictor._inputs(predictor.as_model_array(PHOTO, "BGR"))["image"]  # the traced size
     np.save(out.parent / "resized.npy", resized.numpy())
     with torch.no_grad():
         expected_resized = export_model.DisplayDetector(predictor)(resized)
@@ -122,7 +120,7 @@ def test_onnx_runs_at_the_traced_size(exported):
     predictor = GridCLIPPredictor.from_config_file(
         CONFIG, weights=weights, vocabulary=VOCABULARY, score_thresh=0.1
     )
-    image = predictor._inputs(predictor._to_model_format(PHOTO, "BGR"))["image"]
+    image = predictor._inputs(predictor.as_model_array(PHOTO, "BGR"))["image"]
     assert tuple(image.shape) == (3, height, width)
     session = onnxruntime.InferenceSession(
         str(out / "model.onnx"), providers=["CPUExecutionProvider"]
@@ -162,3 +160,21 @@ def test_a_failed_check_keeps_the_previous_export(exported, tmp_path, monkeypatc
                 str(tmp_path),
             ]
         )
+
+
+def test_an_interrupted_export_leaves_nothing_behind(exported, monkeypatch):
+    """A failure inside the exporter itself (here an interrupt after a partial write) removes the
+    staged file and leaves --output as it was."""
+    out, _, args = exported
+    before = {name: hashlib.sha1((out / name).read_bytes()).hexdigest() for name in os.listdir(out)}
+
+    def partial_export(model, inputs, path, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half an ONNX file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.onnx, "export", partial_export)
+    with pytest.raises(KeyboardInterrupt):
+        export_model.main(args[:6] + ["--output", str(out), "--format", "onnx"] + args[6:])
+    after = {name: hashlib.sha1((out / name).read_bytes()).hexdigest() for name in os.listdir(out)}
+    assert after == before

@@ -14,6 +14,7 @@ from detectron2.structures import pairwise_iou
 
 from gridclip_d2 import GridCLIPPredictor
 from gridclip_d2.modeling import clip_text
+from gridclip_d2.predictor import ClassNames
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
@@ -168,3 +169,109 @@ def test_bad_input_is_named(predictor, tmp_path):
     with pytest.raises(ValueError, match="format"):
         predictor(np.zeros((8, 8, 3), np.uint8), format="rgb")
     assert predictor.vocabulary == VOCABULARY
+
+
+def test_a_vocabulary_is_built_in_without_the_configs_text_embeddings(
+    synthetic_weights, tmp_path, monkeypatch
+):
+    """Given a vocabulary, the model is built with it: the config's TEXT_EMBEDDINGS (here a missing
+    file, as the LVIS .npy on a machine without it) are neither read nor replaced by embedding the
+    config's classes."""
+    embedded = []
+    encode = clip_text.encode_names
+    monkeypatch.setattr(
+        clip_text,
+        "encode_names",
+        lambda enc, names, *a, **k: embedded.append(list(names)) or encode(enc, names, *a, **k),
+    )
+    opts = ["MODEL.GRIDCLIP.TEXT_EMBEDDINGS", str(tmp_path / "missing.npy")]
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        GridCLIPPredictor.from_config_file(CONFIG, weights=synthetic_weights, opts=opts)
+    embedded.clear()
+    predictor = GridCLIPPredictor.from_config_file(
+        CONFIG, weights=synthetic_weights, opts=opts, vocabulary=VOCABULARY, score_thresh=0.0
+    )
+    assert embedded == [VOCABULARY]  # only the names given, once
+    assert predictor.vocabulary == VOCABULARY and predictor.cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS == ""
+    instances = predictor(PHOTO)
+    assert len(instances) > 0 and set(instances.pred_class_names) <= set(VOCABULARY)
+
+
+def test_class_names_survive_instances_cat(predictor):
+    from detectron2.structures import Instances
+
+    one = predictor(PHOTO)[:4]
+    both = Instances.cat([one, one])
+    assert isinstance(both.pred_class_names, ClassNames)
+    assert both.pred_class_names == list(one.pred_class_names) * 2
+    keep = both.scores > float(one.scores[1]) - 1e-6
+    kept = both[keep]
+    assert len(kept) == int(keep.sum()) and list(kept.pred_class_names) == [
+        name for name, k in zip(both.pred_class_names, keep.tolist()) if k
+    ]
+    names = ClassNames(["a", "b", "c"])
+    assert names == ["a", "b", "c"] and names[1] == "b" and names[-1] == "c" and "c" in names
+    assert names[1:] == ["b", "c"] and names[np.array([2, 0])] == ["c", "a"]
+    assert names[torch.tensor([True, False, True])] == ["a", "c"]
+    assert repr(names) == "ClassNames(['a', 'b', 'c'])"
+    with pytest.raises(IndexError, match="boolean index of 2 entries for 3 names"):
+        names[torch.tensor([True, False])]
+
+
+def test_images_are_converted_one_batch_at_a_time(predictor, monkeypatch):
+    converted, seen_by_model = [], []
+    as_model_array = predictor.as_model_array
+    monkeypatch.setattr(
+        predictor,
+        "as_model_array",
+        lambda image, format: converted.append(1) or as_model_array(image, format),
+    )
+    forward = predictor.model.forward
+    monkeypatch.setattr(
+        predictor.model,
+        "forward",
+        lambda inputs: seen_by_model.append(len(converted)) or forward(inputs),
+    )
+    rgb = np.asarray(Image.open(PHOTO).convert("RGB"))
+    results = predictor.predict((rgb for _ in range(5)), format="RGB")  # batches of 2
+    assert seen_by_model == [2, 4, 5] and len(results) == 5
+    for instances in results:
+        assert torch.equal(instances.scores, instances.scores.sort(descending=True).values)
+
+
+def test_decoding_for_display_restores_the_models_threshold(predictor, monkeypatch):
+    monkeypatch.setattr(predictor, "score_thresh", 0.5)
+    protocol = predictor.model.test_score_thresh
+    assert protocol < 0.5
+    with predictor.decoding_for_display():
+        # the model keeps scores > its threshold: exactly the float32 scores >= 0.5
+        below = np.float32(predictor.model.test_score_thresh)
+        assert below < np.float32(0.5) == np.nextafter(below, np.float32(1))
+    assert predictor.model.test_score_thresh == protocol
+    with pytest.raises(KeyError):
+        with predictor.decoding_for_display():
+            raise KeyError("inside")
+    assert predictor.model.test_score_thresh == protocol
+    with predictor.decoding_for_display(display=False):
+        assert predictor.model.test_score_thresh == protocol
+
+
+def test_the_embedding_cache_is_bounded(predictor, monkeypatch):
+    monkeypatch.setattr(predictor, "cache_size", 2)
+    for vocabulary in (["zebra"], ["kite"], ["flag"], VOCABULARY):
+        predictor.set_vocabulary(vocabulary)
+    assert list(predictor._embeddings) == [("flag",), tuple(VOCABULARY)]
+    assert predictor.vocabulary == VOCABULARY
+
+
+def test_the_image_conversion_is_public(predictor):
+    rgba = np.zeros((6, 5, 4), np.uint8)
+    rgba[..., 0] = 200
+    assert predictor.as_model_array(rgba, "RGB").shape == (6, 5, 3)
+    assert predictor.as_model_array(rgba, "BGR")[0, 0].tolist() == [0, 0, 200]  # model takes RGB
+    assert predictor.as_model_array(np.full((6, 5), 7, np.uint8), "RGB").shape == (6, 5, 3)
+    assert predictor.as_model_array(Image.fromarray(rgba).convert("L"), "RGB").shape == (6, 5, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        predictor.as_model_array(np.zeros((6, 5, 3), np.float32), "RGB")
+    with pytest.raises(TypeError, match="expected a path"):
+        predictor.as_model_array(3, "RGB")

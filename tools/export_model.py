@@ -21,8 +21,9 @@ the image to fit that size (aspect kept, padded) and maps the boxes back. ``mode
 exactly that size (ONNX Runtime refuses others); resize and pad before, as ``model.json`` says.
 
 After export, each file is run on the sample image and its boxes, scores and classes are compared
-with eager inference (``--atol``); a mismatch is an error and removes nothing already there: files
-are written to temporary names and renamed only once they pass.
+with eager inference (``--atol``); a mismatch (or any other failure) is an error and changes nothing
+already there: files are written to temporary names, renamed only once every one passes, and
+removed otherwise.
 
 Detectron2's ``TracingAdapter`` flattens the model's inputs and outputs for ``torch.jit.trace``;
 ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``, opset 17).
@@ -39,7 +40,6 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from detectron2.data.detection_utils import read_image
 from detectron2.export import TracingAdapter
 from detectron2.utils.logger import setup_logger
 
@@ -145,34 +145,29 @@ def export_torchscript(
     height, width = image.shape[-2:]
     mean = [float(v) for v in detector.model.pixel_mean.flatten()]
     traced = torch.jit.script(LetterboxDetector(traced, int(height), int(width), mean))
-    atomic_write(
-        path, lambda f: torch.jit.save(traced, f, _extra_files={"model.json": json.dumps(meta)})
-    )
+    torch.jit.save(traced, path, _extra_files={"model.json": json.dumps(meta)})
 
 
 def export_onnx(detector: DisplayDetector, image: torch.Tensor, path: str, meta: Dict) -> None:
     import onnx
 
     adapter = TracingAdapter(detector, image)
-    tmp = path + ".tmp"
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter(
-            "ignore", DeprecationWarning
-        )  # the TorchScript-based exporter is asked for
+        # the TorchScript-based exporter is asked for
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             adapter,
             adapter.flattened_inputs,
-            tmp,
+            path,
             dynamo=False,
             opset_version=17,
             input_names=["image"],
             output_names=list(OUTPUT_NAMES),
         )
-    model = onnx.load(tmp)
+    model = onnx.load(path)
     onnx.helper.set_model_props(model, {"model.json": json.dumps(meta)})
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
+    onnx.save(model, path)
 
 
 def run_torchscript(path: str, image: torch.Tensor):
@@ -230,15 +225,12 @@ def main(argv=None) -> Dict[str, str]:
         raise SystemExit(f"--output: {args.output} is a file; give a folder")
     cfg = setup_cfg(args.config_file, args.opts + ["MODEL.DEVICE", "cpu"], mode="inference")
     predictor = GridCLIPPredictor(cfg, args.vocabulary or None, score_thresh=args.score_thresh)
-    model_input = predictor._inputs(read_image(args.sample_image, format=predictor.input_format))[
-        "image"
-    ]
-    # The display threshold is applied where the model decodes (as the predictor does).
-    predictor.model.test_score_thresh = max(
-        predictor.model.test_score_thresh, predictor.score_thresh
-    )
+    try:
+        sample = predictor.as_model_array(args.sample_image)
+    except ValueError as e:
+        raise SystemExit(f"--sample-image: {e}") from None
+    model_input = predictor._inputs(sample)["image"]
     detector = DisplayDetector(predictor).eval()
-    expected = eager_outputs(predictor, model_input)
     height, width = model_input.shape[-2:]
     meta = {
         "class_names": predictor.vocabulary,
@@ -262,24 +254,36 @@ def main(argv=None) -> Dict[str, str]:
         "weights": cfg.MODEL.WEIGHTS,
     }
     os.makedirs(args.output, exist_ok=True)
-    written = {}
     formats = ["torchscript", "onnx"] if args.format == "both" else [args.format]
+    paths = {
+        fmt: os.path.join(args.output, "model.ts" if fmt == "torchscript" else "model.onnx")
+        for fmt in formats
+    }
+    # Every format is written to PATH.new, run and compared with eager inference; only when all
+    # pass do they replace what --output holds. Any failure (or an interrupt) removes them.
+    staged = {fmt: path + ".new" for fmt, path in paths.items()}
+    try:
+        # The display threshold is applied where the model decodes, as the predictor does.
+        with predictor.decoding_for_display():
+            expected = eager_outputs(predictor, model_input)
+            for fmt in formats:
+                export = export_torchscript if fmt == "torchscript" else export_onnx
+                export(detector, model_input, staged[fmt], meta)
+                got = (run_torchscript if fmt == "torchscript" else run_onnx)(
+                    staged[fmt], model_input
+                )
+                compare(f"{fmt} export", got, expected, args.atol)
+    except BaseException:
+        for path in staged.values():
+            if os.path.exists(path):
+                os.remove(path)
+        raise
+    written = {}
     for fmt in formats:
-        path = os.path.join(args.output, "model.ts" if fmt == "torchscript" else "model.onnx")
-        staged = path + ".new"
-        (export_torchscript if fmt == "torchscript" else export_onnx)(
-            detector, model_input, staged, meta
-        )
-        try:
-            got = (run_torchscript if fmt == "torchscript" else run_onnx)(staged, model_input)
-            compare(f"{fmt} export", got, expected, args.atol)
-        except Exception:
-            os.remove(staged)
-            raise
-        os.replace(staged, path)
-        written[fmt] = path
+        os.replace(staged[fmt], paths[fmt])
+        written[fmt] = paths[fmt]
         logger.info(
-            f"{path}: {len(expected[0])} detections on {args.sample_image}, "
+            f"{paths[fmt]}: {len(expected[0])} detections on {args.sample_image}, "
             "equal to eager inference"
         )
     atomic_write(

@@ -421,11 +421,7 @@ class GridCLIP(FCOS):
             embeddings: a C x D array/tensor or the path of a ``.npy`` holding one.
         """
         names, emb = vocabulary_embeddings(names, embeddings, self.encode_vocabulary)
-        if emb.shape[1] != self.head.embed_dim:
-            raise ValueError(
-                f"set_vocabulary: embeddings have dim {emb.shape[1]}, the model's CLIP embedding "
-                f"dim is {self.head.embed_dim}"
-            )
-        self.head.classifier.set_embeddings(F.normalize(emb, dim=1).to(self.device))
+        # The classifier checks the dimension, normalises, and keeps its device.
+        self.head.classifier.set_embeddings(emb)
         self.num_classes = int(emb.shape[0])
         self.vocabulary = names

@@ -24,9 +24,22 @@ from .clip_text import prompts_from_cfg, text_embeddings_from_cfg
 from .clip_weights import clip_state_dict_from_cfg, text_fingerprint
 from .model_vocabulary import check_sidecar, read_sidecar, sidecar_path
 
-__all__ = ["TextClassifier", "load_text_embeddings", "vocabulary_embeddings"]
+__all__ = [
+    "TextClassifier",
+    "checked_text_embeddings",
+    "load_text_embeddings",
+    "vocabulary_embeddings",
+]
 
 logger = logging.getLogger(__name__)
+
+
+def _check_rows(path: str, rows: int, expected_rows: Optional[int]) -> None:
+    if expected_rows is not None and rows != expected_rows:
+        raise ValueError(
+            f"Text embeddings {path} have {rows} rows but the model's vocabulary has "
+            f"{expected_rows} classes: the rows must follow the vocabulary"
+        )
 
 
 def load_text_embeddings(path: str, expected_rows: Optional[int] = None) -> torch.Tensor:
@@ -46,14 +59,54 @@ def load_text_embeddings(path: str, expected_rows: Optional[int] = None) -> torc
             f"Text embeddings {path} must be a 2-d float array (classes x dim), got "
             f"{array.dtype} {array.shape}"
         )
-    if expected_rows is not None and array.shape[0] != expected_rows:
-        raise ValueError(
-            f"Text embeddings {path} have {array.shape[0]} rows but the model's vocabulary has "
-            f"{expected_rows} classes: the rows must follow the vocabulary"
-        )
+    _check_rows(path, array.shape[0], expected_rows)
     if not np.isfinite(array).all() or (np.linalg.norm(array, axis=1) == 0).any():
         raise ValueError(f"Text embeddings {path} contain non-finite values or all-zero rows")
     return F.normalize(torch.from_numpy(array.astype(np.float32)), dim=1)
+
+
+def checked_text_embeddings(
+    cfg,
+    path: str,
+    names: Optional[Sequence[str]] = None,
+    names_source: str = "the vocabulary",
+) -> Tuple[List[str], torch.Tensor]:
+    """``(names, C x D embeddings)`` of a text-embedding ``.npy`` for the model of ``cfg``: loaded
+    (:func:`load_text_embeddings`), its sidecar read once and checked against ``names``, the
+    architecture and text-tower fingerprint of MODEL.CLIP, and the prompts (:func:`check_sidecar`).
+
+    ``names`` None: the sidecar names the rows (an error when there is none). Names given and no
+    sidecar: the rows are taken to follow ``names`` unchecked (a warning)."""
+    embeddings = load_text_embeddings(path)
+    meta = read_sidecar(path)
+    if names is None:
+        if meta is None:
+            raise ValueError(
+                f"{path} has no sidecar {sidecar_path(path)} naming its rows: "
+                "pass the names as a list instead"
+            )
+        names, check_names = [str(n) for n in meta["names"]], None
+    else:
+        names = check_names = list(names)
+    _check_rows(path, embeddings.shape[0], len(names))
+    if meta is None:
+        logger.warning(
+            "Text embeddings %s have no sidecar %s: their rows are taken to follow %s unchecked",
+            path,
+            sidecar_path(path),
+            names_source,
+        )
+    else:
+        check_sidecar(
+            path,
+            meta,
+            names=check_names,
+            names_source=names_source,
+            arch=cfg.MODEL.CLIP.ARCH,
+            fingerprint=text_fingerprint(clip_state_dict_from_cfg(cfg)),
+            prompts=prompts_from_cfg(cfg),
+        )
+    return names, embeddings
 
 
 def vocabulary_embeddings(
@@ -120,26 +173,7 @@ class TextClassifier(nn.Module):
         dim = get_arch(cfg.MODEL.CLIP.ARCH).embed_dim
         path = cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS
         if path:
-            embeddings = load_text_embeddings(path, expected_rows=len(names))
-            meta = read_sidecar(path)
-            if meta is None:
-                logger.warning(
-                    "Text embeddings %s have no sidecar %s: "
-                    "their rows are taken to follow %s unchecked",
-                    path,
-                    sidecar_path(path),
-                    names_source,
-                )
-            else:
-                check_sidecar(
-                    path,
-                    meta,
-                    names=names,
-                    names_source=names_source,
-                    arch=cfg.MODEL.CLIP.ARCH,
-                    fingerprint=text_fingerprint(clip_state_dict_from_cfg(cfg)),
-                    prompts=prompts_from_cfg(cfg),
-                )
+            _, embeddings = checked_text_embeddings(cfg, path, names, names_source)
             source = f"Text embeddings {path}"
         else:
             embeddings = text_embeddings_from_cfg(cfg, names)
@@ -162,7 +196,8 @@ class TextClassifier(nn.Module):
         if old is not None and embeddings.shape[1] != old.shape[1]:
             raise ValueError(
                 f"New class embeddings have dimension {embeddings.shape[1]}, the classifier "
-                f"{old.shape[1]}"
+                f"{old.shape[1]}: it takes embeddings of its CLIP embedding dim {old.shape[1]}, "
+                f"not dim {embeddings.shape[1]}"
             )
         device = old.device if old is not None else embeddings.device
         embeddings = F.normalize(embeddings.detach().to(device=device, dtype=torch.float32), dim=1)

@@ -283,6 +283,20 @@ def test_set_vocabulary_from_npy_and_bad_vocabularies(tmp_path):
     assert model.num_classes == 4  # failed swaps change nothing
 
 
+def test_set_vocabulary_normalises_and_checks_the_dimension_once():
+    """The classifier normalises the new rows and checks their dimension (one place for both)."""
+    model = _small_model()
+    rows = torch.randn(3, 128, generator=torch.Generator().manual_seed(1)) * 5
+    model.set_vocabulary(["a", "b", "c"], embeddings=rows)
+    torch.testing.assert_close(
+        model.head.classifier.embeddings, torch.nn.functional.normalize(rows, dim=1)
+    )
+    assert model.vocabulary == ["a", "b", "c"] and model.num_classes == 3
+    with pytest.raises(ValueError, match="dimension 64, the classifier 128.*not dim 64"):
+        model.set_vocabulary(["a"], embeddings=torch.ones(1, 64))
+    assert model.vocabulary == ["a", "b", "c"] and model.num_classes == 3
+
+
 def test_dense_clip_levels_through_the_model():
     cfg = _synthetic_cfg()
     cfg.MODEL.GRIDCLIP.DENSE_CLIP_LEVELS = ["p5"]

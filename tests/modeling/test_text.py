@@ -1,6 +1,7 @@
 """Text side: CLIP text encoder, prompt handling, the frozen text classifier, vocabularies."""
 
 import functools
+import json
 
 import clip
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gridclip_d2.data.vocabulary import get_vocabulary
+from gridclip_d2.modeling import text_classifier
 from gridclip_d2.modeling.clip_text import (
     PROMPT_ENSEMBLE,
     CLIPTextEncoder,
@@ -16,10 +18,19 @@ from gridclip_d2.modeling.clip_text import (
     check_prompt,
     encode_names,
     fill_prompt,
+    prompts_from_cfg,
     text_embeddings_from_cfg,
 )
-from gridclip_d2.modeling.clip_weights import load_clip_state_dict
-from gridclip_d2.modeling.text_classifier import TextClassifier, load_text_embeddings
+from gridclip_d2.modeling.clip_weights import (
+    clip_state_dict_from_cfg,
+    load_clip_state_dict,
+    text_fingerprint,
+)
+from gridclip_d2.modeling.text_classifier import (
+    TextClassifier,
+    checked_text_embeddings,
+    load_text_embeddings,
+)
 
 TOL = 1e-4
 
@@ -163,6 +174,38 @@ def test_classifier_from_npy_checks_rows_and_dim(tmp_path, gridclip_cfg):
     cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = str(tmp_path / "missing.npy")
     with pytest.raises(FileNotFoundError, match="missing.npy.*dump_text_embeddings.py"):
         TextClassifier(cfg, names=names)
+
+
+def test_checked_text_embeddings_read_the_sidecar_once(tmp_path, gridclip_cfg, monkeypatch):
+    """One helper loads a text-embedding .npy, reads its sidecar once and checks it: the model's
+    classifier (names given) and the predictor's vocabulary swap (names from the sidecar)."""
+    cfg = gridclip_cfg(ARCH="RNtiny", WEIGHTS="")
+    path = tmp_path / "emb.npy"
+    rows = np.random.RandomState(0).randn(3, 128).astype(np.float32)
+    np.save(path, rows)
+    meta = {
+        "names": ["zebra", "kite", "flag"],
+        "arch": "RNtiny",
+        "text_fingerprint": text_fingerprint(clip_state_dict_from_cfg(cfg)),
+        "prompts": list(prompts_from_cfg(cfg)),
+    }
+    (tmp_path / "emb.json").write_text(json.dumps(meta))
+    reads = []
+    read = text_classifier.read_sidecar
+    monkeypatch.setattr(text_classifier, "read_sidecar", lambda p: reads.append(p) or read(p))
+    names, emb = checked_text_embeddings(cfg, str(path))  # names from the sidecar
+    assert names == ["zebra", "kite", "flag"] and len(reads) == 1
+    assert torch.allclose(emb, F.normalize(torch.from_numpy(rows), dim=1))
+    cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = str(path)
+    assert TextClassifier(cfg, names=names).num_classes == 3 and len(reads) == 2
+    with pytest.raises(ValueError, match="only in the vocabulary"):
+        checked_text_embeddings(cfg, str(path), ["zebra", "kite", "cat"], "the test")
+    cfg.MODEL.GRIDCLIP.PROMPT = "a photo of a {}."
+    with pytest.raises(ValueError, match="prompts"):
+        checked_text_embeddings(cfg, str(path))
+    (tmp_path / "emb.json").unlink()
+    with pytest.raises(ValueError, match="no sidecar .*emb.json naming its rows"):
+        checked_text_embeddings(cfg, str(path))
 
 
 def test_classifier_from_names(gridclip_cfg):
