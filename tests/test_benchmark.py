@@ -52,19 +52,6 @@ def test_bad_flags_are_named(argv, flag, capsys):
     assert flag in capsys.readouterr().err
 
 
-def test_topk_flat_equals_topk():
-    import torch
-
-    from gridclip_d2.modeling.gridclip import topk_flat
-
-    g = torch.Generator().manual_seed(0)
-    for n, k in [(6400 * 1203, 1000), (25 * 1203, 1000), (97, 10), (1000, 1000), (30075, 7)]:
-        flat = torch.randperm(n, generator=g).float()  # distinct values: indices are determined
-        v0, i0 = flat.topk(k, sorted=True)
-        v1, i1 = topk_flat(flat, k)
-        assert torch.equal(v0, v1) and torch.equal(i0, i1)
-
-
 @pytest.mark.slow
 def test_quick_run_has_every_column(tmp_path):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"

@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import json
 import logging
 import os
 import platform
@@ -60,11 +59,25 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TOOLS)
+# gridclip_d2 from the repository, and benchmark_report from beside this file (tools/ is not a
+# package): a script has only its own folder on sys.path, an importer may have neither.
+sys.path.insert(0, REPO)
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmark_report import (  # noqa: E402
+    COLUMNS,  # noqa: F401  (the report's columns, as tests/test_benchmark.py reads them)
+    REFERENCE,
+    add_ratios,
+    embedded_table,
+    markdown_table,
+    plot,
+    stages_table,
+)
+
 MODELS = ("gridclip_r50_fpn", "gridclip_r50_bifpn", "retinanet_r50_fpn", "faster_rcnn_r50_fpn")
-REFERENCE = "faster_rcnn_r50_fpn"
 NUM_CLASSES = 1203  # the LVIS vocabulary
 DEFAULT_SIZES = ((640, 640), (800, 1333))
 QUICK_SIZE = (256, 256)  # a multiple of 128: BiFPN pads to it
@@ -358,24 +371,13 @@ def stage_times(model, run: Callable, timer: Timer, repeats: int) -> Dict[str, f
     return {k: round(v, 1) for k, v in out.items()}
 
 
-class _TracedInference(torch.nn.Module):
-    """image tensor -> (boxes, scores): the model's inference as fvcore can trace it."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image):
-        inst = self.model([{"image": image}])[0]["instances"]
-        return inst.pred_boxes.tensor, inst.scores
-
-
 def count_gflops(model, image: torch.Tensor) -> float:
-    """2 x fvcore's count (multiply-adds) of one inference, in GFLOPs."""
-    from fvcore.nn import FlopCountAnalysis
+    """2 x fvcore's count (multiply-adds) of one inference, in GFLOPs (Detectron2's
+    ``FlopCountAnalysis``: fvcore's, tracing a model of list[dict] inputs and Instances outputs)."""
+    from detectron2.utils.analysis import FlopCountAnalysis
 
     with torch.no_grad():
-        analysis = FlopCountAnalysis(_TracedInference(model), (image,))
+        analysis = FlopCountAnalysis(model, [{"image": image}])
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         analysis.tracer_warnings("none")
         return 2 * analysis.total() / 1e9
@@ -480,8 +482,9 @@ def measure_training(
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str, peak: float) -> dict:
-    """One record (see the module docstring) for model ``name`` at input ``size``."""
+def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str) -> dict:
+    """One record (see the module docstring) for model ``name`` at input ``size``, less
+    ``achieved_fraction_of_matmul_peak``: the matmul peak is known at the end of the run."""
     device, timer = args.device, Timer(args.device)
     h, w = size
     logger.info("%s at %dx%d: building", name, h, w)
@@ -521,7 +524,6 @@ def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str, peak: 
         "peak_memory_mb": round(peak_mb, 1),
         "gflops": round(gflops, 2),
         "achieved_gflops_per_s": round(gflops / median, 2),
-        "achieved_fraction_of_matmul_peak": round(gflops / median / peak, 3),
         "stages_ms": stages,
     }
     train_images = [random_image(h, w, seed=10 + i) for i in range(args.train_batch)]
@@ -597,124 +599,7 @@ def embedded_default_training(args) -> Dict[str, float]:
     return rec
 
 
-# ---------------------------------------------------------------------------------------- report
-COLUMNS = [  # (header, record key, format)
-    ("model", "model", "{}"),
-    ("size", "size", "{0[0]}x{0[1]}"),
-    ("latency ms (median)", "latency_ms_median", "{:.1f}"),
-    ("min-max ms", "latency_ms_min", None),
-    ("x Faster R-CNN", "latency_ratio_to_faster_rcnn", "{:.2f}"),
-    ("images/s (batch)", "images_per_s", None),
-    ("detections", "detections", "{}"),
-    ("train step s", "train_step_s", "{:.3f}"),
-    ("train step s, cached teacher / no image align", "train_step_cached_teacher_s", None),
-    ("peak memory MB", "peak_memory_mb", "{:.0f}"),
-    ("GFLOPs", "gflops", "{:.1f}"),
-    ("achieved GFLOP/s (% of matmul peak)", "achieved_gflops_per_s", None),
-    ("teacher s per training image (crops)", "teacher_s_per_image", None),
-]
-
-
-def _cell(rec: dict, key: str, fmt: Optional[str]) -> str:
-    if key == "latency_ms_min":
-        return f"{rec['latency_ms_min']:.0f}-{rec['latency_ms_max']:.0f}"
-    if key == "images_per_s":
-        return f"{rec['images_per_s']:.2f} ({rec['batch']})"
-    if key == "train_step_cached_teacher_s":
-        if key not in rec:
-            return "-"
-        return f"{rec[key]:.3f} / {rec['train_step_no_image_align_s']:.3f}"
-    if key == "achieved_gflops_per_s":
-        return f"{rec[key]:.1f} ({100 * rec['achieved_fraction_of_matmul_peak']:.0f}%)"
-    if key == "teacher_s_per_image":
-        return f"{rec[key]:.3f} ({rec['teacher_crops_per_image']})" if key in rec else "-"
-    return fmt.format(rec[key]) if key in rec else "-"
-
-
-def add_ratios(records: List[dict]) -> None:
-    """``latency_ratio_to_faster_rcnn`` (and train / teacher ratios) against the same size's
-    Faster R-CNN record, when it was measured."""
-    for rec in records:
-        ref = next(
-            (r for r in records if r["model"] == REFERENCE and r["size"] == rec["size"]), None
-        )
-        if ref is None:
-            continue
-        rec["latency_ratio_to_faster_rcnn"] = round(
-            rec["latency_ms_median"] / ref["latency_ms_median"], 3
-        )
-        rec["train_step_ratio_to_faster_rcnn"] = round(rec["train_step_s"] / ref["train_step_s"], 3)
-        if "teacher_s_per_image" in rec:
-            rec["teacher_ratio_to_faster_rcnn"] = round(
-                rec["teacher_s_per_image"] / ref["teacher_s_per_image"], 4
-            )
-
-
-def markdown_table(records: List[dict]) -> str:
-    cols = [
-        c
-        for c in COLUMNS
-        if c[1] != "latency_ratio_to_faster_rcnn" or any(c[1] in r for r in records)
-    ]
-    lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
-    for rec in records:
-        lines.append("| " + " | ".join(_cell(rec, key, fmt) for _, key, fmt in cols) + " |")
-    return "\n".join(lines)
-
-
-def stages_table(records: List[dict]) -> str:
-    lines = ["| model | size | time per stage, ms (median) |", "|---|---|---|"]
-    for rec in records:
-        stages = ", ".join(f"{k} {v:.0f}" for k, v in rec["stages_ms"].items())
-        lines.append(f"| {rec['model']} | {rec['size'][0]}x{rec['size'][1]} | {stages} |")
-    return "\n".join(lines)
-
-
-def embedded_table(rec: dict) -> str:
-    return "\n".join(
-        [
-            "| embedded default training step (batch %d, %dx%d) | s | vs no image align |"
-            % (rec["batch"], rec["size"][0], rec["size"][1]),
-            "|---|---|---|",
-            f"| image-level alignment, teacher on the fly | {rec['train_step_s']:.3f} | "
-            f"{100 * rec['teacher_on_the_fly_overhead']:+.0f}% |",
-            f"| image-level alignment, cached teacher | {rec['train_step_cached_teacher_s']:.3f} | "
-            f"{100 * rec['cached_teacher_overhead']:+.0f}% |",
-            f"| no image-level alignment | {rec['train_step_no_image_align_s']:.3f} | |",
-        ]
-    )
-
-
-def plot(records: List[dict], path: str, machine: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = sorted({tuple(r["size"]) for r in records})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.6), squeeze=False)
-    for ax, size in zip(axes[0], sizes):
-        recs = [r for r in records if tuple(r["size"]) == size]
-        names = [r["model"].replace("_r50_", "\n") for r in recs]
-        ms = [r["latency_ms_median"] for r in recs]
-        err = [
-            [m - r["latency_ms_min"] for m, r in zip(ms, recs)],
-            [r["latency_ms_max"] - m for m, r in zip(ms, recs)],
-        ]
-        ax.bar(
-            names, ms, yerr=err, color=["C0" if "gridclip" in r["model"] else "C7" for r in recs]
-        )
-        ax.set_yscale("log")
-        ax.set_ylabel("ms per image (median, min-max)")
-        ax.set_title(f"{size[0]}x{size[1]}, 1203 classes", fontsize=9)
-        ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(machine, fontsize=7)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
+# ---------------------------------------------------------------------------------------- machine
 def machine_description(device: str) -> str:
     if device.startswith("cuda"):
         return (
@@ -839,6 +724,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     # Flushing them to zero times the work a trained model does (all models alike).
     flushed = torch.set_flush_denormal(True)
     import gridclip_d2  # noqa: F401  (registers GridCLIP)
+    from gridclip_d2.atomic_write import atomic_json_dump
 
     machine = machine_description(args.device)
     peak = matmul_peak_gflops(args.device, args.matmul_n)
@@ -849,7 +735,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         for size in args.sizes:
             for name in args.models:
-                records.append(benchmark_model(name, size, args, workdir, peak))
+                records.append(benchmark_model(name, size, args, workdir))
                 done = len(records)
                 eta = (time.time() - start) / done * (total - done)
                 logger.info("%d/%d models done, ETA %.0f s", done, total, eta)
@@ -884,8 +770,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print(embedded_table(embedded))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        atomic_json_dump(result, args.json, indent=1)
     if args.plot:
         plot(records, args.plot, machine)
     return result

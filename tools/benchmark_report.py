@@ -1,0 +1,135 @@
+"""The report of ``tools/benchmark.py``: pure functions of its records (one dict per model and
+input size, see that script's docstring), with no timing and no model.
+
+* :data:`COLUMNS` and :func:`markdown_table`: the main table (one row per record);
+* :func:`add_ratios`: each record's ratios to the same size's :data:`REFERENCE` (Faster R-CNN);
+* :func:`stages_table`: the time per stage; :func:`embedded_table`: the embedded default's
+  training step;
+* :func:`plot`: a bar chart of the latencies (PNG, matplotlib).
+"""
+
+import os
+from typing import List, Optional
+
+REFERENCE = "faster_rcnn_r50_fpn"  # the ratios' denominator: the two-stage alternative
+
+COLUMNS = [  # (header, record key, format)
+    ("model", "model", "{}"),
+    ("size", "size", "{0[0]}x{0[1]}"),
+    ("latency ms (median)", "latency_ms_median", "{:.1f}"),
+    ("min-max ms", "latency_ms_min", None),
+    ("x Faster R-CNN", "latency_ratio_to_faster_rcnn", "{:.2f}"),
+    ("images/s (batch)", "images_per_s", None),
+    ("detections", "detections", "{}"),
+    ("train step s", "train_step_s", "{:.3f}"),
+    ("train step s, cached teacher / no image align", "train_step_cached_teacher_s", None),
+    ("peak memory MB", "peak_memory_mb", "{:.0f}"),
+    ("GFLOPs", "gflops", "{:.1f}"),
+    ("achieved GFLOP/s (% of matmul peak)", "achieved_gflops_per_s", None),
+    ("teacher s per training image (crops)", "teacher_s_per_image", None),
+]
+
+
+def _cell(rec: dict, key: str, fmt: Optional[str]) -> str:
+    """The table cell of column ``key`` (``fmt``: its format, None for the composite cells)."""
+    if key == "latency_ms_min":
+        return f"{rec['latency_ms_min']:.0f}-{rec['latency_ms_max']:.0f}"
+    if key == "images_per_s":
+        return f"{rec['images_per_s']:.2f} ({rec['batch']})"
+    if key == "train_step_cached_teacher_s":
+        if key not in rec:
+            return "-"
+        return f"{rec[key]:.3f} / {rec['train_step_no_image_align_s']:.3f}"
+    if key == "achieved_gflops_per_s":
+        return f"{rec[key]:.1f} ({100 * rec['achieved_fraction_of_matmul_peak']:.0f}%)"
+    if key == "teacher_s_per_image":
+        return f"{rec[key]:.3f} ({rec['teacher_crops_per_image']})" if key in rec else "-"
+    return fmt.format(rec[key]) if key in rec else "-"
+
+
+def add_ratios(records: List[dict]) -> None:
+    """``latency_ratio_to_faster_rcnn`` (and train / teacher ratios) against the same size's
+    Faster R-CNN record, when it was measured."""
+    for rec in records:
+        ref = next(
+            (r for r in records if r["model"] == REFERENCE and r["size"] == rec["size"]), None
+        )
+        if ref is None:
+            continue
+        rec["latency_ratio_to_faster_rcnn"] = round(
+            rec["latency_ms_median"] / ref["latency_ms_median"], 3
+        )
+        rec["train_step_ratio_to_faster_rcnn"] = round(rec["train_step_s"] / ref["train_step_s"], 3)
+        if "teacher_s_per_image" in rec:
+            rec["teacher_ratio_to_faster_rcnn"] = round(
+                rec["teacher_s_per_image"] / ref["teacher_s_per_image"], 4
+            )
+
+
+def markdown_table(records: List[dict]) -> str:
+    """The main table, one row per record (the Faster R-CNN ratio only when it was measured)."""
+    cols = [
+        c
+        for c in COLUMNS
+        if c[1] != "latency_ratio_to_faster_rcnn" or any(c[1] in r for r in records)
+    ]
+    lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for rec in records:
+        lines.append("| " + " | ".join(_cell(rec, key, fmt) for _, key, fmt in cols) + " |")
+    return "\n".join(lines)
+
+
+def stages_table(records: List[dict]) -> str:
+    """Median ms per stage, one row per record."""
+    lines = ["| model | size | time per stage, ms (median) |", "|---|---|---|"]
+    for rec in records:
+        stages = ", ".join(f"{k} {v:.0f}" for k, v in rec["stages_ms"].items())
+        lines.append(f"| {rec['model']} | {rec['size'][0]}x{rec['size'][1]} | {stages} |")
+    return "\n".join(lines)
+
+
+def embedded_table(rec: dict) -> str:
+    """The embedded default's training step: teacher on the fly, cached, no image alignment."""
+    return "\n".join(
+        [
+            "| embedded default training step (batch %d, %dx%d) | s | vs no image align |"
+            % (rec["batch"], rec["size"][0], rec["size"][1]),
+            "|---|---|---|",
+            f"| image-level alignment, teacher on the fly | {rec['train_step_s']:.3f} | "
+            f"{100 * rec['teacher_on_the_fly_overhead']:+.0f}% |",
+            f"| image-level alignment, cached teacher | {rec['train_step_cached_teacher_s']:.3f} | "
+            f"{100 * rec['cached_teacher_overhead']:+.0f}% |",
+            f"| no image-level alignment | {rec['train_step_no_image_align_s']:.3f} | |",
+        ]
+    )
+
+
+def plot(records: List[dict], path: str, machine: str) -> None:
+    """A PNG at ``path``: median latency (min-max bars, log scale) per model, one panel per size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({tuple(r["size"]) for r in records})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.6), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        recs = [r for r in records if tuple(r["size"]) == size]
+        names = [r["model"].replace("_r50_", "\n") for r in recs]
+        ms = [r["latency_ms_median"] for r in recs]
+        err = [
+            [m - r["latency_ms_min"] for m, r in zip(ms, recs)],
+            [r["latency_ms_max"] - m for m, r in zip(ms, recs)],
+        ]
+        ax.bar(
+            names, ms, yerr=err, color=["C0" if "gridclip" in r["model"] else "C7" for r in recs]
+        )
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per image (median, min-max)")
+        ax.set_title(f"{size[0]}x{size[1]}, 1203 classes", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(machine, fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
