@@ -35,14 +35,14 @@ from detectron2.utils.events import get_event_storage
 from .alignment import ImageAlignment
 from .clip_text import text_embeddings_from_cfg
 from .config_checks import check_in_features
-from .dense_decoding import decode_level, topk_flat
+from .dense_decoding import decode_level
 from .grid_head import GridCLIPHead, GridHeadOutputs
 from .loss_columns import LossColumns
 from .model_vocabulary import training_metadata, vocabulary_from_cfg
 from .necks import DENSE_CLIP
 from .text_classifier import TextClassifier, vocabulary_embeddings
 
-__all__ = ["GridCLIP", "topk_flat"]
+__all__ = ["GridCLIP"]
 
 logger = logging.getLogger(__name__)
 
