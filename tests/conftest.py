@@ -45,6 +45,13 @@ def make_random_clip(arch: str = "RNtiny", seed: int = 1234) -> CLIP:
 
 
 @pytest.fixture(scope="session")
+def random_clip():
+    """:func:`make_random_clip`, for tests that write a CLIP checkpoint of their own (a fixture:
+    importing ``conftest`` by name would find whichever conftest.py pytest imported last)."""
+    return make_random_clip
+
+
+@pytest.fixture(scope="session")
 def clip_tiny_checkpoints(tmp_path_factory):
     """RNtiny CLIP as files: ``.state_dict_path``, ``.torchscript_path``, ``.state_dict``
     (float32)."""

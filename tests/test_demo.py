@@ -213,11 +213,11 @@ def test_vocabulary_arguments(tmp_path):
 
 
 @pytest.mark.slow
-def test_lvis_config_with_a_custom_vocabulary_needs_no_lvis_file(tmp_path, monkeypatch):
+def test_lvis_config_with_a_custom_vocabulary_needs_no_lvis_file(
+    tmp_path, monkeypatch, random_clip
+):
     """The LVIS config, OpenAI-format RN50 weights and a GridCLIP checkpoint: a custom vocabulary
     needs neither the LVIS text embeddings nor LVIS's names, and no teacher is built."""
-    from conftest import make_random_clip
-
     from gridclip_d2.modeling import clip_text
 
     lvis_config = os.path.join(REPO, "configs", "GridCLIP_LVIS.yaml")
@@ -225,7 +225,7 @@ def test_lvis_config_with_a_custom_vocabulary_needs_no_lvis_file(tmp_path, monke
         os.path.join(REPO, "datasets", "metadata", "lvis_v1_clip_RN50_ensemble.npy")
     )
     rn50 = str(tmp_path / "RN50.pt")
-    torch.save(make_random_clip("RN50").state_dict(), rn50)
+    torch.save(random_clip("RN50").state_dict(), rn50)
     embedded = []
     encode = clip_text.encode_names
     monkeypatch.setattr(
