@@ -9,6 +9,8 @@ import os
 
 from detectron2.config import CfgNode as CN
 
+from .clip_arch import CLIP_ARCHS  # a table of numbers (no torch, no modules)
+
 __all__ = ["add_gridclip_config", "teacher_input_size_from_cfg", "cache_in_use"]
 
 
@@ -163,8 +165,6 @@ def teacher_input_size_from_cfg(cfg) -> int:
         return size
     if size < 0:
         raise ValueError(f"MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE must be >= 0, got {size}")
-    from .modeling.clip_arch import CLIP_ARCHS  # a table of numbers (no torch, no modules)
-
     arch = cfg.MODEL.CLIP.ARCH
     if arch not in CLIP_ARCHS:
         raise ValueError(f"MODEL.CLIP.ARCH {arch!r} is not one of {sorted(CLIP_ARCHS)}")

@@ -22,10 +22,38 @@ from detectron2.config import get_cfg
 
 import gridclip_d2  # noqa: F401  (registration)
 from gridclip_d2 import add_gridclip_config
-from gridclip_d2.modeling.clip_arch import CLIP_ARCHS
+from gridclip_d2.clip_arch import CLIP_ARCHS
 
 # Threads: the suite runs on 2 CPU cores.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# A short pretraining of the small CLIP stands in for MODEL.CLIP.WEIGHTS "synthetic" (the full one
+# takes minutes): no test needs its recognition, every test needs its file, format and code path.
+SESSION_CLIP = dict(steps=30, batch_size=32, warmup=3, num_pairs=256, checkpoint_period=1000)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_synthetic_clip(tmp_path_factory):
+    """``MODEL.CLIP.WEIGHTS synthetic`` for the whole session (subprocesses included, through
+    ``$GRIDCLIP_SYNTHETIC_CLIP``): the real pretraining, short, in a temporary folder, so that
+    ``make test`` neither pays for nor depends on the cached full run in datasets/."""
+    from gridclip_d2.pretrain import PretrainConfig, pretrain_clip
+
+    root = tmp_path_factory.mktemp("synthetic_clip")
+    path = pretrain_clip(
+        str(root / "clip"),
+        PretrainConfig(**SESSION_CLIP),
+        datasets_root=str(root / "captions"),
+        evaluate=False,
+        progress=False,
+    )
+    before = os.environ.get("GRIDCLIP_SYNTHETIC_CLIP")
+    os.environ["GRIDCLIP_SYNTHETIC_CLIP"] = path
+    yield path
+    if before is None:
+        os.environ.pop("GRIDCLIP_SYNTHETIC_CLIP", None)
+    else:
+        os.environ["GRIDCLIP_SYNTHETIC_CLIP"] = before
 
 
 def make_random_clip(arch: str = "RNtiny", seed: int = 1234) -> CLIP:

@@ -27,7 +27,12 @@ from detectron2.evaluation import COCOEvaluator  # noqa: E402
 
 import train_net  # noqa: E402
 from gridclip_d2 import add_gridclip_config  # noqa: E402
-from gridclip_d2.engine import OpenVocabLVISEvaluator, Trainer, adapt_cfg_to_hardware  # noqa: E402
+from gridclip_d2.engine import (  # noqa: E402
+    OpenVocabLVISEvaluator,
+    Trainer,
+    adapt_cfg_to_hardware,
+    available_cpus,
+)
 
 CONFIG = os.path.join(REPO, "configs", "GridCLIP_synthetic.yaml")
 _spec = importlib.util.spec_from_file_location(
@@ -120,9 +125,8 @@ def _metrics(out_dir):
 
 
 def _detections(out_dir, dataset="synthetic_val"):
-    path = os.path.join(out_dir, "inference", dataset, "lvis_instances_results.json")
-    with open(path) as f:
-        dets = json.load(f)
+    """(image id, category id, score, box) of each detection, sorted; rounded to keep the tuples
+    short (use where the same process made both lists, so that floats are bit-equal)."""
     return sorted(
         (
             d["image_id"],
@@ -130,8 +134,49 @@ def _detections(out_dir, dataset="synthetic_val"):
             round(d["score"], 5),
             tuple(round(v, 2) for v in d["bbox"]),
         )
-        for d in dets
+        for d in _raw_detections(out_dir, dataset)
     )
+
+
+def _raw_detections(out_dir, dataset="synthetic_val"):
+    path = os.path.join(out_dir, "inference", dataset, "lvis_instances_results.json")
+    with open(path) as f:
+        return json.load(f)
+
+
+# Two runs of the same model in different processes or thread counts add floats in other orders:
+# float32 has a relative rounding error of 6e-8 per operation, and a convolution of K = 3 x 3 x 256
+# terms accumulates up to about sqrt(K) of them (1e-6 relative); through the ~20 layers of backbone,
+# neck and head that stays well under 1e-4 relative on a logit, so under 1e-4 on a sigmoid score
+# and 1e-4 x 128 px on a box corner. The tolerances below are ten times that.
+SCORE_TOL = 1e-3
+BOX_TOL_PX = 0.2
+
+
+def _matched_fraction(a, b):
+    """Fraction of the longer of two detection lists that pairs one to one (same image and category,
+    score within SCORE_TOL, every box coordinate within BOX_TOL_PX), matched greedily by score.
+
+    What stays unmatched are detections at a discontinuity that a last-bit change can move: the
+    per-image cut of the top 300, the score threshold, an NMS overlap at exactly its IoU threshold,
+    or two near-equal scores swapping places in a top-k."""
+    groups = {}
+    for side, dets in enumerate((a, b)):
+        for d in dets:
+            groups.setdefault((d["image_id"], d["category_id"]), ([], []))[side].append(d)
+    matched = 0
+    for left, right in groups.values():
+        right = sorted(right, key=lambda d: -d["score"])
+        used = [False] * len(right)
+        for d in sorted(left, key=lambda d: -d["score"]):
+            for j, e in enumerate(right):
+                if used[j] or abs(e["score"] - d["score"]) > SCORE_TOL:
+                    continue
+                if max(abs(u - v) for u, v in zip(d["bbox"], e["bbox"])) <= BOX_TOL_PX:
+                    used[j] = True
+                    matched += 1
+                    break
+    return matched / max(len(a), len(b), 1)
 
 
 # ---------------------------------------------------------------------------------- fast checks
@@ -382,7 +427,11 @@ def test_two_cpu_workers_train_a_model_that_evaluates(tmp_path):
     out = _finish(_cli(tmp_path, flags=["--num-gpus", "2", "--dist-url", "auto"]))
     log = (tmp_path / "log.txt").read_text()
     assert "World size: 2" in log and "Open-vocabulary summary on synthetic_val" in log
-    assert "1 intra-op thread(s)" in out or os.cpu_count() > 2
+    threads = max(1, available_cpus() // 2)  # the cores shared between the two workers
+    assert f"CPU worker 0/2: {threads} intra-op thread(s)" in out
+    assert (
+        f"CPU worker 1/2: {threads} intra-op thread(s)" in (tmp_path / "log.txt.rank1").read_text()
+    )
     ap_distributed = _metrics(tmp_path)[-1]["bbox/AP"]
     assert (tmp_path / "model_final.pth").is_file()
     results = train_net.main(
@@ -393,11 +442,14 @@ def test_two_cpu_workers_train_a_model_that_evaluates(tmp_path):
             flags=["--eval-only"],
         )
     )
-    # One process with 2 threads vs two with 1: float sums differ in the last bits, which may move
-    # a few near-threshold detections; everything else must match.
-    single, distributed = _detections(tmp_path / "eval"), _detections(tmp_path)
-    assert len(distributed) > 0
-    assert len(set(single) & set(distributed)) >= 0.99 * max(len(single), len(distributed))
+    # One process with all threads vs two with their share: float sums differ in the last bits.
+    # Detections pair up within the tolerances of the numerics; the few that do not sit at a
+    # discontinuity (see _matched_fraction), and AP moves by no more than those few can move it.
+    single, distributed = _raw_detections(tmp_path / "eval"), _raw_detections(tmp_path)
+    assert len(distributed) > 1000
+    assert abs(len(single) - len(distributed)) <= 0.01 * len(distributed)
+    assert _matched_fraction(single, distributed) >= 0.99
+    # 1% of the detections changed can move AP by a few percent of itself, not more
     assert results["bbox"]["AP"] == pytest.approx(ap_distributed, rel=0.05, abs=1e-3)
 
 
@@ -446,9 +498,20 @@ def test_user_lvis_data_from_a_script(tmp_path):
             "('test_user_script_data',)",
         )
     )
-    assert 0.0 <= results["bbox"]["AP"] <= 100.0
     assert results["open_vocabulary"]["num_base_classes"] == 2
-    assert _detections(tmp_path / "out", "test_user_script_data")  # the model predicted boxes
+    dets = _raw_detections(tmp_path / "out", "test_user_script_data")
+    assert dets and {d["category_id"] for d in dets} <= {10, 20}  # the json's own category ids
+    # lvis-api, run here on the written detections against the registered json, gives the AP the
+    # training run reported
+    from lvis import LVIS, LVISEval, LVISResults
+
+    from gridclip_d2.backports import lvis_numpy_aliases
+
+    gt = LVIS(MetadataCatalog.get("test_user_script_data").json_file)
+    lvis_eval = LVISEval(gt, LVISResults(gt, dets, max_dets=300), "bbox")
+    with lvis_numpy_aliases():
+        lvis_eval.run()
+    assert 100 * lvis_eval.get_results()["AP"] == pytest.approx(results["bbox"]["AP"], abs=1e-6)
 
 
 @pytest.mark.slow

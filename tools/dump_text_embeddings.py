@@ -30,8 +30,8 @@ import torch
 from detectron2.utils.logger import setup_logger
 
 from gridclip_d2.atomic_write import atomic_write
+from gridclip_d2.clip_arch import CLIP_ARCHS, arch_name, infer_arch
 from gridclip_d2.data.vocabulary import VOCABULARY_KINDS, get_vocabulary
-from gridclip_d2.modeling.clip_arch import CLIP_ARCHS, arch_name, infer_arch
 from gridclip_d2.modeling.clip_text import (
     PROMPT_ENSEMBLE,
     CLIPTextEncoder,

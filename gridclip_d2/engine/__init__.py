@@ -2,7 +2,7 @@
 summary, training-curves plot, and multi-process training on CPUs."""
 
 from . import train_main  # noqa: E402  (setup / main of train_net.py)
-from .ddp import available_cpus, patch_create_ddp_model, set_cpu_threads_per_worker
+from .ddp import available_cpus, launch, patch_create_ddp_model, set_cpu_threads_per_worker
 from .hardware import adapt_cfg_to_hardware
 from .lvis_evaluator import LVIS_MAX_DETS, OpenVocabLVISEvaluator
 from .ov_summary import format_open_vocabulary_summary, open_vocabulary_summary
@@ -12,6 +12,7 @@ from .trainer import Trainer, check_training_vocabulary, test_novel_class_ids, t
 
 __all__ = [
     "available_cpus",
+    "launch",
     "patch_create_ddp_model",
     "set_cpu_threads_per_worker",
     "LVIS_MAX_DETS",

@@ -15,6 +15,9 @@ Modes:
 - ``"inference"`` (demo, Python use): registers the training set, without its images, only when its
   json is there (its classes may be the vocabulary); alignment off.
 - ``"data"`` (tools reading the training set, e.g. the teacher-embedding dump): registers both.
+
+In every mode, ``MODEL.CLIP.WEIGHTS synthetic`` (the embedded default's small CLIP) is made here
+when its file is missing, with a log line (a few minutes, once): building a model only reads it.
 """
 
 import logging
@@ -25,11 +28,13 @@ from detectron2.config import CfgNode, get_cfg
 
 from ..config import add_gridclip_config
 from ..data.register_from_cfg import register_from_cfg
+from ..modeling.clip_weights import SYNTHETIC_CLIP_NAME
 from ..modeling.model_vocabulary import (
     explicit_vocabulary_from_cfg,
     read_sidecar,
     vocabulary_from_cfg,
 )
+from ..pretrain.synthetic_clip import ensure_synthetic_clip
 from .hardware import adapt_cfg_to_hardware
 
 __all__ = ["SETUP_MODES", "setup_cfg"]
@@ -60,6 +65,8 @@ def setup_cfg(
     cfg.merge_from_list(list(opts or []))
     if overrides:
         cfg.merge_from_list(list(overrides))
+    if cfg.MODEL.CLIP.WEIGHTS == SYNTHETIC_CLIP_NAME:
+        ensure_synthetic_clip()  # made on first use, like clip's download of an OpenAI name
     if mode in ("train", "data"):
         register_from_cfg(cfg)
     elif mode == "eval":

@@ -30,7 +30,7 @@ from detectron2.config import configurable
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from .clip_arch import CLIPArch, arch_name, get_arch
+from ..clip_arch import CLIPArch, arch_name, get_arch
 from .clip_weights import clip_state_dict_from_cfg, load_exact
 
 __all__ = [

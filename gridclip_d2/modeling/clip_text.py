@@ -21,7 +21,7 @@ from clip.model import LayerNorm, Transformer
 from torch import nn
 from tqdm import tqdm
 
-from .clip_arch import CLIPArch, arch_name, get_arch, infer_arch
+from ..clip_arch import CLIPArch, arch_name, get_arch, infer_arch
 from .clip_weights import clip_state_dict_from_cfg, load_clip_state_dict, load_exact
 
 __all__ = [

@@ -7,17 +7,20 @@
   ``~/.cache/clip``) and downloaded there by ``clip._download`` when absent and online;
 - a path to a TorchScript archive (the format OpenAI distributes) or to a plain state dict;
 - ``"synthetic"``: the small CLIP (``RNtiny96``) pretrained on the synthetic image-caption pairs,
-  made by ``tools/pretrain_clip.py``'s default run on first use and cached (see
-  :mod:`gridclip_d2.pretrain.synthetic_clip`);
+  read from :func:`synthetic_clip_path`. Building a model never makes it: ``tools/pretrain_clip.py``
+  does, and so does the setup of every entry point (``gridclip_d2.engine.setup_cfg``) on first use;
+  a missing file is an error naming that command;
 - ``""``: the state dict of ``clip.model.CLIP(**CLIP_ARCHS[arch])`` initialised under
   ``torch.manual_seed(seed)`` (inside ``torch.random.fork_rng``, so the caller's RNG is untouched):
   the same "random CLIP" in every process and every run.
 
 Keys are OpenAI's (``visual.*``, ``token_embedding.weight``, ``transformer.*``, ``ln_final.*``,
 ``positional_embedding``, ``text_projection``, ``logit_scale``); floating tensors are float32.
-Results are cached per process: callers must treat the returned tensors as read-only.
+The last few state dicts read are cached per process (:data:`CACHE_SIZE`): callers must treat the
+returned tensors as read-only.
 """
 
+import collections
 import hashlib
 import logging
 import os
@@ -28,9 +31,12 @@ import torch
 from clip.model import CLIP
 from torch import nn
 
-from .clip_arch import arch_name, get_arch, infer_arch
+from ..clip_arch import arch_name, get_arch, infer_arch
 
 __all__ = [
+    "SYNTHETIC_CLIP_NAME",
+    "SYNTHETIC_CLIP_ARCH",
+    "synthetic_clip_path",
     "load_clip_state_dict",
     "clip_state_dict_from_cfg",
     "openai_checkpoint_path",
@@ -42,7 +48,13 @@ logger = logging.getLogger(__name__)
 # Metadata entries of OpenAI's TorchScript archives that are not weights (clip.build_model drops
 # them).
 _METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
-_CACHE: Dict[tuple, Dict[str, torch.Tensor]] = {}
+# State dicts read, least recently used first: a model and its teacher share one; a long-lived
+# process (the web page) that meets other checkpoints keeps only the last few.
+CACHE_SIZE = 2
+_CACHE: "collections.OrderedDict[tuple, Dict[str, torch.Tensor]]" = collections.OrderedDict()
+
+SYNTHETIC_CLIP_NAME = "synthetic"
+SYNTHETIC_CLIP_ARCH = "RNtiny96"
 
 _HOW_TO_GET = (
     'Download it on a machine with internet access, e.g. `python -c "import clip; '
@@ -50,6 +62,31 @@ _HOW_TO_GET = (
     '(README section "CLIP weights"). '
     'MODEL.CLIP.WEIGHTS "" trains from a randomly initialised CLIP.'
 )
+
+
+def synthetic_clip_path(datasets_root: Optional[str] = None) -> str:
+    """Where ``MODEL.CLIP.WEIGHTS synthetic`` is read from (it may not exist yet): the file
+    ``$GRIDCLIP_SYNTHETIC_CLIP`` when that is set (the test suite points it at a short run of its
+    own), else ``$DETECTRON2_DATASETS/synthetic_clip/RNtiny96_synthetic.pt`` (default
+    ``datasets/``)."""
+    if os.getenv("GRIDCLIP_SYNTHETIC_CLIP") and not datasets_root:
+        return os.path.abspath(os.environ["GRIDCLIP_SYNTHETIC_CLIP"])
+    root = datasets_root or os.getenv("DETECTRON2_DATASETS", "datasets")
+    return os.path.abspath(
+        os.path.join(root, "synthetic_clip", f"{SYNTHETIC_CLIP_ARCH}_synthetic.pt")
+    )
+
+
+def _cached(key: tuple, make) -> Dict[str, torch.Tensor]:
+    """``_CACHE[key]``, made by ``make()`` when absent; the least recently used entries beyond
+    ``CACHE_SIZE`` are dropped."""
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+    else:
+        _CACHE[key] = make()
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return _CACHE[key]
 
 
 def _default_download_root() -> str:
@@ -103,6 +140,16 @@ def _read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def _read_float32(path: str) -> Dict[str, torch.Tensor]:
+    state_dict = _read_checkpoint(path)
+    for k in _METADATA_KEYS:
+        state_dict.pop(k, None)
+    logger.info("Loaded CLIP weights from %s", path)
+    return {
+        k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()
+    }
+
+
 def _random_clip_state_dict(arch_key: str, seed: int) -> Dict[str, torch.Tensor]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -132,17 +179,19 @@ def load_clip_state_dict(
             raise ValueError('A random CLIP (MODEL.CLIP.WEIGHTS "") needs an architecture name')
         get_arch(arch)  # unknown names fail here, naming the option
         key = ("random", arch, int(seed))
-        if key not in _CACHE:
-            _CACHE[key] = _random_clip_state_dict(arch, int(seed))
-        return dict(_CACHE[key])
+        return dict(_cached(key, lambda: _random_clip_state_dict(arch, int(seed))))
 
     if weights in clip.available_models():
         path = openai_checkpoint_path(weights, download_root)
-    elif weights == "synthetic":
-        # the small CLIP of the embedded default: pretrained on first use, then cached
-        from ..pretrain.synthetic_clip import ensure_synthetic_clip
-
-        path = ensure_synthetic_clip()
+    elif weights == SYNTHETIC_CLIP_NAME:
+        path = synthetic_clip_path()
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"MODEL.CLIP.WEIGHTS {SYNTHETIC_CLIP_NAME!r}: the small CLIP is not at {path}. "
+                "Make it with `python tools/pretrain_clip.py` (about 5 minutes on 2 CPU cores); "
+                "train_net.py, demo/demo.py and GridCLIPPredictor.from_config_file make it on "
+                "first use."
+            )
     else:
         path = os.path.expanduser(weights)
         if not os.path.isfile(path):
@@ -152,17 +201,7 @@ def load_clip_state_dict(
                 f"name ({sorted(n for n in clip.available_models() if n.startswith('RN'))}). "
                 'MODEL.CLIP.WEIGHTS "" trains from a randomly initialised CLIP.'
             )
-    key = ("file",) + _file_key(path)
-    if key not in _CACHE:
-        state_dict = _read_checkpoint(path)
-        for k in _METADATA_KEYS:
-            state_dict.pop(k, None)
-        _CACHE[key] = {
-            k: (v.float() if v.is_floating_point() else v).contiguous()
-            for k, v in state_dict.items()
-        }
-        logger.info("Loaded CLIP weights from %s", path)
-    state_dict = _CACHE[key]
+    state_dict = _cached(("file",) + _file_key(path), lambda: _read_float32(path))
     if arch is not None:
         try:
             found = infer_arch(state_dict)

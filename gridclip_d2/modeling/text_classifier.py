@@ -19,7 +19,7 @@ from torch import nn
 
 from detectron2.config import configurable
 
-from .clip_arch import get_arch
+from ..clip_arch import get_arch
 from .clip_text import prompts_from_cfg, text_embeddings_from_cfg
 from .clip_weights import clip_state_dict_from_cfg, text_fingerprint
 from .model_vocabulary import check_sidecar, read_sidecar, sidecar_path

@@ -34,8 +34,8 @@ from clip.model import CLIP, convert_weights
 from tqdm import tqdm
 
 from ..atomic_write import atomic_json_dump, atomic_torch_save
+from ..clip_arch import get_arch
 from ..data.synthetic_captions import NUM_PAIRS, load_caption_dataset
-from ..modeling.clip_arch import get_arch
 from ..modeling.clip_resnet import normalize_clip_input
 
 __all__ = ["PretrainConfig", "pretrain_clip", "final_weights_name"]

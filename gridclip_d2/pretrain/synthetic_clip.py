@@ -1,18 +1,27 @@
 """``MODEL.CLIP.WEIGHTS synthetic``: the small CLIP pretrained on the synthetic image-caption pairs.
 
 Like an OpenAI model name, which ``clip`` downloads on first use into its cache folder, this name
-resolves to a file that is made on first use and cached: ``tools/pretrain_clip.py``'s default run,
-written to ``$DETECTRON2_DATASETS/synthetic_clip/`` (default ``datasets/synthetic_clip``), under a
-per-machine lock so that concurrent workers make it once. Later uses load the file.
+resolves to a file (``gridclip_d2.modeling.clip_weights.synthetic_clip_path``) that is made once
+and cached: ``tools/pretrain_clip.py``'s default run, written to
+``$DETECTRON2_DATASETS/synthetic_clip/`` (default ``datasets/synthetic_clip``), under a per-machine
+lock so that concurrent workers make it once. Building a model only reads the file; the setup of
+the entry points (``gridclip_d2.engine.setup_cfg``) calls :func:`ensure_synthetic_clip`, which makes
+it when missing.
 """
 
 import contextlib
+import logging
 import os
 import random
+import time
 from typing import Optional
 
 import numpy as np
 import torch
+
+from ..data.synthetic import _machine_lock
+from ..modeling.clip_weights import SYNTHETIC_CLIP_ARCH, SYNTHETIC_CLIP_NAME, synthetic_clip_path
+from .contrastive import PretrainConfig, pretrain_clip
 
 __all__ = [
     "SYNTHETIC_CLIP_NAME",
@@ -21,39 +30,23 @@ __all__ = [
     "ensure_synthetic_clip",
 ]
 
-SYNTHETIC_CLIP_NAME = "synthetic"
-SYNTHETIC_CLIP_ARCH = "RNtiny96"
-
-
-def _folder(datasets_root: Optional[str]) -> str:
-    root = datasets_root or os.getenv("DETECTRON2_DATASETS", "datasets")
-    return os.path.abspath(os.path.join(root, "synthetic_clip"))
-
-
-def synthetic_clip_path(datasets_root: Optional[str] = None) -> str:
-    """Where the cached small CLIP lives (it may not exist yet)."""
-    from .contrastive import final_weights_name
-
-    return os.path.join(_folder(datasets_root), final_weights_name(SYNTHETIC_CLIP_ARCH))
+logger = logging.getLogger(__name__)
 
 
 def ensure_synthetic_clip(datasets_root: Optional[str] = None) -> str:
-    """Path of the cached small CLIP, pretraining it first when it is missing (a few minutes)."""
-    import logging
-
-    from ..data.synthetic import _machine_lock
-    from .contrastive import PretrainConfig, pretrain_clip
-
+    """Path of the cached small CLIP, pretraining it first when it is missing (about 5 minutes on 2
+    CPU cores, once)."""
     path = synthetic_clip_path(datasets_root)
     if os.path.isfile(path):
         return path
     with _machine_lock(path):
         if not os.path.isfile(path):
-            logging.getLogger(__name__).warning(
-                f"MODEL.CLIP.WEIGHTS '{SYNTHETIC_CLIP_NAME}': {path} does not exist; "
-                "pretraining the "
-                "small CLIP on synthetic image-caption pairs now (once; tools/pretrain_clip.py)"
+            logger.warning(
+                f"MODEL.CLIP.WEIGHTS '{SYNTHETIC_CLIP_NAME}': {path} does not exist; pretraining "
+                "the small CLIP on synthetic image-caption pairs now (once, about 5 minutes on 2 "
+                "CPU cores; `python tools/pretrain_clip.py` does the same)"
             )
+            start = time.perf_counter()
             with _global_rng_kept():
                 pretrain_clip(
                     os.path.dirname(path),
@@ -61,6 +54,7 @@ def ensure_synthetic_clip(datasets_root: Optional[str] = None) -> str:
                     resume=True,
                     datasets_root=datasets_root,
                 )
+            logger.info("Small CLIP pretrained in %.0f s: %s", time.perf_counter() - start, path)
     return path
 
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..clip_arch import get_arch
 from ..data.synthetic import SYNTHETIC_NOVEL_CLASS_IDS, ensure_synthetic_dataset
 from ..data.synthetic_shapes import CATEGORY_NAMES
-from ..modeling.clip_arch import get_arch
 from ..modeling.clip_resnet import CLIPResNet, normalize_clip_input
 from ..modeling.clip_text import PROMPT_ENSEMBLE, CLIPTextEncoder, encode_names
 from ..modeling.clip_weights import load_clip_state_dict

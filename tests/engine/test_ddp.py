@@ -4,11 +4,10 @@ import torch
 import torch.distributed as dist
 
 import detectron2.engine.defaults as d2_defaults
-from detectron2.engine import launch
 from detectron2.utils import comm
 
 from gridclip_d2 import backports
-from gridclip_d2.engine import ddp
+from gridclip_d2.engine import ddp, launch
 
 
 def _upstream_create_ddp_model(model, *, fp16_compression=False, **kwargs):

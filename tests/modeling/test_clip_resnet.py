@@ -10,7 +10,7 @@ from torch import nn
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_backbone
 
-from gridclip_d2.modeling.clip_arch import CLIP_ARCHS
+from gridclip_d2.clip_arch import CLIP_ARCHS
 from gridclip_d2.modeling.clip_resnet import (
     CLIP_PIXEL_MEAN,
     CLIP_PIXEL_STD,

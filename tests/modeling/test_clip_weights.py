@@ -9,8 +9,8 @@ import pytest
 import torch
 from clip.model import CLIP
 
+from gridclip_d2.clip_arch import CLIP_ARCHS, infer_arch
 from gridclip_d2.modeling import clip_weights
-from gridclip_d2.modeling.clip_arch import CLIP_ARCHS, infer_arch
 from gridclip_d2.modeling.clip_weights import clip_state_dict_from_cfg, load_clip_state_dict
 
 

@@ -6,6 +6,9 @@ OpenAI ResNet models (the values ``clip.build_model`` infers from their checkpoi
 ``RNtiny`` / ``RNtiny96`` (the same ModifiedResNet class with one block per stage and narrow
 channels; the second is the small CLIP pretrained for the embedded CPU default). ``infer_arch``
 reads an architecture off an OpenAI-layout state dict the way ``clip.model.build_model`` does.
+
+A table of numbers with no torch and no package imports, so that the config, the data mapper and the
+model all read it (the data layer and the model layer do not import each other).
 """
 
 import dataclasses
