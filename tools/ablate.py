@@ -64,7 +64,17 @@ ROWS: Dict[str, Tuple[str, List[str]]] = {
     ),
 }
 MAIN_ROWS = ("full", "no_align")
-QUICK = [
+QUICK = [  # a smoke test: a few iterations on small images
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
     "SOLVER.MAX_ITER",
     "6",
     "SOLVER.STEPS",

@@ -80,7 +80,7 @@ from benchmark_report import (  # noqa: E402
 MODELS = ("gridclip_r50_fpn", "gridclip_r50_bifpn", "retinanet_r50_fpn", "faster_rcnn_r50_fpn")
 NUM_CLASSES = 1203  # the LVIS vocabulary
 DEFAULT_SIZES = ((640, 640), (800, 1333))
-QUICK_SIZE = (256, 256)  # a multiple of 128: BiFPN pads to it
+QUICK_SIZE = (128, 128)  # a multiple of 128: BiFPN pads to it
 QUICK_OVERRIDES = [
     "MODEL.GRIDCLIP.IMAGE_ALIGN.TEACHER_INPUT_SIZE",
     "64",

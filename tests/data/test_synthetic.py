@@ -25,10 +25,10 @@ from gridclip_d2.data.synthetic_shapes import COLOURS
 
 
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("synthetic") / "a")
-    generate_synthetic_dataset(out)
-    return out
+def generated():
+    """The set every other test and ``make train`` use (made once per machine, read only here);
+    the determinism test compares it with a fresh generation."""
+    return ensure_synthetic_dataset()
 
 
 def _json(root, split):
@@ -133,18 +133,22 @@ def test_boxes_are_tight_around_the_drawn_shapes(generated):
     data = _json(generated, "train_full")
     images = {img["id"]: img for img in data["images"]}
     inside, outside = [], []
-    for ann in data["annotations"]:
-        file_name = os.path.join(generated, images[ann["image_id"]]["file_name"])
-        pixels = np.asarray(Image.open(file_name))  # H x W x 3 RGB
+    pixels_of = {}
+    for ann in sorted(data["annotations"], key=lambda a: a["image_id"]):
+        if ann["image_id"] not in pixels_of:  # each image read once
+            file_name = os.path.join(generated, images[ann["image_id"]]["file_name"])
+            pixels_of = {ann["image_id"]: np.asarray(Image.open(file_name))}  # H x W x 3 RGB
+        pixels = pixels_of[ann["image_id"]]
         name = SYNTHETIC_CATEGORIES[ann["category_id"] - 1]["name"]
         colour = np.array(COLOURS[name.split()[0]], dtype=float)
-        close = np.linalg.norm(pixels.astype(float) - colour, axis=2) < 60  # H x W
         x, y, w, h = (int(v) for v in ann["bbox"])
-        inside.append(close[y : y + h, x : x + w].mean())
-        ring = np.zeros_like(close)
-        ring[max(y - 1, 0) : y + h + 1, max(x - 1, 0) : x + w + 1] = True
-        ring[y : y + h, x : x + w] = False
-        outside.append(close[ring].mean() if ring.any() else 0.0)
+        x0, y0 = max(x - 1, 0), max(y - 1, 0)  # the box and a 1-pixel ring around it
+        window = pixels[y0 : y + h + 1, x0 : x + w + 1].astype(float)
+        close = np.linalg.norm(window - colour, axis=2) < 60  # h' x w'
+        box = np.zeros_like(close)
+        box[y - y0 : y - y0 + h, x - x0 : x - x0 + w] = True
+        inside.append(close[box].mean())
+        outside.append(close[~box].mean() if (~box).any() else 0.0)
     assert min(inside) > 0.2
     assert np.median(inside) > 0.4
     # a neighbour of the same colour may touch a box now and then
