@@ -209,6 +209,12 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         if not (resume and self.has_checkpoint()):
+            if not path:  # fvcore would say "Initializing model from scratch", which it is not
+                logger.info(
+                    "MODEL.WEIGHTS is empty: the model keeps its initialisation (the CLIP weights "
+                    "of MODEL.CLIP.WEIGHTS in the backbone and text classifier, the rest random)"
+                )
+                return {}
             return self.load(path, checkpointables=[])
         failures, chosen = [], ""
         for candidate in self._candidates():

@@ -162,7 +162,7 @@ def pretrain_clip(
         start = int(state["step"])
         logger.info(f"Resuming CLIP pretraining from {ckpt_path} at step {start}")
     elif resume:
-        logger.info(f"--resume: no {ckpt_path}; starting from step 0")
+        logger.info(f"No checkpoint to resume from at {ckpt_path}: pretraining from step 0")
 
     model.train()
     t0 = time.perf_counter()
