@@ -8,10 +8,11 @@ found.
 
 A local Gradio page (nothing is sent anywhere: Gradio's analytics are off and no share link is
 made). The model is loaded once (:class:`gridclip_d2.GridCLIPPredictor`); the text embeddings of
-the vocabularies used last are cached. The text box takes class names only (never a file on the
-server). The page shows the image with the detections drawn by Detectron2's ``Visualizer`` and a
-table of them (class, score, box), one box and one label per object (MODEL.GRIDCLIP.DISPLAY). A
-missing image, an unreadable upload or an empty vocabulary is answered with a message on the page.
+the vocabularies used last are cached. The text box takes class names only (text naming a file is
+refused: the page never reads a file on the server). The page shows the image with the detections
+drawn by Detectron2's ``Visualizer`` and a table of them (class, score, box), one box and one label
+per object (MODEL.GRIDCLIP.DISPLAY). A missing image, an unreadable upload, an empty vocabulary or a
+file name in the text box is answered with a message on the page.
 """
 
 import argparse
@@ -32,8 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `predictor
 from predictor import draw_instances  # noqa: E402
 
 from gridclip_d2 import GridCLIPPredictor  # noqa: E402
-from gridclip_d2.data.vocabulary import get_vocabulary  # noqa: E402
-from gridclip_d2.predictor import parse_vocabulary  # noqa: E402
+from gridclip_d2.vocabulary import builtin_vocabulary, parse_vocabulary  # noqa: E402
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")
 TABLE_HEADERS = ["class", "score", "x0", "y0", "x1", "y1"]
@@ -64,11 +64,11 @@ def tolerant_image(**kwargs) -> gr.Image:
 
 
 def vocabulary_from_text(text: Optional[str]) -> List[str]:
-    """The class names typed in the page's text box: comma-separated names only (a name ending in
-    .txt, .json or .npy is a name, never a file on the server). Raises ValueError for an empty
-    vocabulary or a name given twice."""
-    names, _ = parse_vocabulary((text or "").split(","))
-    return names
+    """The class names typed in the page's text box: ``parse_vocabulary`` with
+    ``allow_files=False``, the rule of every entry point except that text naming a file (ending in
+    .txt, .json or .npy) is refused: the page never reads a file on the server. Raises ValueError
+    for that, an empty vocabulary or a name given twice."""
+    return list(parse_vocabulary(text or "", allow_files=False).names)
 
 
 class DetectionPage:
@@ -215,7 +215,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="gridclip_d2")
     predictor = GridCLIPPredictor.from_config_file(args.config_file, opts=args.opts)
-    lvis_names = [c["name"] for c in get_vocabulary("lvis")]
+    lvis_names = list(builtin_vocabulary("lvis").names)
     blocks = build_page(DetectionPage(predictor), example_images(args.examples), lvis_names)
     blocks.launch(
         server_name=args.host,

@@ -30,9 +30,13 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `predictor` next to this file
 from predictor import VisualizationDemo  # noqa: E402
 
-from gridclip_d2.data.vocabulary import get_vocabulary  # noqa: E402
 from gridclip_d2.engine import setup_cfg as setup_cfg_for  # noqa: E402
 from gridclip_d2.predictor import config_with_vocabulary  # noqa: E402
+from gridclip_d2.vocabulary import (  # noqa: E402
+    VOCABULARY_CHOICES,
+    builtin_vocabulary,
+    parse_vocabulary,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
@@ -54,7 +58,7 @@ def get_parser():
     )
     parser.add_argument(
         "--vocabulary",
-        choices=["lvis", "synthetic", "custom"],
+        choices=VOCABULARY_CHOICES,
         default=None,
         help="classes to detect; default: the model's vocabulary (MODEL.GRIDCLIP.CLASS_NAMES / "
         "VOCABULARY / the TEXT_EMBEDDINGS sidecar / the training set's classes)",
@@ -62,7 +66,8 @@ def get_parser():
     parser.add_argument(
         "--custom-vocabulary",
         default="",
-        help="for --vocabulary custom: comma-separated class names, or a text file with one a line",
+        help="for --vocabulary custom: comma-separated class names, or a .txt (one a line) / "
+        ".json (list of names) / .npy (text embeddings with their sidecar) file",
     )
     parser.add_argument(
         "--overwrite",
@@ -89,7 +94,7 @@ def setup_cfg(args):
     (``gridclip_d2.predictor.config_with_vocabulary``: MODEL.GRIDCLIP.CLASS_NAMES, embedded once
     when the model is built; the config's TEXT_EMBEDDINGS file is only used when its sidecar lists
     exactly these names)."""
-    vocabulary = vocabulary_names(args)
+    vocabulary = vocabulary_from_args(args)
     cfg = setup_cfg_for(args.config_file, args.opts, mode="inference", freeze=False)
     if vocabulary is not None:
         cfg = config_with_vocabulary(cfg, vocabulary)
@@ -97,8 +102,9 @@ def setup_cfg(args):
     return cfg
 
 
-def vocabulary_names(args):
-    """Class names of the chosen vocabulary, or None to keep the model's training classes."""
+def vocabulary_from_args(args):
+    """The chosen vocabulary (``gridclip_d2.vocabulary.Vocabulary``), or None to keep the model's.
+    ``--custom-vocabulary`` is parsed by ``parse_vocabulary``, as every entry point parses it."""
     if args.custom_vocabulary and args.vocabulary not in (None, "custom"):
         raise ValueError(
             f"--custom-vocabulary is only used with --vocabulary custom, "
@@ -109,15 +115,13 @@ def vocabulary_names(args):
     if args.vocabulary is None:
         return None
     if args.vocabulary == "custom":
-        if not args.custom_vocabulary.strip(" ,"):
+        if not args.custom_vocabulary.strip():
             raise ValueError(
                 '--vocabulary custom needs --custom-vocabulary "name1,name2,..." '
-                "or a text file with one name per line"
+                "or a .txt / .json / .npy vocabulary file"
             )
-        if os.path.isfile(args.custom_vocabulary):
-            return [c["name"] for c in get_vocabulary("custom", file=args.custom_vocabulary)]
-        return [c["name"] for c in get_vocabulary("custom", custom=args.custom_vocabulary)]
-    return [c["name"] for c in get_vocabulary(args.vocabulary)]
+        return parse_vocabulary(args.custom_vocabulary, what="--custom-vocabulary")
+    return builtin_vocabulary(args.vocabulary)
 
 
 def collect_inputs(patterns):

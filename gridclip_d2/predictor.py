@@ -39,18 +39,16 @@ from detectron2.layers import nms
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-from .data.vocabulary import get_vocabulary
 from .engine.checkpointer import GridCLIPCheckpointer
 from .engine.setup import setup_cfg
-from .modeling.model_vocabulary import read_sidecar, read_vocabulary_file
-from .modeling.text_classifier import checked_text_embeddings
+from .modeling.text_classifier import vocabulary_text_embeddings
+from .vocabulary import VocabularyLike, parse_vocabulary, sidecar_names
 
-__all__ = ["ClassNames", "GridCLIPPredictor", "config_with_vocabulary", "parse_vocabulary"]
+__all__ = ["ClassNames", "GridCLIPPredictor", "config_with_vocabulary"]
 
 logger = logging.getLogger(__name__)
 
 ImageLike = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image"]  # noqa: F821
-VocabularyLike = Union[Sequence[str], str, os.PathLike]
 
 
 class ClassNames(SequenceABC):
@@ -98,67 +96,25 @@ class ClassNames(SequenceABC):
         return ClassNames(name for names in lists for name in names)
 
 
-def _npy_path(vocabulary: VocabularyLike) -> Optional[str]:
-    if isinstance(vocabulary, (str, os.PathLike)) and os.fspath(vocabulary).endswith(".npy"):
-        return os.fspath(vocabulary)
-    return None
-
-
-def parse_vocabulary(vocabulary: VocabularyLike) -> Tuple[Optional[List[str]], Optional[str]]:
-    """``(names, npy_path)`` of a vocabulary given as a list of names, a comma-separated string, a
-    ``.txt`` file (one name a line), a ``.json`` list of names, or a text-embedding ``.npy`` (whose
-    sidecar names its rows; ``names`` is None when it has none). Names are parsed by
-    ``get_vocabulary("custom", ...)``, as the demo does: stripped, blank ones and ``#`` comments
-    skipped, a name given twice refused. A list is names only, never a path."""
-    npy = _npy_path(vocabulary)
-    if npy is not None:
-        if not os.path.isfile(npy):
-            raise FileNotFoundError(f"vocabulary: no such text-embedding file: {npy}")
-        meta = read_sidecar(npy)
-        return (list(meta["names"]) if meta else None), npy
-    if isinstance(vocabulary, (str, os.PathLike)):
-        text = os.fspath(vocabulary)
-        if text.endswith((".txt", ".json")):
-            if not os.path.isfile(text):
-                raise FileNotFoundError(f"vocabulary: no such names file: {text}")
-            return read_vocabulary_file(text), None
-        custom = text
-    else:
-        custom = [str(n) for n in vocabulary]
-    joined = custom if isinstance(custom, str) else ",".join(custom)
-    if not joined.replace(",", " ").strip():
-        raise ValueError("the vocabulary is empty: give at least one class name")
-    try:
-        entries = get_vocabulary("custom", custom=custom)
-    except ValueError as e:  # a name given twice, or nothing but "#" comments
-        raise ValueError(
-            f"the vocabulary must not name a class more than once, nor hold only '#' comments: {e}"
-        ) from None
-    return [c["name"] for c in entries], None
-
-
 def config_with_vocabulary(cfg: CfgNode, vocabulary: VocabularyLike) -> CfgNode:
-    """A clone of ``cfg`` whose model is built with ``vocabulary`` (see
-    :meth:`GridCLIPPredictor.set_vocabulary`) instead of the config's: the names go to
-    MODEL.GRIDCLIP.CLASS_NAMES (VOCABULARY cleared), and are embedded when the model is built;
-    the config's TEXT_EMBEDDINGS is only kept when its sidecar lists exactly these names (so a
-    missing or other-vocabulary file, e.g. LVIS's, is neither needed nor embedded to be thrown
-    away). A text-embedding ``.npy`` becomes TEXT_EMBEDDINGS, its sidecar's names CLASS_NAMES."""
-    names, npy = parse_vocabulary(vocabulary)
-    if npy is not None and names is None:
-        raise ValueError(f"{npy} has no sidecar naming its rows: pass the names as a list instead")
+    """A clone of ``cfg`` whose model is built with ``vocabulary`` (parsed by
+    ``gridclip_d2.vocabulary.parse_vocabulary``, as every entry point does) instead of the config's:
+    the names go to MODEL.GRIDCLIP.CLASS_NAMES (VOCABULARY cleared). A text-embedding ``.npy``
+    becomes TEXT_EMBEDDINGS (its rows, checked against its sidecar); otherwise the config's
+    TEXT_EMBEDDINGS is only kept when its sidecar lists exactly these names, so a missing or
+    other-vocabulary file (e.g. LVIS's) is neither needed nor embedded to be thrown away: the names
+    are embedded when the model is built."""
+    vocabulary = parse_vocabulary(vocabulary, what="vocabulary")
+    names = list(vocabulary.names)
     cfg = cfg.clone()
     cfg.defrost()
     g = cfg.MODEL.GRIDCLIP
     g.VOCABULARY = ""
-    g.CLASS_NAMES = list(names)
-    if npy is not None:
-        g.TEXT_EMBEDDINGS = npy
-    elif g.TEXT_EMBEDDINGS:
-        path = g.TEXT_EMBEDDINGS
-        sidecar = read_sidecar(path) if os.path.isfile(path) else None
-        if sidecar is None or list(sidecar["names"]) != list(names):
-            g.TEXT_EMBEDDINGS = ""
+    g.CLASS_NAMES = names
+    if vocabulary.embeddings_file is not None:
+        g.TEXT_EMBEDDINGS = vocabulary.embeddings_file
+    elif g.TEXT_EMBEDDINGS and sidecar_names(g.TEXT_EMBEDDINGS) != names:
+        g.TEXT_EMBEDDINGS = ""
     return cfg
 
 
@@ -254,34 +210,36 @@ class GridCLIPPredictor:
     def set_vocabulary(self, vocabulary: VocabularyLike) -> None:
         """Detect ``vocabulary`` from now on: a list of names, a comma-separated string, a ``.txt``
         / ``.json`` names file, or a ``.npy`` of text embeddings from
-        ``tools/dump_text_embeddings.py`` (its sidecar must match this model's CLIP and prompts).
-        Names are embedded with the model's CLIP text encoder once; the text embeddings of the last
-        :attr:`cache_size` vocabularies are cached. The model is not reloaded."""
-        npy = _npy_path(vocabulary)
-        if npy is not None:
-            names, embeddings = checked_text_embeddings(
-                self.cfg, npy, names=None, names_source="its own names"
-            )
-            self._remember(names, embeddings)
-        else:
-            names, _ = parse_vocabulary(vocabulary)
+        ``tools/dump_text_embeddings.py`` (its sidecar must match this model's CLIP and prompts);
+        parsed by ``gridclip_d2.vocabulary.parse_vocabulary``. Names are embedded with the model's
+        CLIP text encoder once (or taken from the config's TEXT_EMBEDDINGS when its sidecar lists
+        exactly them); the text embeddings of the last :attr:`cache_size` vocabularies are cached.
+        The model is not reloaded."""
+        vocabulary = parse_vocabulary(vocabulary, what="set_vocabulary")
+        names = list(vocabulary.names)
         key = tuple(names)
-        if key == tuple(self.model.vocabulary or ()):
+        npy = vocabulary.embeddings_file
+        if npy is None and key == tuple(self.model.vocabulary or ()):
             self._remember(names, self.model.head.classifier.embeddings)
             return
-        cached = self._embeddings.get(key)
-        if cached is not None:
-            self.model.set_vocabulary(names=names, embeddings=cached)
-        else:
-            self.model.set_vocabulary(names=names)
+        embeddings = self._embeddings.get(key) if npy is None else None
+        if embeddings is None:
+            embeddings = vocabulary_text_embeddings(
+                self.cfg,
+                names,
+                npy or self.cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS,
+                only_if_named=npy is None,
+                names_source=vocabulary.source,
+                encode=self.model.encode_vocabulary,
+            )
+        self.model.set_vocabulary(names=names, embeddings=embeddings)
         self._remember(names, self.model.head.classifier.embeddings)
 
     def _remember(self, names: Sequence[str], embeddings: torch.Tensor) -> None:
         """Cache ``embeddings`` of ``names`` as the most recently used; drop the least recently
         used beyond :attr:`cache_size`."""
         key = tuple(names)
-        if key not in self._embeddings:
-            self._embeddings[key] = embeddings.detach().cpu()
+        self._embeddings[key] = embeddings.detach().cpu()
         self._embeddings.move_to_end(key)
         while len(self._embeddings) > max(1, int(self.cache_size)):
             self._embeddings.popitem(last=False)

@@ -194,22 +194,31 @@ def test_inputs_and_outputs_checked(images, tmp_path):
 
 
 def test_vocabulary_arguments(tmp_path):
+    """The demo's own options around the vocabulary; how --custom-vocabulary is parsed is the rule
+    of every entry point (tests/test_vocabulary_entry_points.py)."""
     parse = demo.get_parser().parse_args
     base = ["--config-file", CONFIG, "--input", "x.jpg"]
-    assert demo.vocabulary_names(parse(base)) is None
-    assert demo.vocabulary_names(parse(base + ["--custom-vocabulary", "zebra, kite"])) == [
-        "zebra",
-        "kite",
-    ]
-    assert len(demo.vocabulary_names(parse(base + ["--vocabulary", "lvis"]))) == 1203
+
+    def names(argv):
+        vocabulary = demo.vocabulary_from_args(parse(base + argv))
+        return None if vocabulary is None else list(vocabulary.names)
+
+    assert names([]) is None
+    assert names(["--custom-vocabulary", "zebra, kite"]) == ["zebra", "kite"]
+    assert len(names(["--vocabulary", "lvis"])) == 1203
     vocab_file = tmp_path / "vocab.txt"
     vocab_file.write_text("zebra\n# comment\ntraffic cone, pylon\n")
-    args = parse(base + ["--vocabulary", "custom", "--custom-vocabulary", str(vocab_file)])
-    assert demo.vocabulary_names(args) == ["zebra", "traffic cone"]
+    assert names(["--vocabulary", "custom", "--custom-vocabulary", str(vocab_file)]) == [
+        "zebra",
+        "traffic cone",
+    ]
+    # a names file that is not there is an error naming it, not a class named after it
+    with pytest.raises(FileNotFoundError, match="--custom-vocabulary: .*names.txt not found"):
+        names(["--custom-vocabulary", str(tmp_path / "names.txt")])
     with pytest.raises(ValueError, match="--custom-vocabulary"):
-        demo.vocabulary_names(parse(base + ["--vocabulary", "custom"]))
+        names(["--vocabulary", "custom"])
     with pytest.raises(ValueError, match="only used with --vocabulary custom"):
-        demo.vocabulary_names(parse(base + ["--vocabulary", "lvis", "--custom-vocabulary", "a"]))
+        names(["--vocabulary", "lvis", "--custom-vocabulary", "a"])
 
 
 @pytest.mark.slow
@@ -327,9 +336,9 @@ def test_no_display_asks_for_an_output_before_loading_anything(monkeypatch, imag
 
 
 def test_web_page_callback_takes_names_only(weights, images, tmp_path):
-    """demo/app.py's callback without a browser: the text box holds class names only (a name that
-    looks like a path is a name, no server file is read), bad input is answered with a message,
-    and no vocabulary is registered globally."""
+    """demo/app.py's callback without a browser: the text box holds class names only (text naming a
+    file is refused, and no server file is read), bad input is answered with a message, and no
+    vocabulary is registered globally."""
     from detectron2.data import MetadataCatalog
 
     from gridclip_d2 import GridCLIPPredictor
@@ -346,7 +355,7 @@ def test_web_page_callback_takes_names_only(weights, images, tmp_path):
     secret.write_text("secret class\n")
     registered = len(MetadataCatalog.list())
 
-    for text in [f"{secret}, kite", "zebra.npy, cone.json,missing.txt"]:
+    for text in [f"{secret}, kite", "zebra.npy, cone.json,kite"]:
         drawn, rows, message = page.detect(rgb, text, 0.0)
         names = [n.strip() for n in text.split(",")]
         assert "detection(s) at score >= 0.00" in message, message
@@ -354,9 +363,13 @@ def test_web_page_callback_takes_names_only(weights, images, tmp_path):
         assert rows and {row[0] for row in rows} <= set(names)
     assert app.vocabulary_from_text(" zebra ,, kite ") == ["zebra", "kite"]
     assert len(MetadataCatalog.list()) == registered
+    for text in [str(secret), "zebra.npy, cone.json,missing.txt"]:  # a file: refused, never read
+        drawn, rows, message = page.detect(rgb, text, 0.0)
+        assert drawn is None and rows == [] and "secret class" not in predictor.vocabulary
+        assert message.startswith("Vocabulary: ") and "names a file" in message, message
 
     _, _, message = page.detect(rgb, " , ", 0.5)
-    assert message.startswith("Vocabulary: the vocabulary is empty")
+    assert message.startswith("Vocabulary: empty vocabulary")
     _, _, message = page.detect(rgb, "kite, zebra, kite", 0.5)
     assert message.startswith("Vocabulary:") and "more than once" in message
     _, _, message = page.detect(rgb.astype(np.float32), "kite", 0.5)

@@ -108,7 +108,7 @@ def test_random_clip_is_deterministic(tool, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--vocabulary", "custom", "--custom-vocabulary", " , "], "holds no category names"),
+        (["--vocabulary", "custom", "--custom-vocabulary", " , "], "empty vocabulary"),
         (
             ["--vocabulary", "custom", "--vocabulary-file", "/nonexistent/names.txt"],
             "/nonexistent/names.txt not found",

@@ -186,6 +186,6 @@ def test_page_detects_a_custom_vocabulary_in_a_photograph(page_url, browser, tmp
 
     _type(textbox, " , ")
     status = _detect_and_wait(browser, status)
-    assert status.startswith("Vocabulary: the vocabulary is empty")
+    assert status.startswith("Vocabulary: empty vocabulary")
     browser.find_element(By.CSS_SELECTOR, "#preset-lvis").click()
     WebDriverWait(browser, 30).until(lambda d: textbox.get_attribute("value").count(",") == 1202)

@@ -18,7 +18,6 @@ output whole.
 """
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -31,7 +30,6 @@ from detectron2.utils.logger import setup_logger
 
 from gridclip_d2.atomic_write import atomic_write
 from gridclip_d2.clip_arch import CLIP_ARCHS, arch_name, infer_arch
-from gridclip_d2.data.vocabulary import VOCABULARY_KINDS, get_vocabulary
 from gridclip_d2.modeling.clip_text import (
     PROMPT_ENSEMBLE,
     CLIPTextEncoder,
@@ -39,6 +37,13 @@ from gridclip_d2.modeling.clip_text import (
     encode_names,
 )
 from gridclip_d2.modeling.clip_weights import load_clip_state_dict, text_fingerprint
+from gridclip_d2.vocabulary import (
+    VOCABULARY_CHOICES,
+    builtin_vocabulary,
+    is_vocabulary_file,
+    parse_vocabulary,
+    write_sidecar,
+)
 
 logger = logging.getLogger("gridclip_d2.dump_text_embeddings")
 
@@ -60,14 +65,17 @@ def get_parser() -> argparse.ArgumentParser:
         "--download-root", default="", help="folder of OpenAI checkpoints (default ~/.cache/clip)"
     )
     p.add_argument("--seed", type=int, default=0, help='seed of the random CLIP (--clip "")')
-    p.add_argument("--vocabulary", required=True, choices=VOCABULARY_KINDS)
+    p.add_argument("--vocabulary", required=True, choices=VOCABULARY_CHOICES)
     p.add_argument(
-        "--custom-vocabulary", default=None, help='comma-separated names, e.g. "zebra,kite"'
+        "--custom-vocabulary",
+        default=None,
+        help='comma-separated names, e.g. "zebra,kite", or a file (as --vocabulary-file)',
     )
     p.add_argument(
         "--vocabulary-file",
         default=None,
-        help="text file, one category per line (synonyms after commas)",
+        help=".txt (one category per line, synonyms after commas), .json (list of names) or .npy "
+        "(the names of its sidecar)",
     )
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument(
@@ -87,6 +95,27 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def vocabulary_from_args(args: argparse.Namespace):
+    """The vocabulary of ``--vocabulary`` / ``--custom-vocabulary`` / ``--vocabulary-file``, parsed
+    by ``gridclip_d2.vocabulary.parse_vocabulary`` as every entry point parses it."""
+    custom = [a for a in (args.custom_vocabulary, args.vocabulary_file) if a is not None]
+    if args.vocabulary != "custom":
+        if custom:
+            raise ValueError("--custom-vocabulary / --vocabulary-file need --vocabulary custom")
+        return builtin_vocabulary(args.vocabulary)
+    if len(custom) != 1:
+        raise ValueError(
+            "--vocabulary custom needs one of --custom-vocabulary or --vocabulary-file"
+        )
+    if args.vocabulary_file is not None:
+        if not is_vocabulary_file(args.vocabulary_file):
+            raise ValueError(
+                f"--vocabulary-file {args.vocabulary_file!r}: expected a .txt, .json or .npy file"
+            )
+        return parse_vocabulary(args.vocabulary_file, what="--vocabulary-file")
+    return parse_vocabulary(args.custom_vocabulary, what="--custom-vocabulary")
+
+
 def dump_text_embeddings(args: argparse.Namespace) -> np.ndarray:
     """Compute and write the embeddings described by parsed ``args``; returns the C x D array."""
     if not args.out.endswith(".npy"):
@@ -96,18 +125,13 @@ def dump_text_embeddings(args: argparse.Namespace) -> np.ndarray:
         raise FileNotFoundError(f"--out folder {out_dir} is a file")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    custom_given = args.custom_vocabulary is not None or args.vocabulary_file is not None
-    if args.vocabulary != "custom" and custom_given:
-        raise ValueError("--custom-vocabulary / --vocabulary-file need --vocabulary custom")
+    vocabulary = vocabulary_from_args(args)
     templates: List[str] = list(PROMPT_ENSEMBLE) if args.prompt_ensemble else [args.prompt]
     try:
         for t in templates:
             check_prompt(t)
     except ValueError as e:
         raise ValueError(f"--prompt: {e}") from None
-    vocabulary = get_vocabulary(
-        args.vocabulary, custom=args.custom_vocabulary, file=args.vocabulary_file
-    )
 
     arch = args.arch
     if arch is None and args.clip in CLIP_ARCHS:
@@ -118,8 +142,8 @@ def dump_text_embeddings(args: argparse.Namespace) -> np.ndarray:
     arch = arch or arch_name(infer_arch(state_dict))
     encoder = CLIPTextEncoder.from_state_dict(state_dict).to(args.device)
 
-    names = [v["name"] for v in vocabulary]
-    synonyms = [v["synonyms"] for v in vocabulary] if args.avg_synonyms else None
+    names = list(vocabulary.names)
+    synonyms = [list(s) for s in vocabulary.synonyms] if args.avg_synonyms else None
     n_prompts = len(templates) * (sum(len(s) for s in synonyms) if synonyms else len(names))
     logger.info("Encoding %d categories (%d prompts) with CLIP %s", len(names), n_prompts, arch)
     embeddings = (
@@ -128,22 +152,20 @@ def dump_text_embeddings(args: argparse.Namespace) -> np.ndarray:
         .astype(np.float32)
     )  # C x D
 
-    meta = {
-        "vocabulary": args.vocabulary,
-        "names": names,
-        "synonyms": synonyms,
-        "prompts": templates,
-        "clip_weights": args.clip,
-        "arch": arch,
-        "text_fingerprint": text_fingerprint(state_dict),
-        "seed": args.seed if args.clip == "" else None,
-        "shape": list(embeddings.shape),
-        "normalized": True,
-    }
     os.makedirs(out_dir, exist_ok=True)  # e.g. datasets/metadata/ on a fresh clone
     atomic_write(args.out, lambda f: np.save(f, embeddings))
-    json_path = args.out[: -len(".npy")] + ".json"
-    atomic_write(json_path, lambda f: f.write(json.dumps(meta, indent=1).encode("utf-8")))
+    json_path = write_sidecar(
+        args.out,
+        names=names,
+        synonyms=synonyms,
+        prompts=templates,
+        clip_weights=args.clip,
+        arch=arch,
+        text_fingerprint=text_fingerprint(state_dict),
+        seed=args.seed if args.clip == "" else None,
+        shape=embeddings.shape,
+        vocabulary=args.vocabulary,
+    )
     logger.info("Wrote %s (%d x %d) and %s", args.out, *embeddings.shape, json_path)
     return embeddings
 

@@ -14,10 +14,14 @@ from typing import List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..vocabulary import SYNTHETIC_COLOURS, SYNTHETIC_NAMES, SYNTHETIC_SHAPES
+
 __all__ = ["COLOURS", "SHAPES", "CATEGORY_NAMES", "category_index", "render_objects"]
 
+# The names are the built-in vocabulary "synthetic" (gridclip_d2.vocabulary: a model names its
+# classes without this package); what they look like is drawn here.
 # colour name -> RGB (saturated, far from the muted backgrounds and from each other)
-COLOURS = {
+_RGB = {
     "red": (220, 30, 30),
     "green": (30, 170, 50),
     "blue": (40, 70, 230),
@@ -25,9 +29,10 @@ COLOURS = {
     "purple": (140, 40, 200),
     "orange": (250, 130, 10),
 }
-SHAPES = ("circle", "square", "triangle", "cross")
+COLOURS = {c: _RGB[c] for c in SYNTHETIC_COLOURS}
+SHAPES = SYNTHETIC_SHAPES
 # Category k is colour k // len(SHAPES), shape k % len(SHAPES): "red circle", "red square", ...
-CATEGORY_NAMES: Tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
+CATEGORY_NAMES: Tuple[str, ...] = SYNTHETIC_NAMES
 
 _MAX_OVERLAP = 0.15  # intersection / smaller circumscribing square
 

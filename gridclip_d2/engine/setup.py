@@ -29,12 +29,8 @@ from detectron2.config import CfgNode, get_cfg
 from ..config import add_gridclip_config
 from ..data.register_from_cfg import register_from_cfg
 from ..modeling.clip_weights import SYNTHETIC_CLIP_NAME
-from ..modeling.model_vocabulary import (
-    explicit_vocabulary_from_cfg,
-    read_sidecar,
-    vocabulary_from_cfg,
-)
 from ..pretrain.synthetic_clip import ensure_synthetic_clip
+from ..vocabulary import explicit_vocabulary_from_cfg, read_sidecar, vocabulary_from_cfg
 from .hardware import adapt_cfg_to_hardware
 
 __all__ = ["SETUP_MODES", "setup_cfg"]

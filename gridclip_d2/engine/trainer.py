@@ -28,7 +28,8 @@ from detectron2.utils import comm
 from ..backports import TrainerStateBackport, patch_create_ddp_model
 from ..data.mapper import GridCLIPDatasetMapper
 from ..modeling.clip_text import clean_name
-from ..modeling.model_vocabulary import names_mismatch, read_sidecar, vocabulary_from_cfg
+from ..modeling.text_classifier import vocabulary_text_embeddings
+from ..vocabulary import names_mismatch, vocabulary_from_cfg
 from .checkpointer import GridCLIPCheckpointer
 from .hardware import adapt_cfg_to_hardware
 from .loss_watch import LossWatch
@@ -247,23 +248,25 @@ def _vocabulary_of(cfg, model, classes: List[str], test_name: str):
         yield
         return
     embeddings = model.head.classifier.embeddings.clone()
-    path = cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS
-    sidecar = read_sidecar(path) if path and os.path.isfile(path) else None
     shared = len({clean_name(c) for c in classes} & {clean_name(c) for c in own})
-    if sidecar is not None and list(sidecar["names"]) == classes:
-        logger.info("Evaluating %s with its %d classes: rows of %s", test_name, len(classes), path)
-        model.set_vocabulary(names=classes, embeddings=path)
-    else:
-        logger.info(
-            "Evaluating %s with its own %d classes "
-            "(%d of them in the model's %d-class vocabulary), "
-            "embedded with the model's CLIP weights and prompts",
-            test_name,
-            len(classes),
-            shared,
-            len(own),
-        )
-        model.set_vocabulary(names=classes)
+    logger.info(
+        "Evaluating %s with its own %d classes (%d of them in the model's %d-class vocabulary)",
+        test_name,
+        len(classes),
+        shared,
+        len(own),
+    )
+    # the rows of TEXT_EMBEDDINGS when its sidecar lists exactly these classes, else embedded with
+    # the model's CLIP weights and prompts
+    rows = vocabulary_text_embeddings(
+        cfg,
+        classes,
+        cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS,
+        only_if_named=True,
+        names_source=f"the classes of {test_name!r}",
+        encode=model.encode_vocabulary,
+    )
+    model.set_vocabulary(names=classes, embeddings=rows)
     try:
         yield
     finally:

@@ -8,9 +8,9 @@ losses are divided by FCOS's moving average of the number of positive locations.
 
 Conventions: N images, R = sum over levels of Hi x Wi locations (one anchor point per location),
 C classes of the current vocabulary, D = CLIP embedding dim. Class ids are contiguous and index the
-vocabulary the model currently holds, ``GridCLIP.vocabulary``: the names it was built with
-(:mod:`.model_vocabulary`: from its config alone) until :meth:`GridCLIP.set_vocabulary` replaces
-them.
+vocabulary the model currently holds, ``GridCLIP.vocabulary``: the names it was built with (from
+its config alone: ``gridclip_d2.vocabulary.model_vocabulary``) until :meth:`GridCLIP.set_vocabulary`
+replaces them.
 """
 
 import functools
@@ -32,13 +32,13 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
+from ..vocabulary import model_vocabulary, training_metadata
 from .alignment import ImageAlignment
 from .clip_text import text_embeddings_from_cfg
 from .config_checks import check_in_features
 from .dense_decoding import decode_level
 from .grid_head import GridCLIPHead, GridHeadOutputs
 from .loss_columns import LossColumns
-from .model_vocabulary import training_metadata, vocabulary_from_cfg
 from .necks import DENSE_CLIP
 from .text_classifier import TextClassifier, vocabulary_embeddings
 
@@ -149,7 +149,8 @@ class GridCLIP(FCOS):
                 f"{cfg.INPUT.FORMAT!r}"
             )
         g = cfg.MODEL.GRIDCLIP
-        names, names_source = vocabulary_from_cfg(cfg)
+        vocabulary = model_vocabulary(cfg)
+        names, names_source = list(vocabulary.names), vocabulary.source
         metadata = training_metadata(cfg, names)
         image_count_per_class = (
             metadata.get("image_count_per_class", None) if metadata is not None else None
@@ -160,7 +161,12 @@ class GridCLIP(FCOS):
         check_in_features(
             in_features, shapes, "MODEL.GRIDCLIP.IN_FEATURES", f"backbone {cfg.MODEL.BACKBONE.NAME}"
         )
-        classifier = TextClassifier(cfg, names=names, names_source=names_source)
+        classifier = TextClassifier(
+            cfg,
+            names=names,
+            names_source=names_source,
+            embeddings_file=vocabulary.embeddings_file,
+        )
         head = GridCLIPHead(cfg, [shapes[f] for f in in_features], classifier=classifier)
         novel = (
             list(metadata.get("novel_class_ids", []))

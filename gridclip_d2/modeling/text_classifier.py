@@ -6,6 +6,11 @@ time) are L2-normalised and kept in a buffer that is never trained. Unlike Detic
 non-persistent (checkpoints carry no vocabulary, so a model can be loaded with any vocabulary), the
 temperature and bias belong to the head, and a row count that does not match the classes is an error
 naming the file and both numbers. ``set_embeddings`` swaps the vocabulary at inference.
+
+:func:`vocabulary_text_embeddings` is the one place that decides where a vocabulary's rows come
+from, for the model's build, evaluation with a test set's classes and the predictor's vocabulary
+swaps: the rows of a text-embedding ``.npy`` when its sidecar describes these names, this CLIP and
+these prompts, else the names embedded with the model's CLIP.
 """
 
 import logging
@@ -20,15 +25,16 @@ from torch import nn
 from detectron2.config import configurable
 
 from ..clip_arch import get_arch
+from ..vocabulary import check_names, check_sidecar, read_sidecar, sidecar_names, sidecar_path
 from .clip_text import prompts_from_cfg, text_embeddings_from_cfg
-from .clip_weights import clip_state_dict_from_cfg, text_fingerprint
-from .model_vocabulary import check_sidecar, read_sidecar, sidecar_path
+from .text_fingerprint import clip_text_fingerprint_from_cfg
 
 __all__ = [
     "TextClassifier",
     "checked_text_embeddings",
     "load_text_embeddings",
     "vocabulary_embeddings",
+    "vocabulary_text_embeddings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,9 +91,9 @@ def checked_text_embeddings(
                 f"{path} has no sidecar {sidecar_path(path)} naming its rows: "
                 "pass the names as a list instead"
             )
-        names, check_names = [str(n) for n in meta["names"]], None
+        names, expected = [str(n) for n in meta["names"]], None
     else:
-        names = check_names = list(names)
+        names = expected = list(names)
     _check_rows(path, embeddings.shape[0], len(names))
     if meta is None:
         logger.warning(
@@ -100,13 +106,46 @@ def checked_text_embeddings(
         check_sidecar(
             path,
             meta,
-            names=check_names,
+            names=expected,
             names_source=names_source,
             arch=cfg.MODEL.CLIP.ARCH,
-            fingerprint=text_fingerprint(clip_state_dict_from_cfg(cfg)),
+            fingerprint=clip_text_fingerprint_from_cfg(cfg),
             prompts=prompts_from_cfg(cfg),
         )
     return names, embeddings
+
+
+def vocabulary_text_embeddings(
+    cfg,
+    names: Sequence[str],
+    npy: Optional[str] = None,
+    *,
+    only_if_named: bool = False,
+    names_source: str = "the vocabulary",
+    encode: Optional[Callable[[List[str]], torch.Tensor]] = None,
+) -> torch.Tensor:
+    """C x D text embeddings of ``names`` for the model of ``cfg``.
+
+    With ``npy``, its rows (:func:`checked_text_embeddings`: the sidecar must list ``names`` and
+    match MODEL.CLIP's architecture and text fingerprint and the prompts; any mismatch is an error).
+    ``only_if_named``: ``npy`` is only used when its sidecar lists exactly ``names`` (a config's
+    TEXT_EMBEDDINGS serving another vocabulary, or missing, is passed over). Otherwise ``names`` are
+    embedded with ``encode`` (the model's CLIP text encoder) or, without one, MODEL.CLIP.* and
+    MODEL.GRIDCLIP.PROMPT(_ENSEMBLE).
+    """
+    names = list(names)
+    if npy and only_if_named and sidecar_names(npy) != names:
+        npy = None
+    if npy:
+        _, embeddings = checked_text_embeddings(cfg, npy, names, names_source)
+        logger.info("Text embeddings of %s: the rows of %s", names_source, npy)
+        return embeddings
+    logger.debug(
+        "Text embeddings of %s (%d classes): embedded with the model's CLIP weights and prompts",
+        names_source,
+        len(names),
+    )
+    return encode(names) if encode is not None else text_embeddings_from_cfg(cfg, names)
 
 
 def vocabulary_embeddings(
@@ -127,9 +166,7 @@ def vocabulary_embeddings(
     if names is not None:
         if isinstance(names, str):
             raise TypeError("set_vocabulary(names=...) takes a list of names, not one string")
-        names = [str(n) for n in names]
-        if not names:
-            raise ValueError("set_vocabulary: the vocabulary is empty (no names given)")
+        names = check_names(list(names), "set_vocabulary(names=...)")
     if embeddings is None:
         if encode is None:
             raise ValueError(
@@ -166,18 +203,21 @@ class TextClassifier(nn.Module):
         self.set_embeddings(embeddings)
 
     @classmethod
-    def from_config(cls, cfg, names: Sequence[str], names_source: str = "the vocabulary"):
-        """``names``: the model's vocabulary (:func:`vocabulary_from_cfg`). With
-        MODEL.GRIDCLIP.TEXT_EMBEDDINGS the rows are read from the .npy, whose sidecar must describe
-        these names, MODEL.CLIP's weights and the prompts; otherwise the names are embedded now."""
+    def from_config(
+        cls,
+        cfg,
+        names: Sequence[str],
+        names_source: str = "the vocabulary",
+        embeddings_file: Optional[str] = None,
+    ):
+        """``names``: the model's vocabulary (``gridclip_d2.vocabulary.model_vocabulary``). With
+        ``embeddings_file`` (default: MODEL.GRIDCLIP.TEXT_EMBEDDINGS) the rows are read from the
+        .npy, whose sidecar must describe these names, MODEL.CLIP's weights and the prompts;
+        otherwise the names are embedded now (:func:`vocabulary_text_embeddings`)."""
         dim = get_arch(cfg.MODEL.CLIP.ARCH).embed_dim
-        path = cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS
-        if path:
-            _, embeddings = checked_text_embeddings(cfg, path, names, names_source)
-            source = f"Text embeddings {path}"
-        else:
-            embeddings = text_embeddings_from_cfg(cfg, names)
-            source = f"Text embeddings of {names_source}"
+        path = embeddings_file or cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS
+        embeddings = vocabulary_text_embeddings(cfg, names, path, names_source=names_source)
+        source = f"Text embeddings {path}" if path else f"Text embeddings of {names_source}"
         if embeddings.shape[1] != dim:
             raise ValueError(
                 f"{source} have dimension {embeddings.shape[1]} but CLIP {cfg.MODEL.CLIP.ARCH} "

@@ -1,7 +1,9 @@
-"""Text side: CLIP text encoder, prompt handling, the frozen text classifier, vocabularies."""
+"""Text side: CLIP text encoder, prompt handling, the frozen text classifier, the text fingerprint
+of the CLIP weights (vocabularies themselves: tests/vocabulary/)."""
 
 import functools
 import json
+import os
 
 import clip
 import numpy as np
@@ -9,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gridclip_d2.data.vocabulary import get_vocabulary
 from gridclip_d2.modeling import text_classifier
 from gridclip_d2.modeling.clip_text import (
     PROMPT_ENSEMBLE,
@@ -223,55 +224,25 @@ def test_random_text_encoder_is_deterministic():
     assert torch.equal(a, sd["text_projection"])
 
 
-def test_vocabularies(tmp_path):
-    lvis = get_vocabulary("lvis")
-    assert len(lvis) == 1203 and [v["id"] for v in lvis] == list(range(1, 1204))
-    assert lvis[0]["name"] == "aerosol_can" and lvis[0]["synonyms"] == ["aerosol_can", "spray_can"]
-    # The names are the classes LVIS's labels index (Detectron2's thing_classes), "horned_cow"
-    # included.
-    from detectron2.data import MetadataCatalog
+def test_text_fingerprint_is_cached_per_checkpoint_file(
+    clip_tiny_checkpoints, tmp_path, monkeypatch
+):
+    """The sidecar check's fingerprint is computed once per checkpoint file (path, mtime, size): a
+    second check reads nothing; a rewritten file is read again; the cache is bounded."""
+    from gridclip_d2.modeling import text_fingerprint as tf
 
-    assert [v["name"] for v in lvis] == MetadataCatalog.get("lvis_v1_val").thing_classes
-    assert lvis[161]["name"] == "horned_cow" and "bull" in lvis[161]["synonyms"]
-    freq = [v["frequency"] for v in lvis]
-    assert (freq.count("r"), freq.count("c"), freq.count("f")) == (337, 461, 405)
-
-    from gridclip_d2.data.synthetic import SYNTHETIC_CATEGORIES
-
-    synthetic = get_vocabulary("synthetic")
-    assert [v["name"] for v in synthetic] == [
-        c["name"] for c in sorted(SYNTHETIC_CATEGORIES, key=lambda c: c["id"])
-    ]
-    assert all(v["frequency"] in ("r", "c", "f") for v in synthetic)
-
-    custom = get_vocabulary("custom", custom="zebra, traffic cone ,kite")
-    assert [(v["id"], v["name"], v["synonyms"], v["frequency"]) for v in custom] == [
-        (1, "zebra", ["zebra"], None),
-        (2, "traffic cone", ["traffic cone"], None),
-        (3, "kite", ["kite"], None),
-    ]
-    assert [v["name"] for v in get_vocabulary("custom", custom=["a", "b"])] == ["a", "b"]
-    f = tmp_path / "names.txt"
-    f.write_text("# my classes\nkite, paper kite\n\nzebra\n")
-    from_file = get_vocabulary("custom", file=str(f))
-    assert [(v["name"], v["synonyms"]) for v in from_file] == [
-        ("kite", ["kite", "paper kite"]),
-        ("zebra", ["zebra"]),
-    ]
-
-
-def test_vocabulary_errors(tmp_path):
-    with pytest.raises(ValueError, match="holds no category names"):
-        get_vocabulary("custom", custom=" , ")
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n# nothing\n")
-    with pytest.raises(ValueError, match="empty.txt holds no category names"):
-        get_vocabulary("custom", file=str(empty))
-    with pytest.raises(FileNotFoundError, match="nope.txt not found"):
-        get_vocabulary("custom", file=str(tmp_path / "nope.txt"))
-    with pytest.raises(ValueError, match="'kite' appears twice"):
-        get_vocabulary("custom", custom="kite,zebra,kite")
-    with pytest.raises(ValueError, match="exactly one"):
-        get_vocabulary("custom")
-    with pytest.raises(ValueError, match="Unknown vocabulary 'coco'"):
-        get_vocabulary("coco")
+    path = tmp_path / "clip.pt"
+    path.write_bytes(open(clip_tiny_checkpoints.state_dict_path, "rb").read())
+    loads = []
+    load = tf.load_clip_state_dict
+    monkeypatch.setattr(tf, "load_clip_state_dict", lambda *a: loads.append(a) or load(*a))
+    monkeypatch.setattr(tf, "_CACHE", type(tf._CACHE)())
+    expected = text_fingerprint(clip_tiny_checkpoints.state_dict)
+    assert tf.clip_text_fingerprint(str(path), "RNtiny") == expected and len(loads) == 1
+    assert tf.clip_text_fingerprint(str(path), "RNtiny") == expected and len(loads) == 1
+    os.utime(path, ns=(0, 0))  # "rewritten": another modification time
+    assert tf.clip_text_fingerprint(str(path), "RNtiny") == expected and len(loads) == 2
+    for seed in range(tf.CACHE_SIZE + 2):
+        tf.clip_text_fingerprint("", "RNtiny", seed=seed)
+    assert len(tf._CACHE) == tf.CACHE_SIZE
+    assert all(isinstance(v, str) and len(v) == 16 for v in tf._CACHE.values())

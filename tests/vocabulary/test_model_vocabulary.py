@@ -12,9 +12,8 @@ import pytest
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
-from gridclip_d2.data.vocabulary import get_vocabulary
-from gridclip_d2.modeling.model_vocabulary import vocabulary_from_cfg
 from gridclip_d2.modeling.text_classifier import TextClassifier
+from gridclip_d2.vocabulary import SYNTHETIC_NAMES, model_vocabulary, vocabulary_from_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location(
@@ -66,7 +65,7 @@ def test_vocabulary_sources(tiny_cfg, tmp_path, npy):
     assert vocabulary_from_cfg(cfg)[0] == ["zebra", "traffic_cone", "kite"]
 
     cfg.MODEL.GRIDCLIP.VOCABULARY = "synthetic"
-    assert vocabulary_from_cfg(cfg)[0] == [c["name"] for c in get_vocabulary("synthetic")]
+    assert vocabulary_from_cfg(cfg)[0] == list(SYNTHETIC_NAMES)
     txt = tmp_path / "names.txt"
     txt.write_text("# my classes\nkite, paper kite\nzebra\n")
     cfg.MODEL.GRIDCLIP.VOCABULARY = str(txt)
@@ -75,9 +74,11 @@ def test_vocabulary_sources(tiny_cfg, tmp_path, npy):
     js.write_text(json.dumps(["x", "y z"]))
     cfg.MODEL.GRIDCLIP.VOCABULARY = str(js)
     assert vocabulary_from_cfg(cfg)[0] == ["x", "y z"]
-    cfg.MODEL.GRIDCLIP.VOCABULARY = "coco"
+    cfg.MODEL.GRIDCLIP.VOCABULARY = "coco"  # a misspelt built-in name is not a one-class vocabulary
     with pytest.raises(ValueError, match="VOCABULARY 'coco': expected lvis or synthetic"):
         vocabulary_from_cfg(cfg)
+    cfg.MODEL.GRIDCLIP.VOCABULARY = "kite, zebra"  # names, as every entry point parses them
+    assert vocabulary_from_cfg(cfg) == (["kite", "zebra"], "MODEL.GRIDCLIP.VOCABULARY")
     cfg.MODEL.GRIDCLIP.VOCABULARY = str(tmp_path / "absent.txt")
     with pytest.raises(FileNotFoundError, match="absent.txt"):
         vocabulary_from_cfg(cfg)
@@ -102,6 +103,23 @@ def test_model_builds_from_the_sidecar_alone(tiny_cfg, npy, clip_tiny_checkpoint
     model = build_model(cfg)  # no data set needed
     assert model.vocabulary == ["zebra", "traffic_cone", "kite"] and model.num_classes == 3
     np.testing.assert_allclose(model.head.classifier.embeddings.numpy(), np.load(npy), atol=1e-6)
+
+    # The .npy given as VOCABULARY: its sidecar names the classes and its rows embed them.
+    cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = ""
+    cfg.MODEL.GRIDCLIP.VOCABULARY = npy
+    vocabulary = model_vocabulary(cfg)
+    assert vocabulary.names == ("zebra", "traffic_cone", "kite")
+    assert (
+        vocabulary.embeddings_file == npy
+        and vocabulary.source == f"MODEL.GRIDCLIP.VOCABULARY {npy}"
+    )
+    model = build_model(cfg)
+    np.testing.assert_allclose(model.head.classifier.embeddings.numpy(), np.load(npy), atol=1e-6)
+    cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = npy  # the same file twice is one file
+    assert model_vocabulary(cfg).embeddings_file == npy
+    cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS = npy[: -len(".npy")] + "_other.npy"
+    with pytest.raises(ValueError, match="two text-embedding files: give one"):
+        model_vocabulary(cfg)
 
 
 def test_sidecar_mismatches_name_both_sides(tiny_cfg, npy, caplog):

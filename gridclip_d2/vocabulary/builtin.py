@@ -1,0 +1,63 @@
+"""The built-in vocabularies, by name: ``"lvis"`` and ``"synthetic"``.
+
+- ``"lvis"``: LVIS v1's 1203 categories (Detectron2's ``lvis_v1_categories``) in id order, named as
+  Detectron2's LVIS ``thing_classes`` (each category's first synonym), with their synonyms;
+- ``"synthetic"``: the embedded data set's 24 categories, a colour and a shape each ("red circle"),
+  category ``k`` being colour ``k // 4`` and shape ``k % 4``. The table lives here, not in
+  ``gridclip_d2.data``: a model names its classes without the data package; the data set draws
+  these names (``gridclip_d2.data.synthetic_shapes``).
+
+A name that is not a built-in one is never guessed at: :func:`builtin_vocabulary` raises naming the
+choices. Custom vocabularies are parsed by :func:`gridclip_d2.vocabulary.parse_vocabulary`.
+"""
+
+from typing import Tuple
+
+from .names import Vocabulary
+
+__all__ = [
+    "BUILTIN_VOCABULARIES",
+    "VOCABULARY_CHOICES",
+    "SYNTHETIC_COLOURS",
+    "SYNTHETIC_SHAPES",
+    "SYNTHETIC_NAMES",
+    "builtin_vocabulary",
+]
+
+BUILTIN_VOCABULARIES = ("lvis", "synthetic")
+# what the command-line tools offer: a built-in vocabulary, or "custom" names / a file
+VOCABULARY_CHOICES = BUILTIN_VOCABULARIES + ("custom",)
+
+SYNTHETIC_COLOURS: Tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
+SYNTHETIC_SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "cross")
+# Category k is colour k // len(SYNTHETIC_SHAPES), shape k % len(SYNTHETIC_SHAPES).
+SYNTHETIC_NAMES: Tuple[str, ...] = tuple(
+    f"{c} {s}" for c in SYNTHETIC_COLOURS for s in SYNTHETIC_SHAPES
+)
+
+
+def _lvis() -> Vocabulary:
+    from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
+
+    # Names as Detectron2's LVIS metadata has them (thing_classes = each category's first synonym),
+    # so that the vocabulary equals the classes LVIS labels and evaluation index. They differ from
+    # the json's "name" once: id 162 is "horned_cow" there, "bull" in "name".
+    names, synonyms = [], []
+    for c in sorted(LVIS_CATEGORIES, key=lambda c: c["id"]):
+        alternatives = list(c.get("synonyms") or [c["name"]])
+        if c["name"] not in alternatives:
+            alternatives.append(c["name"])
+        names.append(alternatives[0])
+        synonyms.append(tuple(alternatives))
+    return Vocabulary(tuple(names), "the built-in vocabulary 'lvis'", tuple(synonyms))
+
+
+def builtin_vocabulary(name: str) -> Vocabulary:
+    """The built-in vocabulary ``name`` (see the module docstring)."""
+    if name == "lvis":
+        return _lvis()
+    if name == "synthetic":
+        return Vocabulary(SYNTHETIC_NAMES, "the built-in vocabulary 'synthetic'")
+    raise ValueError(
+        f"Unknown built-in vocabulary {name!r}; choose one of {', '.join(BUILTIN_VOCABULARIES)}"
+    )
