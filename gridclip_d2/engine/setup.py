@@ -24,6 +24,8 @@ import logging
 import os
 from typing import Optional, Sequence
 
+import yaml
+
 from detectron2.config import CfgNode, get_cfg
 
 from ..config import add_gridclip_config
@@ -33,11 +35,26 @@ from ..pretrain.synthetic_clip import ensure_synthetic_clip
 from ..vocabulary import explicit_vocabulary_from_cfg, read_sidecar, vocabulary_from_cfg
 from .hardware import adapt_cfg_to_hardware
 
-__all__ = ["SETUP_MODES", "setup_cfg"]
+__all__ = ["SETUP_MODES", "setup_cfg", "merge_config_file"]
 
 logger = logging.getLogger(__name__)
 
 SETUP_MODES = ("train", "eval", "inference", "data")
+
+
+def merge_config_file(cfg: CfgNode, config_file: str) -> None:
+    """``cfg.merge_from_file`` with a safe YAML loader, for the file and its ``_BASE_`` files: a
+    config is a file users receive from others, and Detectron2's default (``allow_unsafe=True``)
+    falls back to ``yaml.unsafe_load``, which runs the Python a ``!!python/...`` tag names."""
+    try:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    except yaml.constructor.ConstructorError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{mark.name}, line {mark.line + 1}" if mark else config_file
+        raise ValueError(
+            f"Config {where}: {e.problem or e.context}. Config files are read with a safe YAML "
+            "loader (plain values only): remove the tag, or write the value as plain YAML."
+        ) from None
 
 
 def setup_cfg(
@@ -57,7 +74,7 @@ def setup_cfg(
     cfg = get_cfg()
     add_gridclip_config(cfg)
     if config_file:
-        cfg.merge_from_file(config_file)
+        merge_config_file(cfg, config_file)
     cfg.merge_from_list(list(opts or []))
     if overrides:
         cfg.merge_from_list(list(overrides))

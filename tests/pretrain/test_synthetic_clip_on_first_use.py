@@ -1,6 +1,6 @@
-"""MODEL.CLIP.WEIGHTS "synthetic": building a model only reads the small CLIP; the setup of the entry
-points makes it on first use, saying so; a missing file is an error naming the command that makes
-it."""
+"""MODEL.CLIP.WEIGHTS "synthetic": building a model only reads the small CLIP; the setup of the
+entry points makes it on first use, saying so; a missing file is an error naming the command that
+makes it."""
 
 import functools
 import logging
