@@ -37,6 +37,7 @@ __all__ = [
     "SYNTHETIC_CLIP_NAME",
     "SYNTHETIC_CLIP_ARCH",
     "synthetic_clip_path",
+    "checkpoint_file",
     "load_clip_state_dict",
     "clip_state_dict_from_cfg",
     "openai_checkpoint_path",
@@ -75,6 +76,19 @@ def synthetic_clip_path(datasets_root: Optional[str] = None) -> str:
     return os.path.abspath(
         os.path.join(root, "synthetic_clip", f"{SYNTHETIC_CLIP_ARCH}_synthetic.pt")
     )
+
+
+def checkpoint_file(weights: str, download_root: str = "") -> Optional[str]:
+    """The file ``MODEL.CLIP.WEIGHTS`` names: None for "" (a random CLIP); an OpenAI name's cached
+    file (fetched when absent and online, see :func:`openai_checkpoint_path`); the small CLIP's
+    path for "synthetic"; else the path given. Not checked for existence."""
+    if weights == "":
+        return None
+    if weights in clip.available_models():
+        return openai_checkpoint_path(weights, download_root)
+    if weights == SYNTHETIC_CLIP_NAME:
+        return synthetic_clip_path()
+    return os.path.expanduser(weights)
 
 
 def _cached(key: tuple, make) -> Dict[str, torch.Tensor]:
@@ -181,26 +195,21 @@ def load_clip_state_dict(
         key = ("random", arch, int(seed))
         return dict(_cached(key, lambda: _random_clip_state_dict(arch, int(seed))))
 
-    if weights in clip.available_models():
-        path = openai_checkpoint_path(weights, download_root)
-    elif weights == SYNTHETIC_CLIP_NAME:
-        path = synthetic_clip_path()
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"MODEL.CLIP.WEIGHTS {SYNTHETIC_CLIP_NAME!r}: the small CLIP is not at {path}. "
-                "Make it with `python tools/pretrain_clip.py` (about 5 minutes on 2 CPU cores); "
-                "train_net.py, demo/demo.py and GridCLIPPredictor.from_config_file make it on "
-                "first use."
-            )
-    else:
-        path = os.path.expanduser(weights)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"CLIP weights (MODEL.CLIP.WEIGHTS) {weights!r}: no such file, "
-                "and not an OpenAI model "
-                f"name ({sorted(n for n in clip.available_models() if n.startswith('RN'))}). "
-                'MODEL.CLIP.WEIGHTS "" trains from a randomly initialised CLIP.'
-            )
+    path = checkpoint_file(weights, download_root)
+    if not os.path.isfile(path) and weights == SYNTHETIC_CLIP_NAME:
+        raise FileNotFoundError(
+            f"MODEL.CLIP.WEIGHTS {SYNTHETIC_CLIP_NAME!r}: the small CLIP is not at {path}. "
+            "Make it with `python tools/pretrain_clip.py` (about 5 minutes on 2 CPU cores); "
+            "train_net.py, demo/demo.py and GridCLIPPredictor.from_config_file make it on "
+            "first use."
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"CLIP weights (MODEL.CLIP.WEIGHTS) {weights!r}: no such file, "
+            "and not an OpenAI model "
+            f"name ({sorted(n for n in clip.available_models() if n.startswith('RN'))}). "
+            'MODEL.CLIP.WEIGHTS "" trains from a randomly initialised CLIP.'
+        )
     state_dict = _cached(("file",) + _file_key(path), lambda: _read_float32(path))
     if arch is not None:
         try:

@@ -13,15 +13,7 @@ import collections
 import os
 from typing import Optional, Tuple
 
-import clip
-
-from .clip_weights import (
-    SYNTHETIC_CLIP_NAME,
-    load_clip_state_dict,
-    openai_checkpoint_path,
-    synthetic_clip_path,
-    text_fingerprint,
-)
+from .clip_weights import checkpoint_file, load_clip_state_dict, text_fingerprint
 
 __all__ = ["CACHE_SIZE", "clip_text_fingerprint", "clip_text_fingerprint_from_cfg"]
 
@@ -29,20 +21,9 @@ CACHE_SIZE = 8
 _CACHE: "collections.OrderedDict[tuple, str]" = collections.OrderedDict()
 
 
-def _checkpoint_file(weights: str, download_root: str) -> Optional[str]:
-    """The file ``load_clip_state_dict`` reads for ``weights`` ("" : none, a random CLIP)."""
-    if weights == "":
-        return None
-    if weights == SYNTHETIC_CLIP_NAME:
-        return synthetic_clip_path()
-    if weights in clip.available_models():
-        return openai_checkpoint_path(weights, download_root)
-    return os.path.expanduser(weights)
-
-
 def _key(weights: str, arch: Optional[str], download_root: str, seed: int) -> Optional[Tuple]:
     """The cache key, None while the checkpoint file is not there (loading it raises or fetches)."""
-    path = _checkpoint_file(weights, download_root)
+    path = checkpoint_file(weights, download_root)
     if path is None:
         return ("random", arch, int(seed))
     if not os.path.isfile(path):
