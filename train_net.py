@@ -22,9 +22,8 @@ or from a script, with ``gridclip_d2.engine.train_main`` (see its docstring; no 
 test set, keyed by test set name for several.
 """
 
-from detectron2.engine import default_argument_parser
-
 from gridclip_d2.engine import Trainer, launch  # Detectron2's, closing each worker's process group
+from gridclip_d2.engine.train_main import argument_parser as default_argument_parser
 from gridclip_d2.engine.train_main import main, setup
 
 __all__ = ["Trainer", "setup", "main", "default_argument_parser"]

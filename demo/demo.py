@@ -225,12 +225,15 @@ def has_display() -> bool:
 
 
 def run_images(demo, inputs, outs):
-    """Draw each input; ``outs``: output paths from :func:`output_paths` (None entries: show)."""
+    """Draw each input; ``outs``: output paths from :func:`output_paths` (None entries: show).
+    An unreadable input is skipped with a warning; when none could be read, an error names them."""
+    skipped = []
     for path, out in zip(tqdm.tqdm(inputs, desc="images", disable=len(inputs) < 2), outs):
         try:
             image = read_image(path, format="BGR")
         except Exception as e:  # unreadable / corrupt file: skip it, as a batch tool should
             logger.warning(f"{path}: cannot read image ({type(e).__name__}: {e}); skipped")
+            skipped.append(path)
             continue
         start = time.time()
         instances, vis = demo.run_on_image(image)
@@ -243,6 +246,11 @@ def run_images(demo, inputs, outs):
             cv2.imshow(WINDOW_NAME, vis.get_image()[:, :, ::-1])
             if cv2.waitKey(0) == 27:
                 break  # esc to quit
+    if skipped and len(skipped) == len(inputs):
+        raise OSError(
+            f"--input: none of the {len(inputs)} input(s) could be read as an image "
+            f"({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}); nothing was drawn"
+        )
 
 
 def video_output(video_path, output, overwrite=False):

@@ -115,7 +115,7 @@ def read_result(folder: str) -> Optional[dict]:
 
 def train_command(row: str, seed: int, out: str, quick: bool) -> List[str]:
     return (
-        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG]
+        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG, "--resume"]
         + ROWS[row][1]
         + ["SEED", str(seed), "OUTPUT_DIR", run_dir(out, row, seed), "SOLVER.PLOT_CURVES", "False"]
         + (QUICK if quick else [])
