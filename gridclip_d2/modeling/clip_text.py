@@ -288,9 +288,11 @@ def prompts_from_cfg(cfg) -> List[str]:
         raise ValueError(f"MODEL.GRIDCLIP.PROMPT: {e}") from None
 
 
-def text_embeddings_from_cfg(cfg, names: Sequence[str]) -> torch.Tensor:
-    """C x D embeddings of ``names`` with MODEL.CLIP.* weights and
-    MODEL.GRIDCLIP.PROMPT(_ENSEMBLE)."""
+def text_embeddings_from_cfg(
+    cfg, names: Sequence[str], synonyms: Optional[Sequence[Sequence[str]]] = None
+) -> torch.Tensor:
+    """C x D embeddings of ``names`` (averaged over ``synonyms`` where given, as
+    :func:`encode_names`) with MODEL.CLIP.* weights and MODEL.GRIDCLIP.PROMPT(_ENSEMBLE)."""
     encoder = CLIPTextEncoder.from_state_dict(clip_state_dict_from_cfg(cfg))
     templates = prompts_from_cfg(cfg)
     logger.info(
@@ -300,4 +302,6 @@ def text_embeddings_from_cfg(cfg, names: Sequence[str]) -> torch.Tensor:
         cfg.MODEL.CLIP.WEIGHTS or "random init",
         len(templates),
     )
-    return encode_names(encoder, names, templates, progress=len(names) * len(templates) > 2000)
+    return encode_names(
+        encoder, names, templates, synonyms, progress=len(names) * len(templates) > 2000
+    )

@@ -13,6 +13,7 @@ swaps: the rows of a text-embedding ``.npy`` when its sidecar describes these na
 these prompts, else the names embedded with the model's CLIP.
 """
 
+import functools
 import logging
 import os
 from typing import Callable, List, Optional, Sequence, Tuple, Union
@@ -76,13 +77,16 @@ def checked_text_embeddings(
     path: str,
     names: Optional[Sequence[str]] = None,
     names_source: str = "the vocabulary",
+    encode: Optional[Callable[[List[str]], torch.Tensor]] = None,
 ) -> Tuple[List[str], torch.Tensor]:
     """``(names, C x D embeddings)`` of a text-embedding ``.npy`` for the model of ``cfg``: loaded
     (:func:`load_text_embeddings`), its sidecar read once and checked against ``names``, the
     architecture and text-tower fingerprint of MODEL.CLIP, and the prompts (:func:`check_sidecar`).
 
     ``names`` None: the sidecar names the rows (an error when there is none). Names given and no
-    sidecar: the rows are taken to follow ``names`` unchecked (a warning)."""
+    sidecar: the rows are taken to follow ``names`` unchecked (a warning). With a sidecar, a few
+    rows are embedded again (``encode``, default MODEL.CLIP.* and the prompts) and must equal the
+    stored ones: a sidecar whose names were edited or reordered is an error."""
     embeddings = load_text_embeddings(path)
     meta = read_sidecar(path)
     if names is None:
@@ -112,7 +116,44 @@ def checked_text_embeddings(
             fingerprint=clip_text_fingerprint_from_cfg(cfg),
             prompts=prompts_from_cfg(cfg),
         )
+        synonyms = meta.get("synonyms")
+        if synonyms:  # rows averaged over synonyms (dump_text_embeddings --avg-synonyms)
+            encode = functools.partial(_encode_with_synonyms, cfg, dict(zip(names, synonyms)))
+        _check_rows_are_the_names(path, embeddings, names, encode or _encoder_of(cfg))
     return names, embeddings
+
+
+# Rows re-embedded to check that a .npy's rows are its sidecar's names: a few, evenly spread.
+ROWS_CHECKED = 8
+# The same CLIP text tower and prompts (the sidecar check above) give the same row up to float32
+# rounding, ~1e-6 even across CPUs; another name's row is far further off than this.
+ROW_COSINE_MIN = 0.9999
+
+
+def _encoder_of(cfg) -> Callable[[List[str]], torch.Tensor]:
+    return lambda names: text_embeddings_from_cfg(cfg, names)
+
+
+def _encode_with_synonyms(cfg, synonyms_of: dict, names: List[str]) -> torch.Tensor:
+    return text_embeddings_from_cfg(cfg, names, [synonyms_of[n] for n in names])
+
+
+def _check_rows_are_the_names(path, embeddings, names, encode) -> None:
+    """The sidecar's fingerprint and prompts match, but its names could still have been edited or
+    reordered (rows embedded from other names would label boxes wrongly): re-embed ROWS_CHECKED
+    evenly spread names and compare them with their rows."""
+    rows = sorted({int(round(i)) for i in np.linspace(0, len(names) - 1, ROWS_CHECKED)})
+    fresh = F.normalize(encode([names[i] for i in rows]).float(), dim=-1)
+    stored = F.normalize(embeddings[rows].float(), dim=-1)
+    cosine = (fresh * stored).sum(dim=-1)
+    for i, c in zip(rows, cosine.tolist()):
+        if c < ROW_COSINE_MIN:
+            raise ValueError(
+                f"{path}: row {i} is not the text embedding of {names[i]!r}, the name its sidecar "
+                f"{sidecar_path(path)} gives it (cosine {c:.4f} with {names[i]!r} embedded now, "
+                "with the same CLIP and prompts): the sidecar's names were edited or reordered. "
+                "Make the file again with tools/dump_text_embeddings.py"
+            )
 
 
 def vocabulary_text_embeddings(
@@ -137,7 +178,7 @@ def vocabulary_text_embeddings(
     if npy and only_if_named and sidecar_names(npy) != names:
         npy = None
     if npy:
-        _, embeddings = checked_text_embeddings(cfg, npy, names, names_source)
+        _, embeddings = checked_text_embeddings(cfg, npy, names, names_source, encode)
         logger.info("Text embeddings of %s: the rows of %s", names_source, npy)
         return embeddings
     logger.debug(

@@ -182,7 +182,7 @@ def test_checked_text_embeddings_read_the_sidecar_once(tmp_path, gridclip_cfg, m
     classifier (names given) and the predictor's vocabulary swap (names from the sidecar)."""
     cfg = gridclip_cfg(ARCH="RNtiny", WEIGHTS="")
     path = tmp_path / "emb.npy"
-    rows = np.random.RandomState(0).randn(3, 128).astype(np.float32)
+    rows = text_embeddings_from_cfg(cfg, ["zebra", "kite", "flag"]).numpy()
     np.save(path, rows)
     meta = {
         "names": ["zebra", "kite", "flag"],
@@ -246,3 +246,29 @@ def test_text_fingerprint_is_cached_per_checkpoint_file(
         tf.clip_text_fingerprint("", "RNtiny", seed=seed)
     assert len(tf._CACHE) == tf.CACHE_SIZE
     assert all(isinstance(v, str) and len(v) == 16 for v in tf._CACHE.values())
+
+
+@pytest.mark.parametrize(
+    "sidecar_names, bad_row",
+    [(["kite", "zebra", "flag"], 0), (["zebra", "kite", "cat"], 2)],
+    ids=["reordered", "renamed"],
+)
+def test_a_sidecar_whose_names_are_not_its_rows_is_refused(
+    tmp_path, gridclip_cfg, sidecar_names, bad_row
+):
+    """Fingerprint and prompts match, yet the names were edited: the rows, embedded again from
+    the names the sidecar gives, do not match, and the file is refused naming the row."""
+    cfg = gridclip_cfg(ARCH="RNtiny", WEIGHTS="")
+    path = tmp_path / "emb.npy"
+    np.save(path, text_embeddings_from_cfg(cfg, ["zebra", "kite", "flag"]).numpy())
+    meta = {
+        "arch": "RNtiny",
+        "text_fingerprint": text_fingerprint(clip_state_dict_from_cfg(cfg)),
+        "prompts": list(prompts_from_cfg(cfg)),
+    }
+    (tmp_path / "emb.json").write_text(json.dumps(dict(meta, names=sidecar_names)))
+    with pytest.raises(ValueError, match=f"row {bad_row} is not the text embedding of"):
+        checked_text_embeddings(cfg, str(path))
+    (tmp_path / "emb.json").write_text(json.dumps(dict(meta, names=["zebra", "kite", "flag"])))
+    names, _ = checked_text_embeddings(cfg, str(path))  # the true names pass
+    assert names == ["zebra", "kite", "flag"]
