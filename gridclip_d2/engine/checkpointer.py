@@ -31,7 +31,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from ..atomic_write import atomic_torch_save, atomic_write
+from ..atomic_write import atomic_torch_save, atomic_write, remove_stale_temp_files
 
 __all__ = ["GridCLIPCheckpointer", "safe_load_pkl"]
 
@@ -103,6 +103,8 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **kwargs)
         self.allow_partial = bool(allow_partial)
         self._loading = ""
+        if save_dir and comm.is_main_process():
+            remove_stale_temp_files(save_dir)  # a kill during an earlier run's save
 
     # ------------------------------------------------------------------ reading
     def _load_file(self, filename: str):

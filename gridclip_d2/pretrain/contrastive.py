@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from clip.model import CLIP, convert_weights
 from tqdm import tqdm
 
-from ..atomic_write import atomic_json_dump, atomic_torch_save
+from ..atomic_write import atomic_json_dump, atomic_torch_save, remove_stale_temp_files
 from ..clip_arch import get_arch
 from ..data.synthetic_captions import NUM_PAIRS, load_caption_dataset
 from ..modeling.clip_resnet import normalize_clip_input
@@ -132,6 +132,7 @@ def pretrain_clip(
             f"pretraining needs steps > 0 and batch size > 1, got {cfg.steps}, {cfg.batch_size}"
         )
     os.makedirs(output_dir, exist_ok=True)
+    remove_stale_temp_files(output_dir)  # a kill during an earlier run's checkpoint save
     images, captions, named = load_caption_dataset(datasets_root, cfg.num_pairs)
     colour_pools = _colour_pools(named)
     if arch.image_resolution != images.shape[-1]:

@@ -156,6 +156,26 @@ def test_sigkill_during_saves_leaves_every_file_loadable(tmp_path):
     target = nn_linear = torch.nn.Linear(2000, 2000)
     GridCLIPCheckpointer(target, str(tmp_path)).resume_or_load("", resume=True)
     assert float(nn_linear.bias[0]) == int(last[len("model_") : -len(".pth")])
+    # a temporary file the kill may have left is removed by the next checkpointer on the folder
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+def test_temporary_files_of_dead_writers_are_removed(model, tmp_path, caplog):
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    dead_pid = int(finished.stdout)  # a process that has exited
+    stale = tmp_path / f".tmp-model_0000009.pth-{dead_pid}-k3j_x9q"
+    live = tmp_path / f".tmp-model_0000010.pth-{os.getppid()}-a8b7c6d"  # a running writer's
+    other = tmp_path / ".tmp-notes-by-hand"
+    for f in (stale, live, other):
+        f.write_bytes(b"partial")
+    GridCLIPCheckpointer(model, str(tmp_path))
+    assert not stale.exists() and live.exists() and other.exists()
+    assert f"Removed {stale}, left by an interrupted save (process {dead_pid})" in caplog.text
 
 
 def test_resume_falls_back_to_the_newest_loadable_checkpoint(model, tmp_path, caplog):
