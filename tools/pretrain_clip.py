@@ -4,6 +4,7 @@
     python tools/pretrain_clip.py                                  # -> datasets/synthetic_clip/
     python tools/pretrain_clip.py --output out/clip --steps 800    # another run
     python tools/pretrain_clip.py --output out/clip --resume       # continue an interrupted run
+    python tools/pretrain_clip.py --overwrite                      # afresh over finished weights
     python tools/pretrain_clip.py --eval-only datasets/synthetic_clip/RNtiny96_synthetic.pt
 
 The default run writes what ``MODEL.CLIP.WEIGHTS synthetic`` loads (it is made on first use when
@@ -24,7 +25,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gridclip_d2.pretrain.contrastive import PretrainConfig, pretrain_clip  # noqa: E402
+from gridclip_d2.pretrain.contrastive import (  # noqa: E402
+    PretrainConfig,
+    final_weights_name,
+    pretrain_clip,
+)
 from gridclip_d2.pretrain.synthetic_clip import synthetic_clip_path  # noqa: E402
 from gridclip_d2.pretrain.zero_shot import zero_shot_report  # noqa: E402
 
@@ -76,6 +81,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--num-threads", type=int, default=0, help="torch threads (0: torch's default)"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="pretrain afresh into an --output that already holds finished weights",
+    )
     args = parser.parse_args(argv)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -88,6 +98,12 @@ def main(argv=None) -> int:
         cfg = PretrainConfig(
             **{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)}
         )
+        done = os.path.join(args.output, final_weights_name(cfg.arch))
+        if os.path.isfile(done) and not (args.resume or args.overwrite):
+            parser.error(
+                f"{done} exists (a finished pretraining); pass --overwrite to pretrain afresh "
+                "over it, --resume to continue that run, or choose another --output"
+            )
         final = pretrain_clip(args.output, cfg, resume=args.resume)
         with open(os.path.join(args.output, "zero_shot.json")) as f:
             report = json.load(f)

@@ -122,3 +122,18 @@ def test_tool_reports_zero_shot_accuracy(tiny_run, capsys):
     assert "Zero-shot accuracy" in out and "| prompt ensemble |" in out and "novel" in out
     with pytest.raises(SystemExit):
         tool.main(["--eval-only", str(root / "missing.pt")])
+
+
+def test_tool_never_pretrains_over_finished_weights_without_asking(tiny_run, capsys):
+    root, path = tiny_run
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import pretrain_clip as tool
+
+    before = open(path, "rb").read()
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--output", os.path.dirname(path), "--arch", "RNtiny96"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{path} exists (a finished pretraining)" in err
+    assert "--overwrite" in err and "--resume" in err
+    assert open(path, "rb").read() == before
