@@ -20,12 +20,13 @@ import os
 import sys
 import threading
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
@@ -80,9 +81,12 @@ class DetectionPage:
         self.lock = threading.Lock()  # one model, one request at a time
 
     def detect(
-        self, image: Optional[np.ndarray], vocabulary: str, threshold: float
+        self, image: Union[None, np.ndarray, Image.Image], vocabulary: str, threshold: float
     ) -> Tuple[Optional[np.ndarray], List[list], str]:
-        """(drawn RGB image, table rows, message) for an RGB ``image`` and comma-separated names."""
+        """(drawn RGB image, table rows, message) for ``image`` and comma-separated names.
+        ``image``: the upload as a PIL image in its own mode (read by the project's image reader,
+        :mod:`gridclip_d2.data.image_io`, through the predictor: a 16-bit image is scaled to 8
+        bits), or an RGB array."""
         if image is None:
             return None, [], "Upload an image or pick an example first."
         if isinstance(image, UnreadableUpload):
@@ -101,7 +105,10 @@ class DetectionPage:
                 f'Vocabulary: {e}. Type class names separated by commas, e.g. "cat, dog".',
             )
         try:
-            image = self.predictor.as_model_array(np.asarray(image), format="RGB")
+            if isinstance(image, Image.Image):
+                image = self.predictor.as_model_array(image)
+            else:
+                image = self.predictor.as_model_array(np.asarray(image), format="RGB")
         except ValueError as e:
             return None, [], f"Cannot use this image: {e}."
         model_format = self.predictor.input_format
@@ -146,8 +153,14 @@ def build_page(
         )
         with gr.Row():
             with gr.Column():
+                # The upload as a PIL image in its own mode (Gradio's default converts it to RGB,
+                # which clips a 16-bit image to white): the project's image reader converts it.
                 image = tolerant_image(
-                    label="Image", type="numpy", sources=["upload", "clipboard"], elem_id="image"
+                    label="Image",
+                    type="pil",
+                    image_mode=None,
+                    sources=["upload", "clipboard"],
+                    elem_id="image",
                 )
                 vocabulary = gr.Textbox(
                     label="Vocabulary (comma-separated class names)",

@@ -24,12 +24,12 @@ import time
 import cv2
 import tqdm
 
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `predictor` next to this file
 from predictor import VisualizationDemo  # noqa: E402
 
+from gridclip_d2.data.image_io import read_image  # noqa: E402
 from gridclip_d2.engine import setup_cfg as setup_cfg_for  # noqa: E402
 from gridclip_d2.predictor import config_with_vocabulary  # noqa: E402
 from gridclip_d2.vocabulary import (  # noqa: E402
@@ -230,7 +230,7 @@ def run_images(demo, inputs, outs):
     skipped = []
     for path, out in zip(tqdm.tqdm(inputs, desc="images", disable=len(inputs) < 2), outs):
         try:
-            image = read_image(path, format="BGR")
+            image = read_image(path, format="BGR")  # the project's reader: 16-bit images scaled
         except Exception as e:  # unreadable / corrupt file: skip it, as a batch tool should
             logger.warning(f"{path}: cannot read image ({type(e).__name__}: {e}); skipped")
             skipped.append(path)

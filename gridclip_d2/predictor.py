@@ -34,11 +34,11 @@ import torch
 
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import convert_PIL_to_numpy, read_image
 from detectron2.layers import nms
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
+from .data.image_io import image_to_array, read_image
 from .engine.checkpointer import GridCLIPCheckpointer
 from .engine.setup import setup_cfg
 from .modeling.text_classifier import vocabulary_text_embeddings
@@ -248,23 +248,24 @@ class GridCLIPPredictor:
     def as_model_array(self, image: ImageLike, format: str = "BGR") -> np.ndarray:
         """``image`` as the model takes it: H x W x 3 uint8 in INPUT.FORMAT. ``image``: a path, a
         PIL image, or an H x W (grey), H x W x 3 or H x W x 4 (alpha dropped) uint8 array in
-        ``format`` ("RGB" or "BGR"). Raises FileNotFoundError for a missing file, ValueError for an
-        unreadable one or an unusable array, TypeError for anything else."""
+        ``format`` ("RGB" or "BGR"). Paths and PIL images are read by the project's image reader,
+        :mod:`gridclip_d2.data.image_io` (EXIF orientation applied to files as Detectron2 does;
+        16-bit and other high-bit-depth images scaled to 8 bits, not clipped). Raises
+        FileNotFoundError for a missing file, ValueError for an unreadable one or an unusable
+        array, TypeError for anything else."""
         if isinstance(image, (str, os.PathLike)):
             path = os.fspath(image)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"image: no such file: {path}")
-            try:
-                return read_image(path, format=self.input_format)
-            except Exception as e:
-                raise ValueError(f"image: cannot read {path} ({type(e).__name__}: {e})") from None
+            # an unreadable file: UnreadableImageError, a ValueError naming the path
+            return read_image(path, format=self.input_format)
         if not isinstance(image, np.ndarray):  # a PIL image
             if not hasattr(image, "convert"):
                 raise TypeError(
                     "image: expected a path, a numpy array or a PIL image, "
                     f"got {type(image).__name__}"
                 )
-            image, format = convert_PIL_to_numpy(image, self.input_format), self.input_format
+            image, format = image_to_array(image, self.input_format), self.input_format
         if format not in ("RGB", "BGR"):
             raise ValueError(f"format must be 'RGB' or 'BGR', got {format!r}")
         if image.ndim == 2:

@@ -23,7 +23,6 @@ Bad input:
 
 import copy
 import logging
-import os
 from typing import Sequence
 
 import numpy as np
@@ -36,6 +35,7 @@ from detectron2.data import transforms as T
 
 from ..config import cache_in_use, teacher_input_size_from_cfg
 from .alignment_crops import crop_and_resize, crop_boxes
+from .image_io import read_image
 
 __all__ = ["GridCLIPDatasetMapper", "read_image_checked", "image_to_rgb"]
 
@@ -43,15 +43,13 @@ logger = logging.getLogger(__name__)
 
 
 def read_image_checked(file_name: str, format: str) -> np.ndarray:
-    """Detectron2's ``read_image`` with errors that name the file (missing, corrupt, truncated)."""
+    """The project's image reader (:func:`gridclip_d2.data.image_io.read_image`: Detectron2's
+    ``read_image``, with 16-bit images scaled rather than clipped) for a dataset dict's
+    ``file_name``; errors name the file (FileNotFoundError, or an OSError for a corrupt or
+    truncated one)."""
     if not file_name:
         raise ValueError("dataset dict has no 'file_name' to read the image from")
-    if not os.path.exists(file_name):
-        raise FileNotFoundError(f"image file not found: {file_name}")
-    try:
-        return utils.read_image(file_name, format=format)
-    except Exception as e:
-        raise OSError(f"cannot read image file {file_name}: {type(e).__name__}: {e}") from e
+    return read_image(file_name, format=format)
 
 
 def image_to_rgb(image: np.ndarray, image_format: str) -> np.ndarray:
