@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from typing import Dict, List, Tuple
 
@@ -133,6 +134,36 @@ def compare(name: str, got, expected, atol: float) -> None:
             )
 
 
+def write_file(path: str, save) -> None:
+    """``save(path)``, with an error naming ``path`` when it cannot be written (PyTorch's own says
+    "[enforce fail at inline_container.cc] open file failed" and names no file)."""
+    try:
+        save(path)
+    except (OSError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise OSError(
+            f"--output: cannot write {path} ({type(e).__name__}: {first}). Choose a folder you can "
+            "write to"
+        ) from None
+
+
+def check_writable(folder: str) -> None:
+    """Exit naming ``folder`` (--output) when a file cannot be written there (or, while it does not
+    exist, in the nearest folder above it): checked before the model loads and the slow trace."""
+    probe = os.path.abspath(folder)
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        where = folder if probe == os.path.abspath(folder) else f"{folder} (in {probe})"
+        raise SystemExit(
+            f"--output: cannot write to {where}: {e.strerror or e}. Choose a folder you can "
+            "write to"
+        ) from None
+
+
 def export_torchscript(
     detector: DisplayDetector, image: torch.Tensor, path: str, meta: Dict
 ) -> None:
@@ -145,7 +176,9 @@ def export_torchscript(
     height, width = image.shape[-2:]
     mean = [float(v) for v in detector.model.pixel_mean.flatten()]
     traced = torch.jit.script(LetterboxDetector(traced, int(height), int(width), mean))
-    torch.jit.save(traced, path, _extra_files={"model.json": json.dumps(meta)})
+    write_file(
+        path, lambda p: torch.jit.save(traced, p, _extra_files={"model.json": json.dumps(meta)})
+    )
 
 
 def export_onnx(detector: DisplayDetector, image: torch.Tensor, path: str, meta: Dict) -> None:
@@ -167,7 +200,7 @@ def export_onnx(detector: DisplayDetector, image: torch.Tensor, path: str, meta:
         )
     model = onnx.load(path)
     onnx.helper.set_model_props(model, {"model.json": json.dumps(meta)})
-    onnx.save(model, path)
+    write_file(path, lambda p: onnx.save(model, p))
 
 
 def run_torchscript(path: str, image: torch.Tensor):
@@ -223,6 +256,7 @@ def main(argv=None) -> Dict[str, str]:
         raise SystemExit(f"--sample-image: no such file: {args.sample_image}")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise SystemExit(f"--output: {args.output} is a file; give a folder")
+    check_writable(args.output)
     cfg = setup_cfg(args.config_file, args.opts + ["MODEL.DEVICE", "cpu"], mode="inference")
     predictor = GridCLIPPredictor(cfg, args.vocabulary or None, score_thresh=args.score_thresh)
     try:

@@ -12,8 +12,9 @@ Rules of the loader:
   ``image_root/<file>``. A referenced image that does not exist is an error naming it: skipping it
   would silently change the evaluation, since lvis-api scores every image of the json.
 - categories: contiguous ids follow the json's category ids in increasing order and their ``name``
-  fields are ``thing_classes``. An annotation whose category id is not among the categories is an
-  error naming the json, the annotation id and the category id.
+  fields are ``thing_classes``; two categories of one name are an error naming the json, the name
+  and their ids (each name is one class of the vocabulary). An annotation whose category id is not
+  among the categories is an error naming the json, the annotation id and the category id.
 - boxes: zero-area (w or h <= 0, or not finite) and out-of-image boxes are skipped, boxes crossing
   the image border are clipped to it, and one warning per json counts them (Detectron2's habit).
 """
@@ -88,6 +89,17 @@ def load_lvis_api(json_file: str):
             raise ValueError(
                 f"'{json_file}': category {cat['id']} has frequency {freq!r}; expected r, c or f"
             )
+    ids_of = {}  # each name is one class of the vocabulary (names are stripped, as there)
+    for cat in data["categories"]:
+        ids_of.setdefault(cat["name"].strip(), []).append(cat["id"])
+    twice = {name: ids for name, ids in ids_of.items() if len(ids) > 1}
+    if twice:
+        shown = "; ".join(f"{name!r} (ids {ids})" for name, ids in list(twice.items())[:5])
+        raise ValueError(
+            f"'{json_file}': categories share a name: {shown}{'; ...' if len(twice) > 5 else ''}. "
+            "Each category is one class, told apart by its name: rename them, or merge them "
+            "into one category"
+        )
     for img in data["images"]:
         for key in ("height", "width"):
             value = img.get(key)

@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 import yaml
 
 from detectron2.config import CfgNode, get_cfg
+from detectron2.utils import comm
 
 from ..config import add_gridclip_config
 from ..data.register_from_cfg import register_from_cfg
@@ -78,6 +79,8 @@ def setup_cfg(
     cfg.merge_from_list(list(opts or []))
     if overrides:
         cfg.merge_from_list(list(overrides))
+    if mode == "train":
+        _check_batch_size(cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size())
     if cfg.MODEL.CLIP.WEIGHTS == SYNTHETIC_CLIP_NAME:
         ensure_synthetic_clip()  # made on first use, like clip's download of an OpenAI name
     if mode in ("train", "data"):
@@ -95,6 +98,19 @@ def setup_cfg(
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def _check_batch_size(ims_per_batch: int, num_workers: int) -> None:
+    """SOLVER.IMS_PER_BATCH is the total over all workers, split evenly among them: refused before
+    anything is built unless it is a positive multiple of their number (Detectron2's own check, in
+    the data loader, names no key)."""
+    if ims_per_batch <= 0 or ims_per_batch % num_workers:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH is {ims_per_batch}: it must be a positive multiple of the "
+            f"number of workers ({num_workers} here: --num-gpus x --num-machines), as it is the "
+            "total batch size, split evenly among them; e.g. SOLVER.IMS_PER_BATCH "
+            f"{2 * num_workers}"
+        )
 
 
 def _record_training_vocabulary(cfg: CfgNode) -> None:

@@ -16,10 +16,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.data import (
+    DatasetFromList,
+    MapDataset,
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
 )
+from detectron2.data.build import _train_loader_from_config
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
@@ -111,6 +114,36 @@ def _share_buffers_of_rank0(model: torch.nn.Module) -> None:
         torch.distributed.broadcast(buf.data, src=0)
 
 
+class _TrainingImages(MapDataset):
+    """Detectron2's ``MapDataset`` (the mapper skips an unreadable image and another one is drawn),
+    ending in an error naming the data set and some of its files when no image is left to draw:
+    Detectron2's own ends in "Sample larger than population"."""
+
+    def __new__(cls, dataset, mapper, names: Sequence[str]):
+        return object.__new__(cls)  # a list of dataset dicts (MapDataset's __new__ takes two)
+
+    def __init__(self, dataset, mapper, names: Sequence[str]):
+        super().__init__(dataset, mapper)
+        self._names = tuple(names)
+
+    def __getnewargs__(self):
+        return self._dataset, self._map_func, self._names
+
+    def __getitem__(self, idx):
+        try:
+            return super().__getitem__(idx)
+        except ValueError:
+            if self._fallback_candidates:
+                raise
+        files = [self._dataset[i].get("file_name", "?") for i in range(min(3, len(self._dataset)))]
+        raise RuntimeError(
+            f"No training image could be read: all {len(self._dataset)} images of "
+            f"DATASETS.TRAIN {list(self._names)} failed (e.g. {', '.join(files)}; the warnings "
+            "above say why). Check the image folder the data set was registered with (e.g. "
+            "DATASETS.GRIDCLIP.TRAIN_IMAGES) and that its files are whole images"
+        ) from None
+
+
 class Trainer(TrainerStateBackport, DefaultTrainer):
     """``DefaultTrainer`` with GridCLIP's mapper, the LVIS evaluator and the curves plot.
 
@@ -168,7 +201,12 @@ class Trainer(TrainerStateBackport, DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=GridCLIPDatasetMapper(cfg, True))
+        """Detectron2's loader of ``cfg`` with GridCLIP's mapper; unreadable images are skipped,
+        and when none can be read the error names the data set (:class:`_TrainingImages`)."""
+        kwargs = _train_loader_from_config(cfg, mapper=GridCLIPDatasetMapper(cfg, True))
+        dataset = DatasetFromList(kwargs.pop("dataset"), copy=False)
+        kwargs["dataset"] = _TrainingImages(dataset, kwargs.pop("mapper"), cfg.DATASETS.TRAIN)
+        return build_detection_train_loader(mapper=None, **kwargs)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -32,6 +32,7 @@ from clip.model import CLIP
 from torch import nn
 
 from ..clip_arch import arch_name, get_arch, infer_arch
+from ..torch_load import load_error_text
 
 __all__ = [
     "SYNTHETIC_CLIP_NAME",
@@ -143,8 +144,8 @@ def _read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     except Exception as e:
         raise ValueError(
             f"CLIP checkpoint {path} is neither a TorchScript archive "
-            "nor a torch.save'd state dict "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            f"nor a torch.save'd state dict ({load_error_text(e)}): it is corrupt, or holds more "
+            "than tensors and plain data (it is read with PyTorch's safe loader); use another file"
         ) from None
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(

@@ -37,6 +37,7 @@ from ..atomic_write import atomic_json_dump, atomic_torch_save, remove_stale_tem
 from ..clip_arch import get_arch
 from ..data.synthetic_captions import NUM_PAIRS, load_caption_dataset
 from ..modeling.clip_resnet import normalize_clip_input
+from ..torch_load import load_error_text
 
 __all__ = ["PretrainConfig", "pretrain_clip", "final_weights_name"]
 
@@ -116,6 +117,34 @@ def contrastive_loss(model: CLIP, images: torch.Tensor, tokens: torch.Tensor) ->
     ) / 2
 
 
+def _read_resume_checkpoint(ckpt_path: str, cfg: PretrainConfig) -> Optional[dict]:
+    """The state ``--resume`` continues from (None: no checkpoint there), or an error naming the
+    file when it is unreadable, not a pretraining checkpoint, or of other settings."""
+    if not os.path.isfile(ckpt_path):
+        return None
+    remedy = "remove it to pretrain from step 0, or choose another --output"
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"{ckpt_path}: cannot resume from it ({load_error_text(e)}): it is corrupt (empty or "
+            "truncated) or not a plain checkpoint of tensors and plain data (it is read with "
+            f"PyTorch's safe loader); {remedy}"
+        ) from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "step", "config"} <= set(state):
+        raise ValueError(
+            f"{ckpt_path}: cannot resume from it: not a checkpoint of this pretraining (a dict of "
+            f"model, optimizer, step and config); {remedy}"
+        )
+    if state["config"] != dataclasses.asdict(cfg):
+        raise ValueError(
+            f"{ckpt_path} was written with settings {state['config']}, "
+            f"not {dataclasses.asdict(cfg)}; "
+            "resume with the same settings or choose another --output"
+        )
+    return state
+
+
 def pretrain_clip(
     output_dir: str,
     cfg: Optional[PretrainConfig] = None,
@@ -133,6 +162,8 @@ def pretrain_clip(
         )
     os.makedirs(output_dir, exist_ok=True)
     remove_stale_temp_files(output_dir)  # a kill during an earlier run's checkpoint save
+    ckpt_path = os.path.join(output_dir, "last_checkpoint.pth")
+    state = _read_resume_checkpoint(ckpt_path, cfg) if resume else None  # before the slow parts
     images, captions, named = load_caption_dataset(datasets_root, cfg.num_pairs)
     colour_pools = _colour_pools(named)
     if arch.image_resolution != images.shape[-1]:
@@ -149,15 +180,7 @@ def pretrain_clip(
     model = model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(model, cfg)
     start = 0
-    ckpt_path = os.path.join(output_dir, "last_checkpoint.pth")
-    if resume and os.path.isfile(ckpt_path):
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state.get("config") != dataclasses.asdict(cfg):
-            raise ValueError(
-                f"{ckpt_path} was written with settings {state.get('config')}, "
-                f"not {dataclasses.asdict(cfg)}; "
-                "resume with the same settings or choose another --output"
-            )
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
