@@ -32,6 +32,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..atomic_write import atomic_torch_save, atomic_write, remove_stale_temp_files
+from ..torch_load import load_error_text
 
 __all__ = ["GridCLIPCheckpointer", "safe_load_pkl"]
 
@@ -81,15 +82,6 @@ def safe_load_pkl(filename: str) -> Any:
         ) from None
 
 
-def _readable_error(e: Exception) -> str:
-    """PyTorch's loader error without its advice to turn the safe loader off."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    keep = [ln for ln in lines if "Unsupported global" in ln]
-    if not keep and lines and "weights_only" not in lines[0]:
-        keep = lines[:1]
-    return f"{type(e).__name__}" + (f": {' '.join(keep)}" if keep else "")
-
-
 class GridCLIPCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with the safety rules of the module docstring.
 
@@ -125,7 +117,7 @@ class GridCLIPCheckpointer(DetectionCheckpointer):
             return super()._load_file(filename)
         except Exception as e:
             raise ValueError(
-                f"Cannot read checkpoint {filename}: {_readable_error(e)}. It is truncated or "
+                f"Cannot read checkpoint {filename}: {load_error_text(e)}. It is truncated or "
                 "corrupt, or holds objects other than tensors and plain data (it is read with "
                 "PyTorch's safe loader)"
             ) from None
