@@ -31,21 +31,9 @@ from gridclip_d2.pretrain.contrastive import (  # noqa: E402
     pretrain_clip,
 )
 from gridclip_d2.pretrain.synthetic_clip import synthetic_clip_path  # noqa: E402
-from gridclip_d2.pretrain.zero_shot import zero_shot_report  # noqa: E402
+from gridclip_d2.pretrain.zero_shot import format_report, zero_shot_report  # noqa: E402
 
 logger = logging.getLogger("pretrain_clip")
-
-
-def format_report(report: dict) -> str:
-    rows = ["| prompts | base | novel | all |", "|---|---|---|---|"]
-    for key, label in (("one_prompt", 'one prompt ("a {}")'), ("ensemble", "prompt ensemble")):
-        r = report[key]
-        rows.append(f"| {label} | {r['base']:.1f} | {r['novel']:.1f} | {r['all']:.1f} |")
-    head = (
-        f"Zero-shot accuracy (%) of {report['weights']} on {report['num_crops']} single-object "
-        f"crops of synthetic_val ({report['num_novel_crops']} novel):"
-    )
-    return "\n".join([head] + rows)
 
 
 def main(argv=None) -> int:

@@ -10,6 +10,7 @@ it when missing.
 """
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -22,6 +23,7 @@ import torch
 from ..data.synthetic import _machine_lock
 from ..modeling.clip_weights import SYNTHETIC_CLIP_ARCH, SYNTHETIC_CLIP_NAME, synthetic_clip_path
 from .contrastive import PretrainConfig, pretrain_clip
+from .zero_shot import format_report
 
 __all__ = [
     "SYNTHETIC_CLIP_NAME",
@@ -55,6 +57,10 @@ def ensure_synthetic_clip(datasets_root: Optional[str] = None) -> str:
                     datasets_root=datasets_root,
                 )
             logger.info("Small CLIP pretrained in %.0f s: %s", time.perf_counter() - start, path)
+            report = os.path.join(os.path.dirname(path), "zero_shot.json")
+            if os.path.isfile(report):  # written by the pretraining's zero-shot check
+                with open(report) as f:
+                    logger.info(format_report(json.load(f)))
     return path
 
 

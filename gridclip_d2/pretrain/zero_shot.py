@@ -24,7 +24,7 @@ from ..modeling.clip_resnet import CLIPResNet, normalize_clip_input
 from ..modeling.clip_text import PROMPT_ENSEMBLE, CLIPTextEncoder, encode_names
 from ..modeling.clip_weights import load_clip_state_dict
 
-__all__ = ["box_crops", "zero_shot_accuracy", "zero_shot_report"]
+__all__ = ["box_crops", "zero_shot_accuracy", "zero_shot_report", "format_report"]
 
 
 def box_crops(datasets_root: Optional[str], size: int):
@@ -106,3 +106,16 @@ def zero_shot_report(weights: str, arch: str, datasets_root: Optional[str] = Non
             for split, classes in (("base", base), ("novel", novel), ("all", None))
         }
     return report
+
+
+def format_report(report: dict) -> str:
+    """The zero-shot table of :func:`zero_shot_report`'s output, in markdown."""
+    rows = ["| prompts | base | novel | all |", "|---|---|---|---|"]
+    for key, label in (("one_prompt", 'one prompt ("a {}")'), ("ensemble", "prompt ensemble")):
+        r = report[key]
+        rows.append(f"| {label} | {r['base']:.1f} | {r['novel']:.1f} | {r['all']:.1f} |")
+    head = (
+        f"Zero-shot accuracy (%) of {report['weights']} on {report['num_crops']} single-object "
+        f"crops of synthetic_val ({report['num_novel_crops']} novel):"
+    )
+    return "\n".join([head] + rows)
