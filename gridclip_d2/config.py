@@ -125,8 +125,20 @@ def add_gridclip_config(cfg):
     _C.MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED = True
     # Weight of the L1 loss between normalised student (pooled grid) and teacher embeddings.
     _C.MODEL.GRIDCLIP.IMAGE_ALIGN.LOSS_WEIGHT = 1.0
-    # Crop grids: 1 = whole image, 2 = 2x2 crops, 3 = 3x3 crops, ...
+    # The regions whose pooled grid embeddings are aligned with the teacher's embedding of them:
+    # "grids": the whole image and its crops (GRIDS; the paper's image-level alignment);
+    # "proposals": the detector's own top NUM_PROPOSALS class-agnostic boxes of each training step
+    # (ViLD's form: the teacher embeds a square crop of twice each box's longer side, on the fly;
+    # ground truth is never read).
+    _C.MODEL.GRIDCLIP.IMAGE_ALIGN.REGIONS = "grids"
+    # Crop grids of REGIONS "grids": 1 = whole image, 2 = 2x2 crops, 3 = 3x3 crops, ...
     _C.MODEL.GRIDCLIP.IMAGE_ALIGN.GRIDS = [1, 2, 3]
+    # Boxes per image of REGIONS "proposals" (after NMS at PROPOSAL_NMS_THRESH).
+    _C.MODEL.GRIDCLIP.IMAGE_ALIGN.NUM_PROPOSALS = 10
+    _C.MODEL.GRIDCLIP.IMAGE_ALIGN.PROPOSAL_NMS_THRESH = 0.5
+    # Levels (of MODEL.GRIDCLIP.IN_FEATURES) whose grid embeddings are pooled, averaged over them;
+    # [] = every level.
+    _C.MODEL.GRIDCLIP.IMAGE_ALIGN.LEVELS = []
     # How grid embeddings are pooled over a region: "mean" or "max".
     _C.MODEL.GRIDCLIP.IMAGE_ALIGN.POOL = "mean"
     # Side of the square teacher input each crop is resized to; 0 = the architecture's resolution.

@@ -41,6 +41,8 @@ _spec = importlib.util.spec_from_file_location(
 demo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo)
 TINY = [
+    "DATASETS.TEST",
+    "('synthetic_val',)",  # the config's synthetic_test is twice its size
     "SOLVER.IMS_PER_BATCH",
     "2",
     "SOLVER.MAX_ITER",
@@ -252,7 +254,7 @@ def test_train_evaluate_and_eval_only_reproduces(tmp_path):
     assert set(results) >= {"bbox", "open_vocabulary"}
     summary = results["open_vocabulary"]
     assert summary["AP"] == pytest.approx(results["bbox"]["AP"])
-    assert summary["num_base_classes"] == 18 and summary["num_novel_classes"] == 6
+    assert summary["num_base_classes"] == 18 and summary["num_novel_classes"] == 12
     assert summary["APnovel"] == pytest.approx(results["bbox"]["APnovel"])
     assert summary["APbase"] == pytest.approx(results["bbox"]["APbase"])
     # Detectron2's outputs: checkpoint, metrics.json (with the final AP), TensorBoard, log, plot.
@@ -354,13 +356,13 @@ def _check_cross_dataset_evaluation(weights, tmp_path):
     assert len(a) > 100
     assert [d for d in b if d[1] not in ("pink star", "white ring")] == a
     assert {d[1] for d in b} - {d[1] for d in a} <= {"pink star", "white ring"}
-    # The two new classes had no training boxes: novel, with the 6 novel classes of the split.
-    assert results[shuffled]["open_vocabulary"]["num_novel_classes"] == 8
-    assert results[original]["open_vocabulary"]["num_novel_classes"] == 6
+    # The two new classes had no training boxes: novel, with the 12 novel classes of the split.
+    assert results[shuffled]["open_vocabulary"]["num_novel_classes"] == 14
+    assert results[original]["open_vocabulary"]["num_novel_classes"] == 12
     log = (out / "log.txt").read_text()
     assert (
-        f"Evaluating {shuffled} with its own 26 classes "
-        "(24 of them in the model's 24-class vocabulary)" in log
+        f"Evaluating {shuffled} with its own 32 classes "
+        "(30 of them in the model's 30-class vocabulary)" in log
     )
 
 

@@ -67,6 +67,13 @@ def main(argv=None) -> int:
         default = getattr(defaults, field)
         parser.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)
     parser.add_argument(
+        "--no-match-same-objects",
+        dest="match_same_objects",
+        action="store_false",
+        help="CLIP's loss as it is: only an image's own caption matches it (default: captions "
+        "that name the same objects match too, UniCL's targets)",
+    )
+    parser.add_argument(
         "--num-threads", type=int, default=0, help="torch threads (0: torch's default)"
     )
     parser.add_argument(

@@ -95,7 +95,8 @@ class GridCLIPDatasetMapper(DatasetMapper):
     def from_config(cls, cfg, is_train: bool = True):
         ret = super().from_config(cfg, is_train)
         align = cfg.MODEL.GRIDCLIP.IMAGE_ALIGN
-        image_align = bool(is_train and align.ENABLED)
+        # the mapper's regions are the grids; proposals are the model's own (made in its forward)
+        image_align = bool(is_train and align.ENABLED and align.REGIONS == "grids")
         if image_align and cfg.INPUT.CROP.ENABLED:
             raise ValueError(
                 "INPUT.CROP.ENABLED is not supported with MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED: the "

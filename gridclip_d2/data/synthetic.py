@@ -1,14 +1,27 @@
 """The embedded default data set: an open-vocabulary world of coloured shapes in LVIS format.
 
-24 categories named in plain words, a colour and a shape ("red circle", "blue cross"; see
-:mod:`.synthetic_shapes`). Six of them are **novel**: they appear in the training images, but their
-boxes are removed from the training json exactly as LVIS's base split removes the rare
-categories' annotations (``make_base_split``, the same function ``datasets/prepare_lvis_base.py``
-runs on LVIS). The validation json keeps every category. The other 18 (base) categories have
-long-tailed frequencies, two of them rare (8 training images).
+30 categories named in plain words, a colour and a shape ("red circle", "blue cross"; see
+:mod:`.synthetic_shapes`), in three groups (``SYNTHETIC_CLASS_GROUPS``):
+
+* **base** (18): their boxes are the training data, with long-tailed frequencies (two rare ones,
+  8 training images each);
+* **novel-compositional** (6): a colour and a shape that base categories show separately ("blue
+  square": "blue triangle" and "red square" are base). A text tower that composes words names them
+  without any image-level help: the control group;
+* **novel-concept** (6): a colour or a shape that no base category has, "pink" or "star" ("pink
+  circle", "blue star"). Only the small CLIP's caption pairs name them, so what the detector knows
+  of them comes from CLIP.
+
+Both novel groups appear in the training images, but their boxes are removed from the training json
+exactly as LVIS's base split removes the rare categories' annotations (``make_base_split``, the
+same function ``datasets/prepare_lvis_base.py`` runs on LVIS). Validation and test keep every box.
+
+Three splits, drawn with their own seeds: ``train`` (base boxes only), ``val`` (every choice of
+weights, thresholds, regions and pretraining settings is made on it) and ``test`` (held out: the
+reported numbers).
 
 ``SYNTHETIC_CATEGORIES`` has the layout of Detectron2's ``LVIS_CATEGORIES`` (1-based ``id``,
-``name``, ``synonyms``, ``def``, ``frequency``) plus ``novel`` and the full train split's
+``name``, ``synonyms``, ``def``, ``frequency``) plus ``novel``, ``group`` and the full train split's
 ``image_count`` and ``instance_count`` (before the novel boxes are removed). Frequencies follow
 LVIS's rule on the full train split (r: fewer than 10 images, c: 10-99, f: 100 or more); the
 generator asserts that the table matches what it drew.
@@ -17,21 +30,24 @@ Files, under ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``)
 
     train/000001.jpg ...                  600 images, image ids 1..600
     val/100001.jpg ...                    150 images, image ids 100001..100150
+    test/200001.jpg ...                   300 images, image ids 200001..200300
     annotations/synthetic_train_full.json every box (as lvis_v1_train.json)
     annotations/synthetic_train.json      the base split: novel boxes removed (registered)
     annotations/synthetic_val.json        every box, every category
+    annotations/synthetic_test.json       every box, every category
     STAMP                                 format version and image counts
 
-Metadata of ``synthetic_train`` / ``synthetic_val``: ``novel_class_ids`` (contiguous ids of the six
-novel categories, on the training set as on LVIS's base split), ``class_frequency``,
+Metadata of ``synthetic_train`` / ``synthetic_val`` / ``synthetic_test``: ``novel_class_ids``
+(contiguous ids of the twelve novel categories, on the training set as on LVIS's base split),
+``class_groups`` (group name -> contiguous ids, every split), ``class_frequency``,
 ``image_count_per_class`` (of the base split: 0 for novel classes).
 
 The set is written into a temporary folder and renamed into place, so a folder with a valid
 ``STAMP`` is complete; any other folder at that path is regenerated. Generation is deterministic
 (numpy ``RandomState`` seeded per split and per image) and takes a few seconds.
 
-Images are RGB JPEGs of 224-288 px per side: muted backgrounds with 1-8 saturated shapes each
-(about 4 on average), circumradius 12-48 px, overlapping little. Boxes are XYWH, tight around the
+Images are RGB JPEGs of 224-288 px per side: muted backgrounds with 1-10 saturated shapes each
+(about 5 on average), circumradius 12-48 px, overlapping little. Boxes are XYWH, tight around the
 drawn pixels; ``segmentation`` is the box polygon (the detector has no mask head).
 Every image is exhaustively annotated: ``neg_category_ids`` lists every category absent from it.
 """
@@ -53,6 +69,7 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..atomic_write import atomic_json_dump
+from ..vocabulary import SYNTHETIC_CONCEPT_NAMES
 from .lvis_stats import images_per_category, lvis_frequency
 from .lvis_v1 import make_base_split
 from .synthetic_shapes import CATEGORY_NAMES, category_index, render_objects
@@ -60,6 +77,7 @@ from .synthetic_shapes import CATEGORY_NAMES, category_index, render_objects
 __all__ = [
     "SYNTHETIC_CATEGORIES",
     "SYNTHETIC_NOVEL_CLASS_IDS",
+    "SYNTHETIC_CLASS_GROUPS",
     "SYNTHETIC_SPLITS",
     "synthetic_dir",
     "generate_synthetic_dataset",
@@ -71,11 +89,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump when the generator's output changes: older sets on disk are then regenerated.
-SYNTHETIC_VERSION = "2"
+SYNTHETIC_VERSION = "3"
 
-# Novel categories: every colour once, every shape at least once, so each novel name combines a
-# colour and a shape that base categories show separately.
-_NOVEL = (
+# Novel-compositional categories: every colour once, every shape at least once, so each name
+# combines a colour and a shape that base categories show separately.
+_COMPOSITIONAL = (
     "red triangle",
     "green cross",
     "blue square",
@@ -83,6 +101,9 @@ _NOVEL = (
     "purple cross",
     "orange square",
 )
+# Novel-concept categories: "pink" or "star", which no base category shows.
+_CONCEPT = SYNTHETIC_CONCEPT_NAMES
+_NOVEL = _COMPOSITIONAL + _CONCEPT
 # Base categories that are rare (an exact number of images per split).
 _RARE = {"purple triangle": 8, "orange cross": 8}
 _NOVEL_PRESENCE = 0.12  # fraction of images holding each novel category
@@ -105,32 +126,48 @@ _PRESENCE = _presence()
 # frequency, image_count, instance_count of the full train split as generated (the generator
 # checks it)
 _TRAIN_COUNTS = (
-    ("c", 48, 62),
-    ("f", 163, 220),
-    ("c", 70, 92),
-    ("c", 91, 120),
-    ("c", 46, 61),
-    ("f", 102, 142),
-    ("c", 31, 45),
-    ("c", 77, 97),
-    ("f", 180, 243),
-    ("c", 68, 89),
-    ("c", 54, 73),
-    ("f", 161, 205),
-    ("c", 80, 101),
-    ("f", 136, 173),
-    ("c", 73, 93),
-    ("c", 46, 64),
-    ("c", 35, 44),
-    ("f", 118, 150),
-    ("r", 8, 9),
-    ("c", 76, 105),
-    ("c", 72, 94),
-    ("c", 65, 87),
-    ("c", 60, 75),
-    ("r", 8, 9),
+    ("c", 48, 63),  # red circle
+    ("f", 163, 220),  # red square
+    ("c", 70, 94),  # red triangle (novel-compositional)
+    ("c", 91, 116),  # red cross
+    ("c", 46, 60),  # green circle
+    ("f", 102, 130),  # green square
+    ("c", 31, 38),  # green triangle
+    ("c", 77, 101),  # green cross (novel-compositional)
+    ("f", 175, 224),  # blue circle
+    ("c", 68, 87),  # blue square (novel-compositional)
+    ("c", 54, 76),  # blue triangle
+    ("f", 159, 193),  # blue cross
+    ("c", 80, 103),  # yellow circle (novel-compositional)
+    ("f", 130, 165),  # yellow square
+    ("c", 73, 94),  # yellow triangle
+    ("c", 46, 61),  # yellow cross
+    ("c", 35, 47),  # purple circle
+    ("f", 118, 147),  # purple square
+    ("r", 8, 10),  # purple triangle
+    ("c", 76, 98),  # purple cross (novel-compositional)
+    ("c", 72, 99),  # orange circle
+    ("c", 65, 86),  # orange square (novel-compositional)
+    ("c", 60, 74),  # orange triangle
+    ("r", 8, 11),  # orange cross
+    ("c", 83, 110),  # pink circle (novel-concept)
+    ("c", 61, 75),  # pink square (novel-concept)
+    ("c", 87, 110),  # pink cross (novel-concept)
+    ("c", 78, 105),  # green star (novel-concept)
+    ("c", 74, 92),  # blue star (novel-concept)
+    ("c", 61, 81),  # orange star (novel-concept)
 )
 SYNTHETIC_NOVEL_CLASS_IDS: List[int] = sorted(category_index(n) for n in _NOVEL)
+# group -> contiguous ids (the evaluation reports AP per group)
+SYNTHETIC_CLASS_GROUPS: Dict[str, List[int]] = {
+    "base": [k for k in range(len(CATEGORY_NAMES)) if CATEGORY_NAMES[k] not in _NOVEL],
+    "novel-compositional": sorted(category_index(n) for n in _COMPOSITIONAL),
+    "novel-concept": sorted(category_index(n) for n in _CONCEPT),
+}
+
+
+def _group(k: int) -> str:
+    return next(g for g, ids in SYNTHETIC_CLASS_GROUPS.items() if k in ids)
 
 
 def _categories(counts) -> List[dict]:
@@ -144,6 +181,7 @@ def _categories(counts) -> List[dict]:
             "image_count": images,
             "instance_count": instances,
             "novel": k in SYNTHETIC_NOVEL_CLASS_IDS,
+            "group": _group(k),
         }
         for k, (name, (freq, images, instances)) in enumerate(zip(CATEGORY_NAMES, counts))
     ]
@@ -155,6 +193,7 @@ SYNTHETIC_CATEGORIES: List[dict] = _categories(_TRAIN_COUNTS)
 SYNTHETIC_SPLITS: Dict[str, Tuple[int, int, int]] = {
     "train": (600, 1, 20230316),
     "val": (150, 100001, 20230317),
+    "test": (300, 200001, 20261206),
 }
 _IMAGE_SIZES = ((256, 256), (224, 288), (288, 224))  # (height, width)
 _RADIUS_RANGE = (12.0, 48.0)  # circumradius in px, drawn log-uniformly
@@ -227,7 +266,7 @@ def _write_split(out_dir: str, split: str) -> Dict[int, Tuple[int, int]]:
     instance_counts = Counter(a["category_id"] for a in annotations)
     counts = {c: (image_counts.get(c, 0), instance_counts[c]) for c in range(1, num_cats + 1)}
     categories = [
-        {k: v for k, v in cat.items() if k != "novel"}
+        {k: v for k, v in cat.items() if k not in ("novel", "group")}
         | {
             "image_count": counts[cat["id"]][0],
             "instance_count": counts[cat["id"]][1],
@@ -363,8 +402,8 @@ def load_synthetic(split: str, datasets_root: str = None) -> List[dict]:
 
 
 def register_synthetic(datasets_root: str = None, prefix: str = "synthetic") -> None:
-    """Register ``<prefix>_train`` (the base split) and ``<prefix>_val`` (lazy: generated on first
-    load)."""
+    """Register ``<prefix>_train`` (the base split), ``<prefix>_val`` and ``<prefix>_test`` (lazy:
+    generated on first load)."""
     datasets_root = os.path.abspath(datasets_root or os.getenv("DETECTRON2_DATASETS", "datasets"))
     root = synthetic_dir(datasets_root)
     cats = sorted(SYNTHETIC_CATEGORIES, key=lambda c: c["id"])
@@ -378,6 +417,7 @@ def register_synthetic(datasets_root: str = None, prefix: str = "synthetic") -> 
             class_frequency=[c["frequency"] for c in cats],
             image_count_per_class=base_image_count,
             novel_class_ids=list(SYNTHETIC_NOVEL_CLASS_IDS) if split == "train" else [],
+            class_groups={g: list(ids) for g, ids in SYNTHETIC_CLASS_GROUPS.items()},
             json_file=os.path.join(root, "annotations", f"synthetic_{split}.json"),
             image_root=root,
             evaluator_type="lvis",

@@ -1,9 +1,17 @@
 """Image-caption pairs of the synthetic world: the small CLIP's pretraining data.
 
-As CLIP's data is not the detector's, these are separate images: 96 x 96 px, one to three objects
-each (any of the 24 categories of :mod:`.synthetic_shapes`, base and novel alike), with a caption
-that names what the image shows in varied templates and counts ("two blue squares and a red
-cross.") and never gives a box.
+As CLIP's data is not the detector's, these are separate images of the same world, any of the 30
+categories of :mod:`.synthetic_shapes` (base and novel alike: web captions name what detection
+boxes leave out), 96 x 96 px, of two kinds:
+
+* object photos (``OBJECT_FRACTION`` of the pairs): a scene drawn as the detection images are
+  (256 px, several objects at the same sizes), cropped around one object the way an object is
+  framed for CLIP everywhere here (``framed_crop``: a square twice its longer side), captioned
+  with that object's name ("a photo of a pink star.");
+* scenes: one to three objects drawn at 96 px, the caption naming all of them in varied templates
+  and counts ("two blue squares and a red cross.").
+
+Captions never give a box.
 
 Files, under ``$DETECTRON2_DATASETS/synthetic_captions`` (default ``datasets/synthetic_captions``)::
 
@@ -15,8 +23,10 @@ Written to a temporary folder and renamed into place on first use (as the detect
 deterministic (``numpy.random.RandomState`` seeded per image).
 """
 
+import functools
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import uuid
@@ -26,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from .synthetic import _machine_lock
-from .synthetic_shapes import CATEGORY_NAMES, render_objects
+from .synthetic_shapes import CATEGORY_NAMES, framed_crop, render_objects
 
 __all__ = [
     "CAPTIONS_VERSION",
@@ -40,11 +50,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CAPTIONS_VERSION = "3"
-NUM_PAIRS = 5000
+CAPTIONS_VERSION = "4"
+NUM_PAIRS = 10000
 IMAGE_SIZE = 96
+OBJECT_FRACTION = 0.65
 _SEED = 20230318
 _RADIUS_RANGE = (9.0, 44.0)
+# object photos: scenes as the detection set's (gridclip_d2.data.synthetic) before cropping
+_SCENE_SIZE = 256
+_SCENE_RADIUS_RANGE = (12.0, 48.0)
+_SCENE_NEIGHBOURS = (2, 6)
+_NUM_PROCESSES = 2  # other objects in the scene: 2 to 5
 _NUM_OBJECTS = ((1, 0.6), (2, 0.25), (3, 0.15))
 _NUMBERS = {1: "a", 2: "two", 3: "three"}
 
@@ -93,8 +109,24 @@ def caption_for(categories: Sequence[int], rng) -> str:
     return templates[rng.randint(len(templates))].format(listed)
 
 
+def _object_photo(rng) -> Tuple[np.ndarray, str, List[int]]:
+    """One object framed as CLIP sees detected objects, from a detection-like scene."""
+    num = len(CATEGORY_NAMES)
+    cats = [int(k) for k in rng.randint(num, size=1 + rng.randint(*_SCENE_NEIGHBOURS))]
+    pixels, objects = render_objects(_SCENE_SIZE, _SCENE_SIZE, cats, rng, _SCENE_RADIUS_RANGE)
+    k, box = objects[0]  # the first object is placed first: always there
+    crop = framed_crop(pixels, box, IMAGE_SIZE)
+    return crop, caption_for([k], rng), [k]
+
+
+def _is_object_photo(index: int) -> bool:
+    return np.random.RandomState([_SEED, index]).uniform() < OBJECT_FRACTION
+
+
 def _pair(index: int) -> Tuple[np.ndarray, str, List[int]]:
     rng = np.random.RandomState([_SEED, index])
+    if rng.uniform() < OBJECT_FRACTION:  # as _is_object_photo
+        return _object_photo(rng)
     sizes, probs = zip(*_NUM_OBJECTS)
     n = int(rng.choice(sizes, p=probs))
     cats = [int(k) for k in rng.randint(len(CATEGORY_NAMES), size=n)]
@@ -123,18 +155,31 @@ def _is_complete(path: str, num_pairs: int) -> bool:
         return False
 
 
-def _generate(out_dir: str, num_pairs: int) -> None:
-    from tqdm import tqdm
-
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+def _write_pairs(out_dir: str, indices: range) -> List[dict]:
     entries = []
-    for i in tqdm(range(num_pairs), desc="caption pairs", unit="img", mininterval=2.0):
+    for i in indices:
         pixels, caption, named = _pair(i)
         file_name = f"images/{i:06d}.jpg"
         Image.fromarray(pixels).save(os.path.join(out_dir, file_name), quality=92)
         # "categories": the category indices the caption names (a parsed caption, not a label of
         # a region): the pretraining sampler uses it to put captions that share words in a batch
         entries.append({"file_name": file_name, "caption": caption, "categories": named})
+    return entries
+
+
+def _generate(out_dir: str, num_pairs: int) -> None:
+    from tqdm import tqdm
+
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    # two processes (each pair is a function of its index alone: the same files either way)
+    chunks = [range(s, min(s + 500, num_pairs)) for s in range(0, num_pairs, 500)]
+    entries = []
+    with multiprocessing.get_context(
+        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    ).Pool(_NUM_PROCESSES) as pool:
+        done = pool.imap(functools.partial(_write_pairs, out_dir), chunks)
+        for part in tqdm(done, desc="caption pairs", unit="x500", total=len(chunks)):
+            entries += part
     with open(os.path.join(out_dir, "captions.json"), "w") as f:
         json.dump(entries, f)
     with open(os.path.join(out_dir, "STAMP"), "w") as f:

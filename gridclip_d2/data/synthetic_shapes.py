@@ -12,11 +12,21 @@ drawn pixels. Randomness comes only from the ``numpy.random.RandomState`` passed
 from typing import List, Sequence, Tuple
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
+from ..region_crops import crop_and_resize, framed_boxes
 from ..vocabulary import SYNTHETIC_COLOURS, SYNTHETIC_NAMES, SYNTHETIC_SHAPES
 
-__all__ = ["COLOURS", "SHAPES", "CATEGORY_NAMES", "category_index", "render_objects"]
+__all__ = [
+    "COLOURS",
+    "SHAPES",
+    "CATEGORY_NAMES",
+    "category_index",
+    "colour_and_shape",
+    "framed_crop",
+    "render_objects",
+]
 
 # The names are the built-in vocabulary "synthetic" (gridclip_d2.vocabulary: a model names its
 # classes without this package); what they look like is drawn here.
@@ -28,11 +38,20 @@ _RGB = {
     "yellow": (245, 215, 20),
     "purple": (140, 40, 200),
     "orange": (250, 130, 10),
+    "pink": (255, 120, 200),
 }
 COLOURS = {c: _RGB[c] for c in SYNTHETIC_COLOURS}
 SHAPES = SYNTHETIC_SHAPES
-# Category k is colour k // len(SHAPES), shape k % len(SHAPES): "red circle", "red square", ...
+# "red circle", "red square", ... (gridclip_d2.vocabulary.builtin: the grid of six colours and
+# four shapes, then the categories of the new concepts "pink" and "star")
 CATEGORY_NAMES: Tuple[str, ...] = SYNTHETIC_NAMES
+
+
+def colour_and_shape(k: int) -> Tuple[str, str]:
+    """(colour, shape) of category index ``k``: the two words of its name."""
+    colour, shape = CATEGORY_NAMES[k].split(" ")
+    return colour, shape
+
 
 _MAX_OVERLAP = 0.15  # intersection / smaller circumscribing square
 
@@ -53,6 +72,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float, rng) -> List[Tuple[floa
         angles, radii = np.deg2rad(45 + 90 * np.arange(4) + rng.uniform(-15, 15)), [r] * 4
     elif shape == "triangle":
         angles, radii = np.deg2rad(-90 + 120 * np.arange(3) + rng.uniform(-20, 20)), [r] * 3
+    elif shape == "star":  # five points, inner radius 0.45 r
+        angles = np.deg2rad(-90 + 36 * np.arange(10) + rng.uniform(-20, 20))
+        radii = [r if i % 2 == 0 else 0.45 * r for i in range(10)]
     elif shape == "cross":
         a = 0.3 * r  # half width of an arm
         s = r / np.sqrt(1 + 0.09)  # arm length so that the corners lie on the circumcircle
@@ -133,9 +155,9 @@ def render_objects(
     50 tries is dropped. Returns HWC uint8 RGB and the placed objects as (index, [x, y, w, h])."""
     image = background(height, width, rng)
     placed, squares = [], []
-    colours = list(COLOURS.values())
     for k in categories:
-        colour, shape = colours[k // len(SHAPES)], SHAPES[k % len(SHAPES)]
+        colour_name, shape = colour_and_shape(k)
+        colour = COLOURS[colour_name]
         for _ in range(50):
             r = float(np.exp(rng.uniform(*np.log(radius_range))))
             r = min(r, (min(height, width) - 3) / 2)
@@ -155,3 +177,13 @@ def render_objects(
         squares.append(sq)
     image = image + rng.normal(0, rng.uniform(3, 9), size=image.shape)
     return np.clip(np.round(image), 0, 255).astype(np.uint8), placed
+
+
+def framed_crop(image: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
+    """The crop of one object that the small CLIP sees (``region_crops.framed_boxes``: a square
+    of twice the XYWH ``box``'s longer side, inside the H x W x 3 uint8 ``image``),
+    resized to ``size x size``. Returns size x size x 3 uint8."""
+    x, y, w, h = box
+    height, width = image.shape[:2]
+    square = framed_boxes(torch.tensor([[x, y, x + w, y + h]]), width, height)
+    return crop_and_resize(image, square, size)[0].permute(1, 2, 0).numpy()

@@ -56,6 +56,9 @@ class OpenVocabLVISEvaluator(LVISEvaluator):
         dataset_name, tasks, distributed, output_dir, max_dets_per_image: as ``LVISEvaluator``.
         novel_class_ids: contiguous ids (in the test set's class order) of the classes held out from
             training; empty = no split (``APnovel`` / ``APbase`` are then not reported).
+        class_groups: group name -> contiguous ids; each group's AP is reported as ``AP-<name>``
+            (the synthetic set's "base", "novel-compositional", "novel-concept": metadata
+            ``class_groups``).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class OpenVocabLVISEvaluator(LVISEvaluator):
         *,
         max_dets_per_image: int = LVIS_MAX_DETS,
         novel_class_ids: Sequence[int] = (),
+        class_groups: Optional[Dict[str, Sequence[int]]] = None,
     ):
         super().__init__(
             dataset_name, tasks, distributed, output_dir, max_dets_per_image=max_dets_per_image
@@ -79,6 +83,17 @@ class OpenVocabLVISEvaluator(LVISEvaluator):
                 f"'{dataset_name}' (train and test sets must share one class list)"
             )
         self._novel_class_ids = sorted(int(i) for i in novel_class_ids)
+        self._class_groups = {
+            str(g): sorted(int(i) for i in ids) for g, ids in (class_groups or {}).items()
+        }
+        bad = [
+            g for g, ids in self._class_groups.items() if any(not 0 <= i < num_classes for i in ids)
+        ]
+        if bad:
+            raise ValueError(
+                f"class_groups {bad} of the test set '{dataset_name}' hold ids outside its "
+                f"{num_classes} classes"
+            )
         # contiguous id -> json category id (built once: it is looked up for every detection)
         mapping = self._metadata.get("thing_dataset_id_to_contiguous_id", None)
         self._json_ids = (
@@ -141,5 +156,8 @@ class OpenVocabLVISEvaluator(LVISEvaluator):
         if novel:
             results["APnovel"] = mean_ap_over_categories(lvis_eval, novel)
             results["APbase"] = mean_ap_over_categories(lvis_eval, base)
+        for group, ids in self._class_groups.items():
+            json_ids = [self._json_category_id(i) for i in ids]
+            results[f"AP-{group}"] = mean_ap_over_categories(lvis_eval, json_ids)
         logger.info("Evaluation results for {}: \n".format(task) + create_small_table(results))
         return results

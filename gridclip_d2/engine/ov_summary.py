@@ -6,6 +6,10 @@ metadata it gives AP, APr, APc, APf, AP on the novel / base classes, and the spl
     {"AP": .., "APr": .., "APc": .., "APf": .., "APnovel": .., "APbase": ..,
      "num_base_classes": .., "num_novel_classes": .., "novel_is_rare": 0.0 or 1.0}
 
+plus ``AP-<group>`` for each of the test set's ``class_groups`` (the synthetic set's "base",
+"novel-compositional", "novel-concept"), printed as one more line
+``AP base B | AP novel-compositional C | AP novel-concept K``.
+
 Every value is a float (Detectron2's EvalHook writes results as scalars); a metric lvis-api could
 not compute (no ground truth in the group, reported as -100) is NaN here.
 """
@@ -27,6 +31,7 @@ def open_vocabulary_summary(
     num_classes: int,
     novel_class_ids: Sequence[int] = (),
     class_frequency: Optional[Sequence[Optional[str]]] = None,
+    class_groups: Optional[Mapping[str, Sequence[int]]] = None,
 ) -> Dict[str, float]:
     """Summary of one test set.
 
@@ -36,6 +41,8 @@ def open_vocabulary_summary(
         novel_class_ids: contiguous ids held out from training (training set metadata).
         class_frequency: 'r'/'c'/'f' per class (metadata ``class_frequency``), to tell whether the
             novel classes are exactly the rare ones (then APr is the novel AP: LVIS' base split).
+        class_groups: group name -> contiguous ids (metadata ``class_groups``); their APs come from
+            ``bbox["AP-<group>"]``.
     """
     if "AP" not in bbox:
         raise KeyError(f"bbox results have no 'AP' (keys: {sorted(bbox)})")
@@ -49,6 +56,8 @@ def open_vocabulary_summary(
     summary["num_base_classes"] = float(num_classes - len(novel))
     summary["num_novel_classes"] = float(len(novel))
     summary["novel_is_rare"] = float(bool(novel) and set(novel) == rare)
+    for group in class_groups or {}:
+        summary[f"AP-{group}"] = _metric(bbox, f"AP-{group}")
     return summary
 
 
@@ -80,4 +89,7 @@ def format_open_vocabulary_summary(
     lines = [f"Open-vocabulary summary on {test_name} ({split}):", "  " + line]
     if n_novel:
         lines.append(f"  AP novel {_fmt(summary['APnovel'])} | AP base {_fmt(summary['APbase'])}")
+    groups = [k[len("AP-") :] for k in summary if k.startswith("AP-")]  # in the test set's order
+    if groups:
+        lines.append("  " + " | ".join(f"AP {g} {_fmt(summary['AP-' + g])}" for g in groups))
     return "\n".join(lines)

@@ -228,6 +228,7 @@ class Trainer(TrainerStateBackport, DefaultTrainer):
                 output_dir=output_folder,
                 max_dets_per_image=LVIS_MAX_DETS,
                 novel_class_ids=novel,
+                class_groups=MetadataCatalog.get(dataset_name).get("class_groups", None),
             )
         if evaluator_type == "coco":
             # use_fast_impl needs Detectron2's compiled extension; pycocotools' COCOeval does not.
@@ -269,6 +270,7 @@ class Trainer(TrainerStateBackport, DefaultTrainer):
                 num_classes=len(classes),
                 novel_class_ids=test_novel_class_ids(cfg, classes),
                 class_frequency=meta.get("class_frequency", None),
+                class_groups=meta.get("class_groups", None),
             )
             res["open_vocabulary"] = summary
             logger.info(format_open_vocabulary_summary(summary, test_name, training_split(cfg)[0]))

@@ -1,13 +1,22 @@
 """Image-level alignment: distil the frozen CLIP image encoder into pooled grid embeddings.
 
-For every training image the mapper gives K regions (``align_boxes``, K x 4 XYXY in the input
-image's coordinates: the whole image and its grid crops, see
-:mod:`gridclip_d2.data.alignment_crops`). For each region:
+Regions (IMAGE_ALIGN.REGIONS), per training image:
+
+* ``"grids"``: K regions from the mapper (``align_boxes``, K x 4 XYXY in the input image's
+  coordinates: the whole image and its grid crops, see :mod:`gridclip_d2.data.alignment_crops`),
+  with the teacher's inputs (``teacher_images``) or a teacher cache;
+* ``"proposals"`` (ViLD's form): the detector's own top-K class-agnostic boxes of the step
+  (:func:`.proposals.class_agnostic_proposals`, computed by :class:`.GridCLIP` from its
+  predictions, never from ground truth); the teacher embeds, on the fly, the square crop of twice
+  each box's longer side (:func:`gridclip_d2.region_crops.framed_boxes`) cut from the input image,
+  the framing its zero-shot accuracy is measured on.
+
+For each region:
 
 * student: the per-cell grid embeddings (N x D x Hi x Wi per level, L2-normalised per cell) are
-  pooled inside the region on every level with ``torchvision.ops.roi_align`` (spatial scale
-  1 / stride, ``P x P`` bins, adaptive sampling; for the mean, :mod:`.mean_roi_align`'s fast
-  backward), reduced over the bins by mean or max
+  pooled inside the region on every level (or the LEVELS subset) with
+  ``torchvision.ops.roi_align`` (spatial scale 1 / stride, ``P x P`` bins, adaptive sampling; for
+  the mean, :mod:`.mean_roi_align`'s fast backward), reduced over the bins by mean or max
   (IMAGE_ALIGN.POOL), averaged over levels and L2-normalised -> D;
 * teacher: the frozen CLIP image encoder's embedding of the same region of the original image
   (``teacher_images``, run under ``torch.no_grad``), or the one stored for that image in the
@@ -28,7 +37,8 @@ from torchvision.ops import roi_align
 
 from detectron2.config import configurable
 
-from ..config import cache_in_use
+from ..config import cache_in_use, teacher_input_size_from_cfg
+from ..region_crops import crop_and_resize, framed_boxes
 from .clip_resnet import build_clip_teacher, normalize_clip_input
 from .mean_roi_align import mean_roi_align
 from .teacher_cache import TeacherCache, cache_meta_from_cfg
@@ -36,6 +46,9 @@ from .teacher_cache import TeacherCache, cache_meta_from_cfg
 __all__ = ["ImageAlignment", "pool_regions", "encode_teacher_images"]
 
 logger = logging.getLogger(__name__)
+
+
+REGION_MODES = ("grids", "proposals")
 
 
 def _check_pool(pool: str) -> None:
@@ -133,6 +146,11 @@ class ImageAlignment(nn.Module):
         teacher: Optional[nn.Module] = None,
         cache: Optional[TeacherCache] = None,
         pool_resolution: int = 7,
+        regions: str = "grids",
+        num_proposals: int = 10,
+        proposal_nms_thresh: float = 0.5,
+        levels: Optional[Sequence[int]] = None,
+        teacher_input_size: int = 224,
     ):
         """
         Args:
@@ -142,11 +160,35 @@ class ImageAlignment(nn.Module):
                 never trained, kept in eval mode. Needed for images not in ``cache``.
             cache: precomputed teacher embeddings keyed by image id.
             pool_resolution: RoIAlign bins per side when pooling a region.
+            regions: "grids" (``align_boxes`` of the inputs) or "proposals" (boxes given to
+                :meth:`forward`; the teacher embeds their framed crops of the input image).
+            num_proposals: K, proposals per image (read by :class:`.GridCLIP`).
+            proposal_nms_thresh: NMS IoU of the proposals (read by :class:`.GridCLIP`).
+            levels: indices of the grid-embedding levels to pool (None: all).
+            teacher_input_size: side of the teacher's crops in "proposals" mode.
         """
         super().__init__()
         _check_pool(pool)  # at build time, not at the first training step
+        if regions not in REGION_MODES:
+            raise ValueError(
+                f"MODEL.GRIDCLIP.IMAGE_ALIGN.REGIONS must be one of {REGION_MODES}, got {regions!r}"
+            )
         if teacher is None and cache is None:
             raise ValueError("ImageAlignment needs a teacher, a teacher cache, or both")
+        if regions == "proposals" and teacher is None:
+            raise ValueError(
+                "MODEL.GRIDCLIP.IMAGE_ALIGN.REGIONS 'proposals' needs the on-the-fly teacher: the "
+                "proposals of a step are not known in advance, so a teacher cache cannot hold them"
+            )
+        if int(num_proposals) < 1:
+            raise ValueError(
+                f"MODEL.GRIDCLIP.IMAGE_ALIGN.NUM_PROPOSALS must be >= 1, got {num_proposals}"
+            )
+        self.regions = regions
+        self.num_proposals = int(num_proposals)
+        self.proposal_nms_thresh = float(proposal_nms_thresh)
+        self.levels = None if levels is None else [int(i) for i in levels]
+        self.teacher_input_size = int(teacher_input_size)
         self.loss_weight = float(loss_weight)
         self.pool = pool
         self.pool_resolution = int(pool_resolution)
@@ -163,6 +205,12 @@ class ImageAlignment(nn.Module):
     def from_config(cls, cfg):
         align = cfg.MODEL.GRIDCLIP.IMAGE_ALIGN
         cache = None
+        if align.REGIONS == "proposals" and cache_in_use(cfg):
+            raise ValueError(
+                "MODEL.GRIDCLIP.IMAGE_ALIGN.REGIONS 'proposals' cannot use a teacher cache "
+                f"(IMAGE_ALIGN.CACHE_FILE {align.CACHE_FILE}): the proposals of a step are not "
+                "known in advance; set CACHE_FILE '' or REGIONS 'grids'"
+            )
         if cache_in_use(cfg):
             cache = TeacherCache.load(align.CACHE_FILE, cache_meta_from_cfg(cfg))
             logger.info(
@@ -176,11 +224,23 @@ class ImageAlignment(nn.Module):
                 "teacher runs on the fly",
                 align.CACHE_FILE,
             )
+        in_features = list(cfg.MODEL.GRIDCLIP.IN_FEATURES)
+        unknown = [f for f in align.LEVELS if f not in in_features]
+        if unknown:
+            raise ValueError(
+                f"MODEL.GRIDCLIP.IMAGE_ALIGN.LEVELS {list(align.LEVELS)}: {unknown} not in "
+                f"MODEL.GRIDCLIP.IN_FEATURES {in_features}"
+            )
         return {
             "loss_weight": align.LOSS_WEIGHT,
             "pool": align.POOL,
             "teacher": None if cache is not None else build_clip_teacher(cfg),
             "cache": cache,
+            "regions": align.REGIONS,
+            "num_proposals": align.NUM_PROPOSALS,
+            "proposal_nms_thresh": align.PROPOSAL_NMS_THRESH,
+            "levels": [in_features.index(f) for f in align.LEVELS] if align.LEVELS else None,
+            "teacher_input_size": teacher_input_size_from_cfg(cfg),
         }
 
     def train(self, mode: bool = True):
@@ -226,30 +286,61 @@ class ImageAlignment(nn.Module):
                 )
         return F.normalize(torch.cat(per_image), dim=-1)
 
+    def _proposal_teacher_embeddings(self, inputs: List[dict], boxes: List[torch.Tensor], device):
+        """Teacher embeddings of the framed crops of ``boxes`` (per image, in the coordinates of
+        its ``image``): R x D."""
+        crops = []
+        for x, b in zip(inputs, boxes):
+            if not len(b):
+                continue
+            image = x["image"]  # 3 x H x W uint8 RGB (GridCLIP takes only INPUT.FORMAT "RGB")
+            height, width = image.shape[-2:]
+            squares = framed_boxes(b.detach().cpu(), width, height)
+            rgb = image.permute(1, 2, 0).cpu().numpy()  # H x W x 3
+            crops.append(crop_and_resize(rgb, squares, self.teacher_input_size))
+        return encode_teacher_images(self.teacher, torch.cat(crops)).to(device)
+
     def forward(
         self,
         grid_embeddings: List[torch.Tensor],
         strides: List[int],
         batched_inputs: List[dict],
+        proposals: Optional[List[torch.Tensor]] = None,
     ) -> Dict[str, torch.Tensor]:
         """
         Args:
             grid_embeddings: per level N x D x Hi x Wi, L2-normalised along D.
             strides: per level stride in input pixels.
-            batched_inputs: the model's inputs; images without ``align_boxes`` are skipped.
+            batched_inputs: the model's inputs; in "grids" mode, images without ``align_boxes``
+                are skipped.
+            proposals: "proposals" mode: per image, K_i x 4 XYXY boxes in input pixels.
 
         Returns:
             {"loss_image_align": scalar}
         """
-        boxes = [
-            x["align_boxes"] if "align_boxes" in x else torch.zeros((0, 4)) for x in batched_inputs
-        ]
-        with_regions = [x for x in batched_inputs if "align_boxes" in x and len(x["align_boxes"])]
-        if not with_regions:
+        if self.levels is not None:
+            grid_embeddings = [grid_embeddings[i] for i in self.levels]
+            strides = [strides[i] for i in self.levels]
+        if self.regions == "proposals":
+            if proposals is None or len(proposals) != len(batched_inputs):
+                raise ValueError(
+                    "IMAGE_ALIGN.REGIONS 'proposals': forward needs one box tensor per input"
+                )
+            boxes = list(proposals)
+        else:
+            boxes = [
+                x["align_boxes"] if "align_boxes" in x else torch.zeros((0, 4))
+                for x in batched_inputs
+            ]
+        if not any(len(b) for b in boxes):
             zero = sum(g.sum() for g in grid_embeddings) * 0.0
             return {"loss_image_align": zero}
         student = pool_regions(grid_embeddings, strides, boxes, self.pool, self.pool_resolution)
-        teacher = self._teacher_embeddings(with_regions, student.device)  # R x D
+        if self.regions == "proposals":
+            teacher = self._proposal_teacher_embeddings(batched_inputs, boxes, student.device)
+        else:
+            with_regions = [x for x, b in zip(batched_inputs, boxes) if len(b)]
+            teacher = self._teacher_embeddings(with_regions, student.device)  # R x D
         if teacher.shape[1] != student.shape[1]:
             raise ValueError(
                 f"grid embedding dim {student.shape[1]} differs from the CLIP teacher's embedding "

@@ -40,6 +40,7 @@ from .dense_decoding import decode_level
 from .grid_head import GridCLIPHead, GridHeadOutputs
 from .loss_columns import LossColumns
 from .necks import DENSE_CLIP
+from .proposals import class_agnostic_proposals
 from .text_classifier import TextClassifier, vocabulary_embeddings
 
 __all__ = ["GridCLIP"]
@@ -269,8 +270,22 @@ class GridCLIP(FCOS):
         if self.image_alignment is not None:
             if batched_inputs is None:
                 raise ValueError("the image-level alignment needs the batched inputs")
+            proposals = None
+            if self.image_alignment.regions == "proposals":  # from predictions, never from gt
+                proposals = class_agnostic_proposals(
+                    anchors,
+                    pred_logits,
+                    pred_deltas,
+                    pred_centerness,
+                    images.image_sizes,
+                    self.box2box_transform,
+                    self.image_alignment.num_proposals,
+                    self.image_alignment.proposal_nms_thresh,
+                )
             losses.update(
-                self.image_alignment(outputs.grid_embeddings, self.strides, batched_inputs)
+                self.image_alignment(
+                    outputs.grid_embeddings, self.strides, batched_inputs, proposals
+                )
             )
         return losses
 

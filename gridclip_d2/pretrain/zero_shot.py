@@ -1,11 +1,14 @@
 """Zero-shot classification of single-object crops: does a CLIP know the synthetic categories?
 
-For every box of the synthetic validation set, a square crop centred on the box (side twice its
-longer side, shifted to stay inside the image) is resized to the CLIP's resolution and classified
-among all 24 category names by cosine similarity with their text embeddings, with one prompt
-("a {}", the detector's ``MODEL.GRIDCLIP.PROMPT``) and with the prompt ensemble. Images go through
-the detector's own ``CLIPResNet.encode_image`` and names through ``encode_names``: the same code
-that builds the detector's backbone, teacher and classifier from ``MODEL.CLIP.WEIGHTS``.
+For every box of a synthetic split, a square crop centred on the box (side twice its longer side,
+shifted to stay inside the image: ``framed_crop``) is resized to the CLIP's resolution and
+classified among all 30 category names by cosine similarity with their text embeddings, with one
+prompt ("a {}", the detector's ``MODEL.GRIDCLIP.PROMPT``) and with the prompt ensemble. Accuracy
+is reported per class group (base, novel-compositional, novel-concept:
+``SYNTHETIC_CLASS_GROUPS``) on ``val`` (where pretraining settings are chosen) and ``test`` (the
+reported numbers). Images go through the detector's own ``CLIPResNet.encode_image`` and names
+through ``encode_names``: the same code that builds the detector's backbone, teacher and
+classifier from ``MODEL.CLIP.WEIGHTS``.
 """
 
 import json
@@ -18,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..clip_arch import get_arch
-from ..data.synthetic import SYNTHETIC_NOVEL_CLASS_IDS, ensure_synthetic_dataset
-from ..data.synthetic_shapes import CATEGORY_NAMES
+from ..data.synthetic import SYNTHETIC_CLASS_GROUPS, ensure_synthetic_dataset
+from ..data.synthetic_shapes import CATEGORY_NAMES, framed_crop
 from ..modeling.clip_resnet import CLIPResNet, normalize_clip_input
 from ..modeling.clip_text import PROMPT_ENSEMBLE, CLIPTextEncoder, encode_names
 from ..modeling.clip_weights import load_clip_state_dict
@@ -27,10 +30,14 @@ from ..modeling.clip_weights import load_clip_state_dict
 __all__ = ["box_crops", "zero_shot_accuracy", "zero_shot_report", "format_report"]
 
 
-def box_crops(datasets_root: Optional[str], size: int):
-    """(crops M x 3 x size x size uint8, labels M) of every box of synthetic_val."""
+REPORT_SPLITS = ("val", "test")
+_GROUPS = tuple(SYNTHETIC_CLASS_GROUPS)  # base, novel-compositional, novel-concept
+
+
+def box_crops(datasets_root: Optional[str], size: int, split: str = "val"):
+    """(crops M x 3 x size x size uint8, labels M) of every box of synthetic_<split>."""
     root = ensure_synthetic_dataset(datasets_root)
-    with open(os.path.join(root, "annotations", "synthetic_val.json")) as f:
+    with open(os.path.join(root, "annotations", f"synthetic_{split}.json")) as f:
         data = json.load(f)
     images = {img["id"]: img for img in data["images"]}
     by_image: Dict[int, List[dict]] = {}
@@ -39,15 +46,9 @@ def box_crops(datasets_root: Optional[str], size: int):
     crops, labels = [], []
     for image_id, anns in sorted(by_image.items()):
         img = images[image_id]
-        pil = Image.open(os.path.join(root, img["file_name"])).convert("RGB")
-        width, height = pil.size
+        pixels = np.asarray(Image.open(os.path.join(root, img["file_name"])).convert("RGB"))
         for ann in anns:
-            x, y, w, h = ann["bbox"]
-            side = min(max(w, h) * 2.0, width, height)
-            x0 = min(max(x + w / 2 - side / 2, 0), width - side)
-            y0 = min(max(y + h / 2 - side / 2, 0), height - side)
-            crop = pil.resize((size, size), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side))
-            crops.append(np.asarray(crop))
+            crops.append(framed_crop(pixels, ann["bbox"], size))
             labels.append(ann["category_id"] - 1)
     crops = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
     return crops, torch.tensor(labels)
@@ -83,39 +84,50 @@ def zero_shot_accuracy(
 
 
 def zero_shot_report(weights: str, arch: str, datasets_root: Optional[str] = None) -> dict:
-    """Accuracy on base / novel / all crops with one prompt and with the ensemble."""
+    """Accuracy per class group and in all, on the val and test crops, with one prompt and with
+    the ensemble: ``report[split][prompts][group]``."""
     state_dict = load_clip_state_dict(weights, arch)
     image_encoder = CLIPResNet(
         arch, out_features=("res5",), norm="FrozenBN", state_dict=state_dict
     ).eval()
     text_encoder = CLIPTextEncoder.from_state_dict(state_dict)
-    crops, labels = box_crops(datasets_root, get_arch(arch).image_resolution)
-    novel = list(SYNTHETIC_NOVEL_CLASS_IDS)
-    base = [k for k in range(len(CATEGORY_NAMES)) if k not in novel]
-    report = {
-        "weights": weights,
-        "arch": arch,
-        "num_crops": int(len(labels)),
-        "num_novel_crops": int(torch.isin(labels, torch.tensor(novel)).sum()),
-    }
-    for key, templates in (("one_prompt", ["a {}"]), ("ensemble", PROMPT_ENSEMBLE)):
-        report[key] = {
-            split: zero_shot_accuracy(
-                image_encoder, text_encoder, crops, labels, CATEGORY_NAMES, templates, classes
-            )
-            for split, classes in (("base", base), ("novel", novel), ("all", None))
+    report = {"weights": weights, "arch": arch}
+    for split in REPORT_SPLITS:
+        crops, labels = box_crops(datasets_root, get_arch(arch).image_resolution, split)
+        entry = {
+            "num_crops": {
+                g: int(torch.isin(labels, torch.tensor(ids)).sum())
+                for g, ids in SYNTHETIC_CLASS_GROUPS.items()
+            }
         }
+        for key, templates in (("one_prompt", ["a {}"]), ("ensemble", PROMPT_ENSEMBLE)):
+            entry[key] = {
+                group: zero_shot_accuracy(
+                    image_encoder, text_encoder, crops, labels, CATEGORY_NAMES, templates, classes
+                )
+                for group, classes in list(SYNTHETIC_CLASS_GROUPS.items()) + [("all", None)]
+            }
+        report[split] = entry
     return report
 
 
 def format_report(report: dict) -> str:
     """The zero-shot table of :func:`zero_shot_report`'s output, in markdown."""
-    rows = ["| prompts | base | novel | all |", "|---|---|---|---|"]
-    for key, label in (("one_prompt", 'one prompt ("a {}")'), ("ensemble", "prompt ensemble")):
-        r = report[key]
-        rows.append(f"| {label} | {r['base']:.1f} | {r['novel']:.1f} | {r['all']:.1f} |")
+    rows = [
+        "| split | prompts | " + " | ".join(_GROUPS) + " | all |",
+        "|---|---|" + "---|" * (len(_GROUPS) + 1),
+    ]
+    for split in REPORT_SPLITS:
+        for key, label in (("one_prompt", 'one prompt ("a {}")'), ("ensemble", "prompt ensemble")):
+            r = report[split][key]
+            cells = " | ".join(f"{r[g]:.1f}" for g in _GROUPS + ("all",))
+            rows.append(f"| {split} | {label} | {cells} |")
+    counts = ", ".join(
+        f"{split}: " + " + ".join(str(report[split]["num_crops"][g]) for g in _GROUPS)
+        for split in REPORT_SPLITS
+    )
     head = (
-        f"Zero-shot accuracy (%) of {report['weights']} on {report['num_crops']} single-object "
-        f"crops of synthetic_val ({report['num_novel_crops']} novel):"
+        f"Zero-shot accuracy (%) of {report['weights']} on the single-object crops of the "
+        f"synthetic splits ({counts} crops of {' + '.join(_GROUPS)}):"
     )
     return "\n".join([head] + rows)

@@ -2,10 +2,11 @@
 
 - ``"lvis"``: LVIS v1's 1203 categories (Detectron2's ``lvis_v1_categories``) in id order, named as
   Detectron2's LVIS ``thing_classes`` (each category's first synonym), with their synonyms;
-- ``"synthetic"``: the embedded data set's 24 categories, a colour and a shape each ("red circle"),
-  category ``k`` being colour ``k // 4`` and shape ``k % 4``. The table lives here, not in
-  ``gridclip_d2.data``: a model names its classes without the data package; the data set draws
-  these names (``gridclip_d2.data.synthetic_shapes``).
+- ``"synthetic"``: the embedded data set's 30 categories, a colour and a shape each ("red circle"):
+  first the 24 of six colours times four shapes (category ``k < 24`` is colour ``k // 4``, shape
+  ``k % 4``), then six that show a colour ("pink") or a shape ("star") no other category has. The
+  table lives here, not in ``gridclip_d2.data``: a model names its classes without the data
+  package; the data set draws these names (``gridclip_d2.data.synthetic_shapes``).
 
 A name that is not a built-in one is never guessed at: :func:`builtin_vocabulary` raises naming the
 choices. Custom vocabularies are parsed by :func:`gridclip_d2.vocabulary.parse_vocabulary`.
@@ -21,6 +22,8 @@ __all__ = [
     "SYNTHETIC_COLOURS",
     "SYNTHETIC_SHAPES",
     "SYNTHETIC_NAMES",
+    "SYNTHETIC_NEW_CONCEPTS",
+    "SYNTHETIC_CONCEPT_NAMES",
     "builtin_vocabulary",
 ]
 
@@ -28,11 +31,23 @@ BUILTIN_VOCABULARIES = ("lvis", "synthetic")
 # what the command-line tools offer: a built-in vocabulary, or "custom" names / a file
 VOCABULARY_CHOICES = BUILTIN_VOCABULARIES + ("custom",)
 
-SYNTHETIC_COLOURS: Tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
-SYNTHETIC_SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "cross")
-# Category k is colour k // len(SYNTHETIC_SHAPES), shape k % len(SYNTHETIC_SHAPES).
-SYNTHETIC_NAMES: Tuple[str, ...] = tuple(
-    f"{c} {s}" for c in SYNTHETIC_COLOURS for s in SYNTHETIC_SHAPES
+SYNTHETIC_COLOURS: Tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange", "pink")
+SYNTHETIC_SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
+# The concepts that only these categories show: a colour and a shape of no other category.
+SYNTHETIC_NEW_CONCEPTS: Tuple[str, ...] = ("pink", "star")
+SYNTHETIC_CONCEPT_NAMES: Tuple[str, ...] = (
+    "pink circle",
+    "pink square",
+    "pink cross",
+    "green star",
+    "blue star",
+    "orange star",
+)
+# Category k < 24 is colour k // 4, shape k % 4 of the first six colours and four shapes; the six
+# categories of the new concepts follow.
+SYNTHETIC_NAMES: Tuple[str, ...] = (
+    tuple(f"{c} {s}" for c in SYNTHETIC_COLOURS[:6] for s in SYNTHETIC_SHAPES[:4])
+    + SYNTHETIC_CONCEPT_NAMES
 )
 
 

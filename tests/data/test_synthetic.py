@@ -2,9 +2,12 @@
 that match the drawn pixels, atomic regeneration, registration."""
 
 import filecmp
+import hashlib
+import itertools
 import json
 import os
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from gridclip_d2.data import synthetic
 from gridclip_d2.data.synthetic import (
     SYNTHETIC_CATEGORIES,
+    SYNTHETIC_CLASS_GROUPS,
     SYNTHETIC_NOVEL_CLASS_IDS,
     SYNTHETIC_SPLITS,
     ensure_synthetic_dataset,
@@ -50,7 +54,7 @@ def test_generation_is_deterministic(generated, tmp_path):
     generate_synthetic_dataset(again)
     files = _all_files(generated)
     assert files == _all_files(again)
-    assert len(files) == sum(n for n, _, _ in SYNTHETIC_SPLITS.values()) + 4  # + 3 jsons + STAMP
+    assert len(files) == sum(n for n, _, _ in SYNTHETIC_SPLITS.values()) + 5  # + 4 jsons + STAMP
     match, mismatch, errors = filecmp.cmpfiles(generated, again, files, shallow=False)
     assert mismatch == [] and errors == []
 
@@ -124,7 +128,7 @@ def test_frequencies_are_honest(generated):
             (c["id"], c["name"], c["frequency"]) for c in SYNTHETIC_CATEGORIES
         ]
     assert train["categories"] == [
-        {k: v for k, v in c.items() if k != "novel"} for c in SYNTHETIC_CATEGORIES
+        {k: v for k, v in c.items() if k not in ("novel", "group")} for c in SYNTHETIC_CATEGORIES
     ]
 
 
@@ -202,13 +206,15 @@ def test_registered_splits_load_with_metadata():
         assert all(os.path.isfile(r["file_name"]) for r in records)
         seen = {o["category_id"] for r in records for o in r["annotations"]}
         novel = set(SYNTHETIC_NOVEL_CLASS_IDS)
-        assert seen == (set(range(24)) - novel if split == "train" else set(range(24)))
+        every = set(range(len(SYNTHETIC_CATEGORIES)))
+        assert seen == (every - novel if split == "train" else every)
         assert meta.thing_classes == [c["name"] for c in SYNTHETIC_CATEGORIES]
         assert meta.class_frequency == [c["frequency"] for c in SYNTHETIC_CATEGORIES]
         assert meta.image_count_per_class == [
             0 if c["novel"] else c["image_count"] for c in SYNTHETIC_CATEGORIES
         ]
         assert meta.novel_class_ids == (sorted(novel) if split == "train" else [])
+        assert meta.class_groups == SYNTHETIC_CLASS_GROUPS
         assert meta.evaluator_type == "lvis"
         assert os.path.isfile(meta.json_file) and os.path.isdir(meta.image_root)
 
@@ -217,7 +223,7 @@ def test_open_vocabulary_split(generated):
     """Novel categories are drawn in training images but have no box in the training json (the
     LVIS base-split rule); base frequencies vary; names are plain words."""
     full, base, val = (_json(generated, s) for s in ("train_full", "train", "val"))
-    assert len(SYNTHETIC_CATEGORIES) >= 24 and len(NOVEL_IDS) >= 6
+    assert len(SYNTHETIC_CATEGORIES) == 30 and len(NOVEL_IDS) == 12
     assert all(" " in c["name"] and "_" not in c["name"] for c in SYNTHETIC_CATEGORIES)
     assert not any(a["category_id"] in NOVEL_IDS for a in base["annotations"])
     in_full = {a["category_id"] for a in full["annotations"]}
@@ -227,6 +233,58 @@ def test_open_vocabulary_split(generated):
     assert [a for a in full["annotations"] if a["category_id"] not in NOVEL_IDS] == base[
         "annotations"
     ]
-    assert {a["category_id"] for a in val["annotations"]} == set(range(1, 25))
+    assert {a["category_id"] for a in val["annotations"]} == set(range(1, 31))
     counts = sorted(c["image_count"] for c in base["categories"] if c["id"] not in NOVEL_IDS)
     assert counts[0] < 10 and counts[-1] > 100, "base categories keep a long tail"
+
+
+def test_three_groups_and_concepts_only_clip_knows(generated):
+    """Base, novel-compositional, novel-concept: at least 4 categories each, together every
+    category once; the novel ones are exactly the novel split. A novel-compositional name combines
+    a colour and a shape that base categories show; a novel-concept name has "pink" or "star",
+    which no base category has (so no base box ever shows them), and every novel-concept object
+    is drawn in training images, without a box."""
+    groups = SYNTHETIC_CLASS_GROUPS
+    assert list(groups) == ["base", "novel-compositional", "novel-concept"]
+    assert all(len(ids) >= 4 for ids in groups.values())
+    assert sorted(sum(groups.values(), [])) == list(range(len(SYNTHETIC_CATEGORIES)))
+    assert sorted(groups["novel-compositional"] + groups["novel-concept"]) == sorted(
+        SYNTHETIC_NOVEL_CLASS_IDS
+    )
+    names = [c["name"] for c in SYNTHETIC_CATEGORIES]
+    base_words = {w for k in groups["base"] for w in names[k].split()}
+    for k in groups["novel-compositional"]:
+        assert set(names[k].split()) <= base_words, names[k]
+    for k in groups["novel-concept"]:
+        colour, shape = names[k].split()
+        assert colour not in base_words or shape not in base_words, names[k]
+        assert {"pink", "star"} & {colour, shape}, names[k]
+    assert not {"pink", "star"} & base_words
+    full, base = _json(generated, "train_full"), _json(generated, "train")
+    concept_ids = {k + 1 for k in groups["novel-concept"]}
+    drawn = Counter(
+        a["category_id"] for a in full["annotations"] if a["category_id"] in concept_ids
+    )
+    assert set(drawn) == concept_ids and min(drawn.values()) >= 50, drawn
+    assert not any(a["category_id"] in NOVEL_IDS for a in base["annotations"])
+    assert {c["id"] for c in base["categories"] if c["image_count"] > 0}.isdisjoint(NOVEL_IDS)
+
+
+def test_splits_are_disjoint(generated):
+    """train, val and test: their own seeds, image ids, files and pixels."""
+    assert set(SYNTHETIC_SPLITS) == {"train", "val", "test"}
+    seeds = [seed for _, _, seed in SYNTHETIC_SPLITS.values()]
+    assert len(set(seeds)) == 3
+    ids, files, digests = {}, {}, {}
+    for split in SYNTHETIC_SPLITS:
+        images = _json(generated, split)["images"]
+        ids[split] = {img["id"] for img in images}
+        files[split] = {img["file_name"] for img in images}
+        digests[split] = {
+            hashlib.sha1(open(os.path.join(generated, f), "rb").read()).hexdigest()
+            for f in files[split]
+        }
+        assert len(digests[split]) == len(images), f"{split}: an image drawn twice"
+    for a, b in itertools.combinations(SYNTHETIC_SPLITS, 2):
+        assert ids[a].isdisjoint(ids[b]) and files[a].isdisjoint(files[b]), (a, b)
+        assert digests[a].isdisjoint(digests[b]), (a, b)

@@ -71,8 +71,10 @@ def dataset(tmp_path_factory):
     return name
 
 
-def _evaluate(name, novel, keep=lambda c: True, tmp=None):
-    ev = OpenVocabLVISEvaluator(name, distributed=False, output_dir=tmp, novel_class_ids=novel)
+def _evaluate(name, novel, keep=lambda c: True, tmp=None, groups=None):
+    ev = OpenVocabLVISEvaluator(
+        name, distributed=False, output_dir=tmp, novel_class_ids=novel, class_groups=groups
+    )
     ev.reset()
     for img_id, objs in GT.items():
         objs = [(c, b) for c, b in objs if keep(c)]
@@ -103,6 +105,19 @@ def test_novel_and_base_ap_follow_the_split(dataset):
     bbox = _evaluate(dataset, novel=[3], keep=lambda c: c != 3)
     assert bbox["APnovel"] == pytest.approx(0.0) and bbox["APf"] == pytest.approx(0.0)
     assert bbox["APbase"] == pytest.approx(100.0) and bbox["AP"] == pytest.approx(75.0)
+
+
+def test_each_class_group_gets_its_own_ap(dataset):
+    # The synthetic set's three groups, here: base {2, 3}, two novel groups {0} and {1}. Only
+    # class 1's boxes are missed: its group alone drops to 0.
+    groups = {"base": [2, 3], "novel-compositional": [0], "novel-concept": [1]}
+    bbox = _evaluate(dataset, novel=[0, 1], keep=lambda c: c != 1, groups=groups)
+    assert bbox["AP-base"] == pytest.approx(100.0)
+    assert bbox["AP-novel-compositional"] == pytest.approx(100.0)
+    assert bbox["AP-novel-concept"] == pytest.approx(0.0)
+    assert bbox["APnovel"] == pytest.approx(50.0)  # over both novel groups
+    with pytest.raises(ValueError, match=r"class_groups \['novel-concept'\] .* outside its 4"):
+        OpenVocabLVISEvaluator(dataset, distributed=False, class_groups={"novel-concept": [4]})
 
 
 def test_no_split_reports_standard_metrics_only(dataset):

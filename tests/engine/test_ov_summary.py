@@ -71,3 +71,17 @@ def test_bad_input():
         open_vocabulary_summary(BBOX, 3, novel_class_ids=[3])
     with pytest.raises(KeyError, match="no 'AP'"):
         open_vocabulary_summary({"APr": 1.0}, 3)
+
+
+def test_class_groups_line():
+    """The synthetic set's groups: one more line, in exactly this form, after the usual ones."""
+    bbox = dict(
+        BBOX, **{"AP-base": 60.25, "AP-novel-compositional": 41.0, "AP-novel-concept": -100}
+    )
+    groups = {"base": [2, 3, 4], "novel-compositional": [0], "novel-concept": [1]}
+    s = open_vocabulary_summary(bbox, num_classes=5, novel_class_ids=[0, 1], class_groups=groups)
+    assert s["AP-base"] == 60.25 and s["AP-novel-compositional"] == 41.0
+    assert math.isnan(s["AP-novel-concept"])
+    lines = format_open_vocabulary_summary(s, "synthetic_test", "synthetic_train").split("\n")
+    assert lines[-2] == "  AP novel 15.5 | AP base 27.0"
+    assert lines[-1] == "  AP base 60.2 | AP novel-compositional 41.0 | AP novel-concept n/a"

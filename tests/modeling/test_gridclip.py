@@ -120,7 +120,7 @@ def test_novel_classes_left_out_of_the_classification_loss():
 
 
 def test_fed_loss_restricts_columns_to_gt_plus_sampled_classes():
-    counts = [100, 50, 20, 10, 5, 1, 0, 30] + [0] * 16  # 24 synthetic classes
+    counts = [100, 50, 20, 10, 5, 1, 0, 30] + [0] * 22  # 30 synthetic classes
     model = _small_model(
         use_fed_loss=True, fed_loss_num_classes=4, image_count_per_class=counts, novel_class_ids=[7]
     )
@@ -231,8 +231,8 @@ def test_set_vocabulary_swaps_classes():
         0, 256, (3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
     old = model.head.classifier.embeddings.clone()
-    logits24, _ = _predict(model, image)
-    assert logits24[0].shape[1] == 24
+    logits30, _ = _predict(model, image)
+    assert logits30[0].shape[1] == 30
 
     names = ["zebra", "traffic cone", "kite"]
     model.set_vocabulary(names)
@@ -249,7 +249,7 @@ def test_set_vocabulary_swaps_classes():
     rows = [6, 1]
     model.set_vocabulary(embeddings=old[rows].numpy())
     logits2, inst = _predict(model, image)
-    for a, b in zip(logits2, logits24):
+    for a, b in zip(logits2, logits30):
         torch.testing.assert_close(a, b[:, rows])
     assert model.num_classes == 2 and set(inst.pred_classes.tolist()) <= {0, 1}
 
@@ -339,3 +339,86 @@ def test_configuration_errors():
     assert model.vocabulary == ["a", "b"]
     with pytest.raises(ValueError, match="image_count_per_class"):
         model.loss_columns.columns(torch.tensor([0]))
+
+
+# --------------------------------------------------------------------------- proposal regions
+def _proposal_model():
+    cfg = _synthetic_cfg()
+    cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED = True
+    cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.REGIONS = "proposals"
+    cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.NUM_PROPOSALS = 5
+    return _small_model(cfg)
+
+
+def test_proposal_regions_never_read_ground_truth():
+    """The alignment's proposals are the model's own boxes: inputs that differ only in their
+    ground truth (other boxes, other classes, none at all) get the same proposals, at most
+    NUM_PROPOSALS per image, inside the image."""
+    model = _proposal_model().train()
+    assert model.image_alignment.regions == "proposals" and model.image_alignment.teacher
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8, generator=g) for _ in range(2)]
+    seen, losses = [], []
+    original = model.image_alignment.forward
+
+    def record(grid_embeddings, strides, batched_inputs, proposals=None):
+        seen.append([p.clone() for p in proposals])
+        return original(grid_embeddings, strides, batched_inputs, proposals)
+
+    model.image_alignment.forward = record
+    gts = [
+        [_gt([[10, 10, 50, 40]], [0], (96, 128)), _gt([[0, 0, 90, 90]], [3], (96, 128))],
+        [_gt([[60, 20, 120, 90], [5, 5, 20, 20]], [7, 2], (96, 128)), _gt([], [], (96, 128))],
+    ]
+    for gt in gts:
+        inputs = [
+            {"image": im, "instances": i, "image_id": k}
+            for k, (im, i) in enumerate(zip(images, gt))
+        ]
+        with EventStorage():
+            losses.append(model(inputs))
+    assert len(seen) == 2
+    for a, b in zip(*seen):
+        assert 0 < len(a) <= 5 and torch.equal(a, b)
+        assert (a[:, 0] >= 0).all() and (a[:, 2] <= 128).all() and (a[:, 3] <= 96).all()
+    assert losses[0]["loss_image_align"] > 0
+    # the ground truth changes the detection losses, not the alignment's regions or its loss
+    assert losses[0]["loss_image_align"] == losses[1]["loss_image_align"]
+    assert losses[0]["loss_box_reg"] != losses[1]["loss_box_reg"]
+
+
+def test_class_agnostic_proposals_rank_decode_and_deduplicate():
+    from detectron2.modeling.box_regression import Box2BoxTransformLinear
+
+    from gridclip_d2.modeling.proposals import class_agnostic_proposals
+
+    # one level of 4 points; every point predicts a 20 x 20 box around itself
+    anchors = [
+        Boxes(
+            torch.tensor([[10.0, 10, 10, 10], [12, 10, 12, 10], [50, 50, 50, 50], [95, 95, 95, 95]])
+        )
+    ]
+    deltas = [torch.full((1, 4, 4), 10.0)]
+    logits = [torch.tensor([[[5.0, -9], [-9, 4.0], [-9, 3.0], [2.0, -9]]])]  # best class: any
+    ctr = [torch.zeros(1, 4, 1)]
+    out = class_agnostic_proposals(
+        anchors,
+        logits,
+        deltas,
+        ctr,
+        [(100, 100)],
+        Box2BoxTransformLinear(normalize_by_size=False),
+        num_proposals=2,
+    )
+    # point 1 overlaps point 0 (IoU 0.82, lower score): dropped; point 3's box is clipped
+    assert out[0].tolist() == [[0.0, 0.0, 20.0, 20.0], [40.0, 40.0, 60.0, 60.0]]
+    out = class_agnostic_proposals(
+        anchors,
+        logits,
+        deltas,
+        ctr,
+        [(100, 100)],
+        Box2BoxTransformLinear(normalize_by_size=False),
+        num_proposals=5,
+    )
+    assert out[0][-1].tolist() == [85.0, 85.0, 100.0, 100.0]

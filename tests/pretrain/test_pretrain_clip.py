@@ -9,7 +9,13 @@ import pytest
 import torch
 from clip.model import build_model
 
-from gridclip_d2.data.synthetic_captions import caption_for, load_caption_dataset
+from gridclip_d2.data.synthetic_captions import (
+    _is_object_photo,
+    _pair,
+    caption_for,
+    ensure_caption_dataset,
+    load_caption_dataset,
+)
 from gridclip_d2.data.synthetic_shapes import CATEGORY_NAMES
 from gridclip_d2.modeling.clip_resnet import CLIPResNet, normalize_clip_input
 from gridclip_d2.modeling.clip_text import CLIPTextEncoder
@@ -47,6 +53,26 @@ def test_caption_pairs_name_what_is_drawn(tiny_run):
     assert len({c.split(" ")[0] for c in captions}) > 3
     rng = __import__("numpy").random.RandomState(0)
     assert caption_for([0, 0, 5], rng).count("two red circles") == 1
+
+
+def test_caption_pairs_are_deterministic_and_frame_objects_as_the_crops(tiny_run, tmp_path):
+    """A second generation writes the same bytes; most pairs are object photos: one object named,
+    framed as the zero-shot and alignment crops frame it (its box about half the crop's side)."""
+    root, _ = tiny_run
+    again = ensure_caption_dataset(str(tmp_path), 64)
+    first = os.path.join(str(root / "data"), "synthetic_captions_64")
+    files = sorted(os.listdir(os.path.join(first, "images")))
+    assert files == sorted(os.listdir(os.path.join(again, "images")))
+    for name in ["captions.json"] + [os.path.join("images", f) for f in files]:
+        with open(os.path.join(first, name), "rb") as a, open(os.path.join(again, name), "rb") as b:
+            assert a.read() == b.read(), name
+    photos = 0
+    for i in range(64):
+        pixels, caption, named = _pair(i)
+        if _is_object_photo(i):
+            photos += 1
+            assert len(named) == 1 and CATEGORY_NAMES[named[0]] in caption
+    assert 0.5 < photos / 64 < 0.8
 
 
 def test_checkpoint_loads_in_clip_and_in_the_detector_with_equal_embeddings(tiny_run, gridclip_cfg):
@@ -119,7 +145,8 @@ def test_tool_reports_zero_shot_accuracy(tiny_run, capsys):
 
     assert tool.main(["--eval-only", path]) == 0
     out = capsys.readouterr().out
-    assert "Zero-shot accuracy" in out and "| prompt ensemble |" in out and "novel" in out
+    assert "Zero-shot accuracy" in out and "| base | novel-compositional | novel-concept |" in out
+    assert "| test | one prompt" in out and "| val | prompt ensemble |" in out
     with pytest.raises(SystemExit):
         tool.main(["--eval-only", str(root / "missing.pt")])
 
