@@ -136,6 +136,11 @@ def add_gridclip_config(cfg):
     # Boxes per image of REGIONS "proposals" (after NMS at PROPOSAL_NMS_THRESH).
     _C.MODEL.GRIDCLIP.IMAGE_ALIGN.NUM_PROPOSALS = 10
     _C.MODEL.GRIDCLIP.IMAGE_ALIGN.PROPOSAL_NMS_THRESH = 0.5
+    # REGIONS "proposals": weight each proposal's loss by 1 - the detector's best probability for
+    # a base class (one of the classification loss) at its location, so that CLIP's knowledge is
+    # distilled where the trained classes do not explain the object, and the base classes' grid
+    # embeddings stay with their text embeddings. Predictions only: ground truth is never read.
+    _C.MODEL.GRIDCLIP.IMAGE_ALIGN.WEIGHT_BY_NOVELTY = False
     # Levels (of MODEL.GRIDCLIP.IN_FEATURES) whose grid embeddings are pooled, averaged over them;
     # [] = every level.
     _C.MODEL.GRIDCLIP.IMAGE_ALIGN.LEVELS = []

@@ -39,7 +39,10 @@ _ALIGN = "MODEL.GRIDCLIP.IMAGE_ALIGN."
 
 # name -> (description, overrides relative to configs/GridCLIP_synthetic.yaml)
 ROWS: Dict[str, Tuple[str, List[str]]] = {
-    "full": ("the default config", []),
+    "full": (
+        "the default: the detector's top-10 proposals, losses weighted by novelty, weight 0.15",
+        [],
+    ),
     "no_align": (
         "without image-level alignment (ViLD-text's analogue)",
         [_ALIGN + "ENABLED", "False"],
@@ -48,13 +51,12 @@ ROWS: Dict[str, Tuple[str, List[str]]] = {
         "alignment regions: the whole image and its 2x2 grid crops (weight 0.1)",
         [_ALIGN + "REGIONS", "grids", _ALIGN + "GRIDS", "[1, 2]", _ALIGN + "LOSS_WEIGHT", "0.1"],
     ),
-    "proposals": (
-        "alignment regions: the detector's top-10 class-agnostic proposals",
-        [_ALIGN + "REGIONS", "proposals"],
-    ),
-    "align_w01": ("image-level alignment weight 0.1", [_ALIGN + "LOSS_WEIGHT", "0.1"]),
+    "align_w005": ("image-level alignment weight 0.05", [_ALIGN + "LOSS_WEIGHT", "0.05"]),
     "align_w05": ("image-level alignment weight 0.5", [_ALIGN + "LOSS_WEIGHT", "0.5"]),
-    "align_w2": ("image-level alignment weight 2.0", [_ALIGN + "LOSS_WEIGHT", "2.0"]),
+    "unweighted": (
+        "proposals' losses not weighted by novelty (weight 0.1)",
+        [_ALIGN + "WEIGHT_BY_NOVELTY", "False", _ALIGN + "LOSS_WEIGHT", "0.1"],
+    ),
     "random_clip": (
         "random CLIP, no pretraining (trainable BN; the floor)",
         ["MODEL.CLIP.WEIGHTS", "", "MODEL.CLIP.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0"],
@@ -79,7 +81,7 @@ ROWS: Dict[str, Tuple[str, List[str]]] = {
 }
 # what the README reports: the default, no alignment, the other region mode, two other weights,
 # the floor
-DEFAULT_ROWS = ("full", "no_align", "grids", "align_w01", "align_w2", "random_clip")
+DEFAULT_ROWS = ("full", "no_align", "grids", "align_w005", "align_w05", "random_clip")
 QUICK = [  # a smoke test: a few iterations on small images
     "SOLVER.IMS_PER_BATCH",
     "2",

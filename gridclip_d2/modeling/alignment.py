@@ -151,6 +151,7 @@ class ImageAlignment(nn.Module):
         proposal_nms_thresh: float = 0.5,
         levels: Optional[Sequence[int]] = None,
         teacher_input_size: int = 224,
+        weight_by_novelty: bool = False,
     ):
         """
         Args:
@@ -166,6 +167,8 @@ class ImageAlignment(nn.Module):
             proposal_nms_thresh: NMS IoU of the proposals (read by :class:`.GridCLIP`).
             levels: indices of the grid-embedding levels to pool (None: all).
             teacher_input_size: side of the teacher's crops in "proposals" mode.
+            weight_by_novelty: "proposals" mode: :class:`.GridCLIP` weights each proposal's loss
+                by 1 - the detector's best base-class probability there (read by it).
         """
         super().__init__()
         _check_pool(pool)  # at build time, not at the first training step
@@ -189,6 +192,7 @@ class ImageAlignment(nn.Module):
         self.proposal_nms_thresh = float(proposal_nms_thresh)
         self.levels = None if levels is None else [int(i) for i in levels]
         self.teacher_input_size = int(teacher_input_size)
+        self.weight_by_novelty = bool(weight_by_novelty)
         self.loss_weight = float(loss_weight)
         self.pool = pool
         self.pool_resolution = int(pool_resolution)
@@ -241,6 +245,7 @@ class ImageAlignment(nn.Module):
             "proposal_nms_thresh": align.PROPOSAL_NMS_THRESH,
             "levels": [in_features.index(f) for f in align.LEVELS] if align.LEVELS else None,
             "teacher_input_size": teacher_input_size_from_cfg(cfg),
+            "weight_by_novelty": align.WEIGHT_BY_NOVELTY,
         }
 
     def train(self, mode: bool = True):
@@ -306,6 +311,7 @@ class ImageAlignment(nn.Module):
         strides: List[int],
         batched_inputs: List[dict],
         proposals: Optional[List[torch.Tensor]] = None,
+        weights: Optional[List[torch.Tensor]] = None,
     ) -> Dict[str, torch.Tensor]:
         """
         Args:
@@ -314,6 +320,8 @@ class ImageAlignment(nn.Module):
             batched_inputs: the model's inputs; in "grids" mode, images without ``align_boxes``
                 are skipped.
             proposals: "proposals" mode: per image, K_i x 4 XYXY boxes in input pixels.
+            weights: per image, K_i weights of the regions' losses (None: all 1); the loss is
+                their weighted sum over the number of regions.
 
         Returns:
             {"loss_image_align": scalar}
@@ -346,5 +354,8 @@ class ImageAlignment(nn.Module):
                 f"grid embedding dim {student.shape[1]} differs from the CLIP teacher's embedding "
                 f"dim {teacher.shape[1]}"
             )
-        loss = (student - teacher).abs().sum(dim=1).mean()
-        return {"loss_image_align": self.loss_weight * loss}
+        per_region = (student - teacher).abs().sum(dim=1)  # R
+        if weights is not None:
+            w = torch.cat([torch.as_tensor(x, dtype=per_region.dtype) for x in weights])
+            per_region = per_region * w.to(per_region.device).detach()
+        return {"loss_image_align": self.loss_weight * per_region.mean()}

@@ -270,9 +270,9 @@ class GridCLIP(FCOS):
         if self.image_alignment is not None:
             if batched_inputs is None:
                 raise ValueError("the image-level alignment needs the batched inputs")
-            proposals = None
+            proposals = known = None
             if self.image_alignment.regions == "proposals":  # from predictions, never from gt
-                proposals = class_agnostic_proposals(
+                proposals, known = class_agnostic_proposals(
                     anchors,
                     pred_logits,
                     pred_deltas,
@@ -281,10 +281,14 @@ class GridCLIP(FCOS):
                     self.box2box_transform,
                     self.image_alignment.num_proposals,
                     self.image_alignment.proposal_nms_thresh,
+                    known_classes=self.loss_columns.class_mask
+                    if self.image_alignment.weight_by_novelty
+                    else None,
                 )
+            weights = None if known is None else [1.0 - k for k in known]
             losses.update(
                 self.image_alignment(
-                    outputs.grid_embeddings, self.strides, batched_inputs, proposals
+                    outputs.grid_embeddings, self.strides, batched_inputs, proposals, weights
                 )
             )
         return losses

@@ -268,3 +268,55 @@ def test_cache_rejects_inconsistent_contents(align_cfg):
         TeacherCache(meta, [1, 1], torch.zeros(2, 5, D))
     with pytest.raises(ValueError, match="meta lacks"):
         TeacherCache({"arch": "RNtiny"}, [1], torch.zeros(1, 5, D))
+
+
+# ---------------------------------------------------------------------------- proposal regions
+def test_proposal_regions_teacher_sees_framed_crops_weights_and_levels(align_cfg):
+    """REGIONS "proposals": the teacher embeds the square of twice each box's longer side cut from
+    the input image (the crops its zero-shot accuracy is measured on); per-region weights scale
+    each region's L1 term; LEVELS pools a subset of the levels."""
+    from gridclip_d2.region_crops import framed_boxes
+
+    align_cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.REGIONS = "proposals"
+    align_cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.LOSS_WEIGHT = 2.0
+    align = ImageAlignment(align_cfg)
+    assert align.regions == "proposals" and align.levels is None
+    rng = np.random.RandomState(0)
+    images = [rng.randint(0, 256, (64, 64, 3)).astype(np.uint8) for _ in range(2)]
+    inputs = [{"image": torch.from_numpy(im).permute(2, 0, 1).contiguous()} for im in images]
+    boxes = [torch.tensor([[10.0, 12, 30, 40], [40, 40, 60, 50]]), torch.tensor([[0.0, 0, 8, 8]])]
+    crops = torch.cat(
+        [crop_and_resize(im, framed_boxes(b, 64, 64), 64) for im, b in zip(images, boxes)]
+    )
+    teacher = encode_teacher_images(align.teacher, crops)  # 3 x D
+    grids = _grid_embeddings()
+    student = pool_regions(grids, [8, 16], boxes)
+    per_region = (student - teacher).abs().sum(dim=1)
+    loss = align(grids, [8, 16], inputs, boxes)["loss_image_align"]
+    torch.testing.assert_close(loss, 2.0 * per_region.mean())
+    weights = [torch.tensor([1.0, 0.0]), torch.tensor([0.5])]
+    loss = align(grids, [8, 16], inputs, boxes, weights)["loss_image_align"]
+    torch.testing.assert_close(loss, 2.0 * (per_region[0] + 0.5 * per_region[2]) / 3)
+    # a level subset: only the first level is pooled
+    align.levels = [0]
+    loss = align(grids, [8, 16], inputs, boxes)["loss_image_align"]
+    only_first = pool_regions(grids[:1], [8], boxes)
+    torch.testing.assert_close(loss, 2.0 * (only_first - teacher).abs().sum(dim=1).mean())
+    with pytest.raises(ValueError, match="one box tensor per input"):
+        align(grids, [8, 16], inputs)
+
+
+def test_proposal_regions_configuration_errors(align_cfg, tmp_path):
+    align_cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.REGIONS = "boxes"
+    with pytest.raises(ValueError, match="REGIONS must be one of"):
+        ImageAlignment(align_cfg)
+    align_cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.REGIONS = "proposals"
+    align_cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.LEVELS = ["p9"]
+    with pytest.raises(ValueError, match=r"LEVELS \['p9'\]: \['p9'\] not in"):
+        ImageAlignment(align_cfg)
+    align_cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.LEVELS = []
+    cache = tmp_path / "cache.pth"
+    cache.write_bytes(b"")
+    align_cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE = str(cache)
+    with pytest.raises(ValueError, match="cannot use a teacher cache"):
+        ImageAlignment(align_cfg)

@@ -361,9 +361,9 @@ def test_proposal_regions_never_read_ground_truth():
     seen, losses = [], []
     original = model.image_alignment.forward
 
-    def record(grid_embeddings, strides, batched_inputs, proposals=None):
+    def record(grid_embeddings, strides, batched_inputs, proposals=None, weights=None):
         seen.append([p.clone() for p in proposals])
-        return original(grid_embeddings, strides, batched_inputs, proposals)
+        return original(grid_embeddings, strides, batched_inputs, proposals, weights)
 
     model.image_alignment.forward = record
     gts = [
@@ -401,7 +401,7 @@ def test_class_agnostic_proposals_rank_decode_and_deduplicate():
     deltas = [torch.full((1, 4, 4), 10.0)]
     logits = [torch.tensor([[[5.0, -9], [-9, 4.0], [-9, 3.0], [2.0, -9]]])]  # best class: any
     ctr = [torch.zeros(1, 4, 1)]
-    out = class_agnostic_proposals(
+    out, known = class_agnostic_proposals(
         anchors,
         logits,
         deltas,
@@ -409,10 +409,13 @@ def test_class_agnostic_proposals_rank_decode_and_deduplicate():
         [(100, 100)],
         Box2BoxTransformLinear(normalize_by_size=False),
         num_proposals=2,
+        known_classes=torch.tensor([True, False]),  # class 0 is a base class, class 1 novel
     )
     # point 1 overlaps point 0 (IoU 0.82, lower score): dropped; point 3's box is clipped
     assert out[0].tolist() == [[0.0, 0.0, 20.0, 20.0], [40.0, 40.0, 60.0, 60.0]]
-    out = class_agnostic_proposals(
+    # the best base-class probability at each kept location (point 0: class 0; point 2: class 1)
+    torch.testing.assert_close(known[0], torch.tensor([5.0, -9.0]).sigmoid())
+    out, known = class_agnostic_proposals(
         anchors,
         logits,
         deltas,
@@ -421,4 +424,4 @@ def test_class_agnostic_proposals_rank_decode_and_deduplicate():
         Box2BoxTransformLinear(normalize_by_size=False),
         num_proposals=5,
     )
-    assert out[0][-1].tolist() == [85.0, 85.0, 100.0, 100.0]
+    assert out[0][-1].tolist() == [85.0, 85.0, 100.0, 100.0] and known is None
