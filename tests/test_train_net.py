@@ -8,6 +8,7 @@ is near 0, so reproductions are checked on the detections themselves, not only o
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -266,6 +267,17 @@ def test_train_evaluate_and_eval_only_reproduces(tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(train_dir))
     log = (train_dir / "log.txt").read_text()
     assert "eta:" in log and "Open-vocabulary summary on synthetic_val" in log
+    # after the usual lines, AP per class group, in exactly this form
+    groups = (
+        r"\n  AP novel \S+ \| AP base \S+\n"
+        r"  AP base (\S+) \| AP novel-compositional (\S+) \| AP novel-concept (\S+)\n"
+    )
+    found = re.search(groups, log)
+    assert found, log[-2000:]
+    assert [float(v) for v in found.groups()] == [
+        pytest.approx(round(summary[k], 1), abs=0.051)
+        for k in ("AP-base", "AP-novel-compositional", "AP-novel-concept")
+    ]
     png = np.asarray(Image.open(train_dir / "training_curves.png"))
     assert png.shape[0] > 100 and png.std() > 5
 

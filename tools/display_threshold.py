@@ -3,7 +3,8 @@
 set: precision, recall and F1 of the displayed detections at each threshold.
 
     python tools/display_threshold.py --config-file configs/GridCLIP_synthetic.yaml \
-        --opts MODEL.WEIGHTS output/GridCLIP_synthetic/model_final.pth
+        --opts MODEL.WEIGHTS output/GridCLIP_synthetic/model_final.pth \
+        DATASETS.TEST "('synthetic_val',)"    # choose on val, never on the reported split
 
 The model runs through :class:`gridclip_d2.GridCLIPPredictor` with the class-agnostic display NMS
 (MODEL.GRIDCLIP.DISPLAY.NMS_THRESH) on the first DATASETS.TEST set, named with that set's classes. A

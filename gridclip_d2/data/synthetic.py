@@ -46,7 +46,7 @@ The set is written into a temporary folder and renamed into place, so a folder w
 ``STAMP`` is complete; any other folder at that path is regenerated. Generation is deterministic
 (numpy ``RandomState`` seeded per split and per image) and takes a few seconds.
 
-Images are RGB JPEGs of 224-288 px per side: muted backgrounds with 1-10 saturated shapes each
+Images are RGB JPEGs of 224-288 px per side: muted backgrounds with 1-17 saturated shapes each
 (about 5 on average), circumradius 12-48 px, overlapping little. Boxes are XYWH, tight around the
 drawn pixels; ``segmentation`` is the box polygon (the detector has no mask head).
 Every image is exhaustively annotated: ``neg_category_ids`` lists every category absent from it.

@@ -41,9 +41,10 @@ def ensure_synthetic_clip(datasets_root: Optional[str] = None) -> str:
     path = synthetic_clip_path(datasets_root)
     if os.path.isfile(path):
         return path
+    log = _console_logger()
     with _machine_lock(path):
         if not os.path.isfile(path):
-            logger.warning(
+            log.warning(
                 f"MODEL.CLIP.WEIGHTS '{SYNTHETIC_CLIP_NAME}': {path} does not exist; pretraining "
                 "the small CLIP on synthetic image-caption pairs now (once, about 5 minutes on 2 "
                 "CPU cores; `python tools/pretrain_clip.py` does the same)"
@@ -56,12 +57,23 @@ def ensure_synthetic_clip(datasets_root: Optional[str] = None) -> str:
                     resume=True,
                     datasets_root=datasets_root,
                 )
-            logger.info("Small CLIP pretrained in %.0f s: %s", time.perf_counter() - start, path)
+            log.info("Small CLIP pretrained in %.0f s: %s", time.perf_counter() - start, path)
             report = os.path.join(os.path.dirname(path), "zero_shot.json")
             if os.path.isfile(report):  # written by the pretraining's zero-shot check
                 with open(report) as f:
-                    logger.info(format_report(json.load(f)))
+                    log.info(format_report(json.load(f)))
     return path
+
+
+def _console_logger() -> logging.Logger:
+    """This module's logger, printing to the console even when nothing has set up logging yet:
+    first-use pretraining runs inside the entry points' config setup, before Detectron2's
+    ``default_setup`` gives the package its handlers, and its zero-shot table must be seen."""
+    if logger.hasHandlers():
+        return logger
+    from detectron2.utils.logger import setup_logger
+
+    return setup_logger(name=__name__, abbrev_name="gridclip_d2")
 
 
 @contextlib.contextmanager

@@ -195,6 +195,13 @@ def test_mapper_from_config(gridclip_cfg, image_file, tmp_path):
     out = GridCLIPDatasetMapper(cfg, True)(_dataset_dict(image_file))
     assert "align_boxes" not in out and "teacher_images" not in out
 
+    # proposal regions: the model makes them from its own predictions; the mapper gives none
+    cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED = True
+    cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.REGIONS = "proposals"
+    out = GridCLIPDatasetMapper(cfg, True)(_dataset_dict(image_file))
+    assert "align_boxes" not in out and "teacher_images" not in out and len(out["instances"]) == 1
+    cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.REGIONS = "grids"
+
     cfg.MODEL.GRIDCLIP.IMAGE_ALIGN.ENABLED = True
     cfg.INPUT.CROP.ENABLED = True
     with pytest.raises(ValueError, match="INPUT.CROP.ENABLED"):

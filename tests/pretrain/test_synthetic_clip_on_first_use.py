@@ -62,7 +62,7 @@ def test_setup_makes_it_once_with_a_log_line(no_small_clip, monkeypatch, caplog)
     assert f"{no_small_clip} does not exist; pretraining the small CLIP" in text
     assert "about 5 minutes" in text and "Small CLIP pretrained in" in text
     # the zero-shot table, at the end of the pretraining
-    assert f"Zero-shot accuracy (%) of {no_small_clip} on" in text and "| prompt ensemble |" in text
+    assert f"Zero-shot accuracy (%) of {no_small_clip} on" in text and "| test | one prompt" in text
     build_model(cfg)  # now it builds
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="gridclip_d2.pretrain.synthetic_clip"):
