@@ -47,6 +47,7 @@ def test_match_counts_each_object_once_and_only_with_its_class():
 def test_threshold_table_on_a_labelled_set(synthetic_weights, capsys):
     best = tool.main(
         ["--config-file", CONFIG, "--max-images", "3", "--opts", "MODEL.WEIGHTS", synthetic_weights]
+        + ["DATASETS.TEST", "('synthetic_val',)"]  # chosen on val, never on the reported test
     )
     out = capsys.readouterr().out
     assert "Displayed detections on synthetic_val (3 images" in out
