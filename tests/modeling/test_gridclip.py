@@ -2,6 +2,7 @@
 federated loss), decoding, vocabulary swap, dense CLIP levels, configuration errors. The shipped
 configs end to end are in test_gridclip_shipped_configs.py."""
 
+import functools
 import os
 
 import numpy as np
@@ -401,27 +402,15 @@ def test_class_agnostic_proposals_rank_decode_and_deduplicate():
     deltas = [torch.full((1, 4, 4), 10.0)]
     logits = [torch.tensor([[[5.0, -9], [-9, 4.0], [-9, 3.0], [2.0, -9]]])]  # best class: any
     ctr = [torch.zeros(1, 4, 1)]
-    out, known = class_agnostic_proposals(
-        anchors,
-        logits,
-        deltas,
-        ctr,
-        [(100, 100)],
-        Box2BoxTransformLinear(normalize_by_size=False),
-        num_proposals=2,
-        known_classes=torch.tensor([True, False]),  # class 0 is a base class, class 1 novel
+    transform = Box2BoxTransformLinear(normalize_by_size=False)
+    propose = functools.partial(
+        class_agnostic_proposals, anchors, logits, deltas, ctr, [(100, 100)], transform
     )
+    # class 0 is a base class, class 1 novel
+    out, known = propose(num_proposals=2, known_classes=torch.tensor([True, False]))
     # point 1 overlaps point 0 (IoU 0.82, lower score): dropped; point 3's box is clipped
     assert out[0].tolist() == [[0.0, 0.0, 20.0, 20.0], [40.0, 40.0, 60.0, 60.0]]
     # the best base-class probability at each kept location (point 0: class 0; point 2: class 1)
     torch.testing.assert_close(known[0], torch.tensor([5.0, -9.0]).sigmoid())
-    out, known = class_agnostic_proposals(
-        anchors,
-        logits,
-        deltas,
-        ctr,
-        [(100, 100)],
-        Box2BoxTransformLinear(normalize_by_size=False),
-        num_proposals=5,
-    )
+    out, known = propose(num_proposals=5)
     assert out[0][-1].tolist() == [85.0, 85.0, 100.0, 100.0] and known is None
