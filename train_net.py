@@ -22,6 +22,8 @@ or from a script, with ``gridclip_d2.engine.train_main`` (see its docstring; no 
 test set, keyed by test set name for several.
 """
 
+import gridclip_d2.library_warnings  # noqa: F401  (first: quiets the libraries' warnings)
+
 from gridclip_d2.engine import Trainer, launch  # Detectron2's, closing each worker's process group
 from gridclip_d2.engine.train_main import argument_parser as default_argument_parser
 from gridclip_d2.engine.train_main import main, setup
@@ -31,7 +33,6 @@ __all__ = ["Trainer", "setup", "main", "default_argument_parser"]
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
     launch(
         main,
         args.num_gpus,

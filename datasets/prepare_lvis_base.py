@@ -14,6 +14,8 @@ Both are written atomically; ``--src`` is only read. ``$DETECTRON2_DATASETS`` de
 ``datasets``.
 """
 
+import gridclip_d2.library_warnings  # noqa: F401  (first: quiets the libraries' warnings)
+
 import argparse
 import json
 import logging

@@ -15,7 +15,10 @@ per object (MODEL.GRIDCLIP.DISPLAY). A missing image, an unreadable upload, an e
 file name in the text box is answered with a message on the page.
 """
 
+import gridclip_d2.library_warnings  # noqa: F401  (first: quiets the libraries' warnings)
+
 import argparse
+import logging
 import os
 import sys
 import threading
@@ -237,7 +240,11 @@ def main(argv=None):
         show_error=True,
         footer_links=[],
         theme=gr.themes.Default(font=["sans-serif"], font_mono=["monospace"]),
+        quiet=True,  # Gradio's own lines suggest a public share link, which this page never makes
+        prevent_thread_lock=True,
     )
+    logging.getLogger("gridclip_d2.app").info(f"Web page: {blocks.local_url} (Ctrl+C to stop)")
+    blocks.block_thread()
 
 
 if __name__ == "__main__":

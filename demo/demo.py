@@ -13,6 +13,8 @@ without ``--output`` they are shown in a window. Inputs are never overwritten, n
 did not write (unless ``--overwrite``); outputs are checked before the model is built.
 """
 
+import gridclip_d2.library_warnings  # noqa: F401  (first: quiets the libraries' warnings)
+
 import argparse
 import glob
 import json
@@ -228,16 +230,18 @@ def run_images(demo, inputs, outs):
     """Draw each input; ``outs``: output paths from :func:`output_paths` (None entries: show).
     An unreadable input is skipped with a warning; when none could be read, an error names them."""
     skipped = []
-    for path, out in zip(tqdm.tqdm(inputs, desc="images", disable=len(inputs) < 2), outs):
+    for i, (path, out) in enumerate(zip(inputs, outs)):
+        count = f"[{i + 1}/{len(inputs)}] " if len(inputs) > 1 else ""  # a log line per image
         try:
             image = read_image(path, format="BGR")  # the project's reader: 16-bit images scaled
         except Exception as e:  # unreadable / corrupt file: skip it, as a batch tool should
-            logger.warning(f"{path}: cannot read image ({type(e).__name__}: {e}); skipped")
+            logger.warning(f"{count}{path}: cannot read image ({type(e).__name__}: {e}); skipped")
             skipped.append(path)
             continue
         start = time.time()
         instances, vis = demo.run_on_image(image)
-        logger.info(f"{path}: {len(instances)} detections in {time.time() - start:.2f}s")
+        found = f"{len(instances)} detection{'' if len(instances) == 1 else 's'}"
+        logger.info(f"{count}{path}: {found} in {time.time() - start:.2f}s")
         if out:
             vis.save(out)
             record_outputs([out])

@@ -56,7 +56,8 @@ class ClassNames(SequenceABC):
     boolean mask, an index tensor or array, a slice) and concatenate: Detectron2's ``Instances``
     indexes every field with the same index, which a plain list does not accept. Not a ``list``
     subclass: ``Instances.cat`` turns a list field into a plain list, and calls ``cat`` of any other
-    type. Equal to a list of the same names. Written here: Detectron2 has no such field type."""
+    type. Equal to a list of the same names, and printed like one. Written here: Detectron2 has no
+    such field type."""
 
     def __init__(self, names: Iterable[str] = ()):
         self._names = list(names)
@@ -89,7 +90,7 @@ class ClassNames(SequenceABC):
     __hash__ = None  # mutable-list semantics: equal to lists, so not hashable
 
     def __repr__(self) -> str:
-        return f"ClassNames({self._names!r})"
+        return repr(self._names)  # what a user prints: the names, as a list
 
     @staticmethod
     def cat(lists: Sequence["ClassNames"]) -> "ClassNames":

@@ -4,6 +4,9 @@ with a custom vocabulary swapped in at inference."""
 import hashlib
 import importlib.util
 import os
+import re
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -380,3 +383,21 @@ def test_web_page_callback_takes_names_only(weights, images, tmp_path):
     for image in (rgba, rgb[:, :, 0]):  # alpha dropped, grey made three channels
         drawn, _, message = page.detect(image, "kite", 0.0)
         assert drawn.shape == rgb.shape and "detection(s)" in message
+
+
+def test_a_user_reads_one_line_per_image_and_no_warning(weights, images, tmp_path):
+    """As a user runs it, in a subprocess with Python's warnings of the kinds shown by default made
+    errors: the libraries' known warnings are filtered (gridclip_d2/library_warnings.py), and ours
+    would fail the run. A line per image, with its count in words a person writes."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-W", "error::FutureWarning", "-W", "error::UserWarning"]
+    cmd += [os.path.join(REPO, "demo", "demo.py"), "--config-file", CONFIG, "--output", str(out)]
+    cmd += ["--input", *images, "--confidence-threshold", "0", "--opts", "MODEL.WEIGHTS", weights]
+    run = subprocess.run(cmd + SMALL, cwd=REPO, capture_output=True, text=True, timeout=300)
+    text = run.stdout + run.stderr
+    assert run.returncode == 0, text[-3000:]
+    assert "Warning" not in text and "warnings.warn" not in text, text
+    lines = re.findall(r"\[(\d)/2\] \S+photo\d\.png: (\d+) (detections?) in \d+\.\d\ds", text)
+    assert [line[0] for line in lines] == ["1", "2"], text
+    assert all((n == "1") == (word == "detection") for _, n, word in lines)
+    assert "it/s]" not in text  # no progress bar between the log lines

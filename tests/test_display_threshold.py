@@ -44,6 +44,17 @@ def test_match_counts_each_object_once_and_only_with_its_class():
     assert rows[1] == pytest.approx((0.85, 1, 1.0, 0.5, 2 / 3))
 
 
+def test_the_recommended_threshold_is_the_middle_of_the_near_best_run():
+    f1 = [0.50, 0.70, 0.795, 0.80, 0.792, 0.60, 0.79]  # the last: near best but not adjacent
+    rows = [(round(0.1 * (k + 1), 2), 0, 0.0, 0.0, v) for k, v in enumerate(f1)]
+    best, low, high, chosen = tool.choose_threshold(rows, within=0.01)
+    assert best[0] == 0.4 and (low, high) == (0.3, 0.5) and chosen == 0.4
+    # a slightly different rounding moves the best row, not the recommendation
+    rows[2] = (0.3, 0, 0.0, 0.0, 0.801)
+    best, low, high, chosen = tool.choose_threshold(rows, within=0.01)
+    assert best[0] == 0.3 and (low, high) == (0.3, 0.5) and chosen == 0.4
+
+
 def test_threshold_table_on_a_labelled_set(synthetic_weights, capsys):
     best = tool.main(
         ["--config-file", CONFIG, "--max-images", "3", "--opts", "MODEL.WEIGHTS", synthetic_weights]
@@ -51,6 +62,6 @@ def test_threshold_table_on_a_labelled_set(synthetic_weights, capsys):
     )
     out = capsys.readouterr().out
     assert "Displayed detections on synthetic_val (3 images" in out
-    assert out.count("\n| 0.") == 19 and f"at score threshold {best:.2f}" in out
+    assert out.count("\n| 0.") == 19 and f"DISPLAY.SCORE_THRESH {best:.2f}" in out
     with pytest.raises(SystemExit, match="--dataset: nowhere is not a registered data set"):
         tool.main(["--config-file", CONFIG, "--dataset", "nowhere"])

@@ -136,6 +136,39 @@ def test_onnx_runs_at_the_traced_size(exported):
         session.run(None, {"image": np.zeros((3, height + 32, width), np.uint8)})
 
 
+def test_onnx_on_any_image_by_the_documented_letterbox(exported):
+    """docs/usage.md's recipe (scale to fit, pad with model.json's pad_value, divide the boxes by
+    the scale) on a photograph of another size: the detections of model.ts, which letterboxes
+    inside, on the same photograph (PIL's and torch's resampling differ in the last grey level)."""
+    import onnxruntime
+    from PIL import Image
+
+    out, _, _ = exported
+    meta = json.loads((out / "model.json").read_text())["input"]
+    image = Image.open(PHOTO).convert("RGB")
+    assert (image.height, image.width) != (meta["height"], meta["width"])
+    scale = min(meta["height"] / image.height, meta["width"] / image.width)
+    size = (round(image.width * scale), round(image.height * scale))
+    canvas = np.full((meta["height"], meta["width"], 3), meta["pad_value"], np.uint8)
+    canvas[: size[1], : size[0]] = np.asarray(image.resize(size, Image.BILINEAR))
+    session = onnxruntime.InferenceSession(
+        str(out / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    boxes, scores, classes = session.run(
+        None, {"image": np.ascontiguousarray(canvas.transpose(2, 0, 1))}
+    )
+    boxes = boxes / scale
+    with torch.no_grad():
+        ts = torch.jit.load(str(out / "model.ts"))(
+            torch.from_numpy(np.asarray(image)).permute(2, 0, 1).contiguous()
+        )
+    top = slice(0, 10)
+    same = (pairwise_iou(Boxes(ts[0][top]), Boxes(torch.from_numpy(boxes))) > 0.5) & (
+        ts[2][top][:, None] == torch.from_numpy(classes)[None]
+    )
+    assert len(scores) > 1 and same.any(dim=1).float().mean() >= 0.7, same.any(dim=1)
+
+
 def test_a_failed_check_keeps_the_previous_export(exported, tmp_path, monkeypatch):
     out, _, args = exported
     digest = hashlib.sha1((out / "model.ts").read_bytes()).hexdigest()

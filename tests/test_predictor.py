@@ -213,7 +213,7 @@ def test_class_names_survive_instances_cat(predictor):
     assert names == ["a", "b", "c"] and names[1] == "b" and names[-1] == "c" and "c" in names
     assert names[1:] == ["b", "c"] and names[np.array([2, 0])] == ["c", "a"]
     assert names[torch.tensor([True, False, True])] == ["a", "c"]
-    assert repr(names) == "ClassNames(['a', 'b', 'c'])"
+    assert repr(names) == "['a', 'b', 'c']" == str(names)  # prints as the list it equals
     with pytest.raises(IndexError, match="boolean index of 2 entries for 3 names"):
         names[torch.tensor([True, False])]
 

@@ -441,6 +441,12 @@ def test_two_cpu_workers_train_a_model_that_evaluates(tmp_path):
     out = _finish(_cli(tmp_path, flags=["--num-gpus", "2", "--dist-url", "auto"]))
     log = (tmp_path / "log.txt").read_text()
     assert "World size: 2" in log and "Open-vocabulary summary on synthetic_val" in log
+    # the terminal: progress, not the environment, the config or the layers (in log.txt, once,
+    # without colour codes); no library warning (gridclip_d2/library_warnings.py)
+    for file_only in ("Environment info:", "Full config:\n", "Model:\nGridCLIP("):
+        assert file_only not in out and log.count(file_only) == 1, file_only
+    assert "\x1b[" not in out + log and "Warning" not in out, out[-3000:]
+    assert "Full config saved to" in out and "M parameters" in out
     threads = max(1, available_cpus() // 2)  # the cores shared between the two workers
     assert f"CPU worker 0/2: {threads} intra-op thread(s)" in out
     assert (

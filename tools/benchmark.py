@@ -42,6 +42,8 @@ Output: a markdown table on stdout, ``--json`` (``{"machine", "matmul_peak_gflop
 (a bar chart PNG).
 """
 
+import gridclip_d2.library_warnings  # noqa: F401  (first: quiets the libraries' warnings)
+
 import argparse
 import contextlib
 import ctypes

@@ -9,9 +9,13 @@ set: precision, recall and F1 of the displayed detections at each threshold.
 The model runs through :class:`gridclip_d2.GridCLIPPredictor` with the class-agnostic display NMS
 (MODEL.GRIDCLIP.DISPLAY.NMS_THRESH) on the first DATASETS.TEST set, named with that set's classes. A
 displayed detection is correct when it overlaps a not-yet-matched ground-truth box of its class
-by IoU >= --iou (greedy by score, as COCO-style matching does). Prints a markdown table and the
-threshold with the best F1.
+by IoU >= --iou (greedy by score, as COCO-style matching does). Prints a markdown table, the
+best F1, the range of thresholds whose F1 is within --within points of it, and the middle of that
+range, which it recommends (and returns): the best F1's own threshold moves between CPUs, whose
+float rounding differs, when neighbouring rows are nearly equal.
 """
+
+import gridclip_d2.library_warnings  # noqa: F401  (first: quiets the libraries' warnings)
 
 import argparse
 import logging
@@ -61,6 +65,22 @@ def threshold_table(scores, correct, num_gt, thresholds):
     return rows
 
 
+def choose_threshold(rows, within):
+    """(best row, low, high, chosen): the thresholds around the best F1 whose F1 is within
+    ``within`` of it (a contiguous run of the table), and the table's threshold nearest the middle
+    of that run. The argmax alone jumps between near-equal rows when float rounding differs
+    (another CPU); the middle of the plateau does not."""
+    i = max(range(len(rows)), key=lambda k: rows[k][4])
+    lo = hi = i
+    while lo > 0 and rows[lo - 1][4] >= rows[i][4] - within:
+        lo -= 1
+    while hi < len(rows) - 1 and rows[hi + 1][4] >= rows[i][4] - within:
+        hi += 1
+    middle = (rows[lo][0] + rows[hi][0]) / 2
+    chosen = min(rows[lo : hi + 1], key=lambda row: (abs(row[0] - middle), row[0]))[0]
+    return rows[i], rows[lo][0], rows[hi][0], chosen
+
+
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
@@ -68,6 +88,12 @@ def get_parser():
         "--dataset", default="", help="a registered labelled set (default: DATASETS.TEST[0])"
     )
     parser.add_argument("--iou", type=float, default=0.5, help="IoU for a detection to be correct")
+    parser.add_argument(
+        "--within",
+        type=float,
+        default=1.0,
+        help="F1 points below the best that still count as equally good (default 1)",
+    )
     parser.add_argument(
         "--max-images", type=int, default=0, help="use at most this many images (0: all)"
     )
@@ -108,12 +134,13 @@ def main(argv=None):
     print("| score threshold | shown | precision | recall | F1 |\n|---|---|---|---|---|")
     for t, shown, p, r, f1 in rows:
         print(f"| {t:.2f} | {shown} | {100 * p:.1f} | {100 * r:.1f} | {100 * f1:.1f} |")
-    best = max(rows, key=lambda row: row[4])
+    best, low, high, chosen = choose_threshold(rows, args.within / 100)
     print(
-        f"\nBest F1 {100 * best[4]:.1f} at score threshold {best[0]:.2f}: "
-        f"MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH {best[0]:.2f}"
+        f"\nBest F1 {100 * best[4]:.1f} at score threshold {best[0]:.2f}; F1 within "
+        f"{args.within:g} point(s) of it from {low:.2f} to {high:.2f}. The middle of that range "
+        f"moves least between machines: MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH {chosen:.2f}"
     )
-    return best[0]
+    return chosen
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ atomically; train with ``MODEL.GRIDCLIP.IMAGE_ALIGN.CACHE_FILE <out>`` to skip t
 Memory: the whole N x K x D float32 table is held before writing (LVIS v1 base, RN50: ~5.7 GB).
 """
 
+import gridclip_d2.library_warnings  # noqa: F401  (first: quiets the libraries' warnings)
+
 import argparse
 import logging
 from typing import Iterable, List, Optional

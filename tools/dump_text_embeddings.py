@@ -17,6 +17,8 @@ Both files are written to temporary names and renamed, so an interrupted run lea
 output whole.
 """
 
+import gridclip_d2.library_warnings  # noqa: F401  (first: quiets the libraries' warnings)
+
 import argparse
 import logging
 import os

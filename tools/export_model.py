@@ -29,6 +29,8 @@ Detectron2's ``TracingAdapter`` flattens the model's inputs and outputs for ``to
 ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``, opset 17).
 """
 
+import gridclip_d2.library_warnings  # noqa: F401  (first: quiets the libraries' warnings)
+
 import argparse
 import json
 import logging
@@ -275,7 +277,9 @@ def main(argv=None) -> Dict[str, str]:
             "dtype": "uint8",
             "layout": "3 x H x W",
             "note": "model.ts takes any H x W (scaled to fit this size, padded); "
-            "model.onnx this size",
+            "model.onnx this size: scale an image to fit, pad the rest with pad_value",
+            # the pixel mean, which Detectron2 pads with (0 after normalisation)
+            "pad_value": [int(round(float(v))) for v in predictor.model.pixel_mean.flatten()],
         },
         "outputs": {
             "boxes": "N x 4 XYXY pixels of the input",

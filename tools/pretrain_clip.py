@@ -14,6 +14,8 @@ and ``<output>/zero_shot.json``. The zero-shot table (single-object crops of syn
 and novel categories, one prompt and the prompt ensemble) is printed at the end.
 """
 
+import gridclip_d2.library_warnings  # noqa: F401  (first: quiets the libraries' warnings)
+
 import argparse
 import dataclasses
 import json

@@ -14,13 +14,13 @@ train_main``): a script that registers its own data set needs no repository on `
 
 import os
 
-from detectron2.engine import default_argument_parser, default_setup
+from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
 from .checkpointer import GridCLIPCheckpointer
 from .ddp import set_cpu_threads_per_worker
+from .default_setup import default_setup
 from .setup import setup_cfg
 from .trainer import Trainer
 
@@ -58,13 +58,12 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
 def setup(args):
     """Config from ``args`` (file + trailing KEY VALUE overrides) set up by ``setup_cfg`` for
     training or ``--eval-only`` (data sets registered, vocabulary recorded, CPU fallback), then
-    Detectron2's ``default_setup`` (logging, output folder, config.yaml). Training refuses an
+    :func:`default_setup` (logging, output folder, config.yaml, seeds). Training refuses an
     OUTPUT_DIR that holds an earlier run unless ``--resume`` or ``--overwrite`` is given."""
     cfg = setup_cfg(args.config_file, args.opts, mode="eval" if args.eval_only else "train")
     if not args.eval_only:
         check_output_dir(cfg.OUTPUT_DIR, args.resume, getattr(args, "overwrite", False))
     default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="gridclip_d2")
     return cfg
 
 

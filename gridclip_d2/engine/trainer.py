@@ -25,6 +25,7 @@ from detectron2.data import (
 from detectron2.data.build import _train_loader_from_config
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
+from detectron2.modeling import build_model
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 
@@ -34,6 +35,7 @@ from ..modeling.clip_text import clean_name
 from ..modeling.text_classifier import vocabulary_text_embeddings
 from ..vocabulary import names_mismatch, vocabulary_from_cfg
 from .checkpointer import GridCLIPCheckpointer
+from .default_setup import FILE_ONLY
 from .hardware import adapt_cfg_to_hardware
 from .loss_watch import LossWatch
 from .lvis_evaluator import LVIS_MAX_DETS, OpenVocabLVISEvaluator
@@ -175,6 +177,22 @@ class Trainer(TrainerStateBackport, DefaultTrainer):
     def train(self):
         super().train()
         return getattr(self, "_last_eval_results", None)
+
+    @classmethod
+    def build_model(cls, cfg):
+        """Detectron2's ``build_model``; the model's layers go to log.txt only (``DefaultTrainer``
+        prints them, hundreds of lines, to the terminal), the terminal gets their size."""
+        model = build_model(cfg)
+        total = sum(p.numel() for p in model.parameters())
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info("Model:\n%s", model, extra=FILE_ONLY)
+        logger.info(
+            "Model %s: %.1fM parameters, %.1fM trained (its layers are in log.txt)",
+            cfg.MODEL.META_ARCHITECTURE,
+            total / 1e6,
+            trained / 1e6,
+        )
+        return model
 
     @classmethod
     def build_optimizer(cls, cfg, model):
