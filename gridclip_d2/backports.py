@@ -15,6 +15,10 @@ Here:
 * :class:`TrainerStateBackport`: the inner trainer's state (the optimizer: SGD momentum) in
   ``DefaultTrainer``'s checkpoints, under the ``"_trainer"`` key, as ``DefaultTrainer.state_dict``
   does in Detectron2 after v0.6. A no-op on a Detectron2 that has it.
+* :func:`patch_grid_offsets`: Detectron2 v0.6's anchor grid (``_create_grid_offsets``, FCOS's
+  points) calls ``torch.meshgrid`` without ``indexing``, which PyTorch 2.x warns about on every
+  forward pass (and in every traced export, in plain PyTorch); the same grid with
+  ``indexing="ij"``, its meaning. Delete when Detectron2's function passes ``indexing``.
 * :func:`lvis_numpy_aliases`: ``np.float`` for lvis-api's ``LVISEval.accumulate`` (lvis 0.5.3,
   the newest on PyPI), removed in numpy 1.24; set only while lvis-api runs.
 
@@ -33,12 +37,17 @@ import contextlib
 import functools
 import logging
 from importlib import metadata
-from typing import Iterator
+from typing import Iterator, List
 
 import numpy as np
 import torch
 
-__all__ = ["patch_create_ddp_model", "TrainerStateBackport", "lvis_numpy_aliases"]
+__all__ = [
+    "patch_create_ddp_model",
+    "patch_grid_offsets",
+    "TrainerStateBackport",
+    "lvis_numpy_aliases",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +95,30 @@ def patch_create_ddp_model() -> None:
     create_ddp_model._gridclip_cpu_fix = True
     d2_defaults.create_ddp_model = create_ddp_model  # what DefaultTrainer.__init__ calls
     d2_engine.create_ddp_model = create_ddp_model  # the public re-export
+
+
+# --- the anchor grid without a meshgrid warning --------------------------------------------------
+
+
+def _grid_offsets(size: List[int], stride: int, offset: float, device: torch.device):
+    """v0.6's ``_create_grid_offsets`` with ``indexing="ij"`` (the default it relied on)."""
+    grid_height, grid_width = size
+    shifts_x = torch.arange(
+        offset * stride, grid_width * stride, step=stride, dtype=torch.float32, device=device
+    )
+    shifts_y = torch.arange(
+        offset * stride, grid_height * stride, step=stride, dtype=torch.float32, device=device
+    )
+    shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+    return shift_x.reshape(-1), shift_y.reshape(-1)
+
+
+def patch_grid_offsets() -> None:
+    """Make Detectron2's anchor generators build their grid with :func:`_grid_offsets` (looked up
+    in their module at every call, so it is replaced there). Idempotent."""
+    import detectron2.modeling.anchor_generator as anchor_generator
+
+    anchor_generator._create_grid_offsets = _grid_offsets
 
 
 # --- optimizer state in DefaultTrainer's checkpoints ---------------------------------------------

@@ -35,14 +35,6 @@ LIBRARY_WARNINGS = (
         # OpenAI's clip package (its newest release) imports pkg_resources for a version check.
         "clip imports pkg_resources",
     ),
-    (
-        UserWarning,
-        r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing",
-        r"torch\.functional",
-        # Detectron2 v0.6's anchor generator (FCOS's points) calls torch.meshgrid without
-        # ``indexing``; its default ("ij") is what it means.
-        "Detectron2 v0.6's anchor generator calls torch.meshgrid without indexing",
-    ),
 )
 
 

@@ -32,6 +32,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
+from ..backports import patch_grid_offsets
 from ..vocabulary import model_vocabulary, training_metadata
 from .alignment import ImageAlignment
 from .clip_text import text_embeddings_from_cfg
@@ -100,6 +101,7 @@ class GridCLIP(FCOS):
                 test_topk_candidates, test_nms_thresh, max_detections_per_image,
                 box2box_transform).
         """
+        patch_grid_offsets()  # FCOS's points without v0.6's meshgrid warning (backports.py)
         super().__init__(
             backbone=backbone,
             head=head,
