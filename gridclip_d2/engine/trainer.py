@@ -1,5 +1,6 @@
-"""GridCLIP's ``DefaultTrainer``: its data loaders, LVIS evaluation with the open-vocabulary
-summary, the training-curves plot, and the CPU fall-backs (gloo DDP, no AMP on CPU).
+"""GridCLIP's ``DefaultTrainer``: its data loaders, LVIS and open-vocabulary COCO evaluation with
+the open-vocabulary summary, the training-curves plot, and the CPU fall-backs (gloo DDP, no AMP on
+CPU).
 
 Everything else (optimizer, LR schedule, periodic checkpoints, ETA / loss lines, metrics.json,
 TensorBoard, resume) is Detectron2's ``DefaultTrainer``; checkpoints also hold the optimizer state.
@@ -39,6 +40,12 @@ from .default_setup import FILE_ONLY
 from .hardware import adapt_cfg_to_hardware
 from .loss_watch import LossWatch
 from .lvis_evaluator import LVIS_MAX_DETS, OpenVocabLVISEvaluator
+from .ov_coco_evaluator import (
+    OV_COCO_EVALUATOR_TYPE,
+    OpenVocabCOCOEvaluator,
+    format_ov_coco_summary,
+    ov_coco_summary,
+)
 from .ov_summary import format_open_vocabulary_summary, open_vocabulary_summary
 from .plot_curves import PlotTrainingCurves
 
@@ -235,7 +242,8 @@ class Trainer(TrainerStateBackport, DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder: Optional[str] = None):
         """LVIS evaluation (top 300 detections per image) for data sets of evaluator_type "lvis";
-        COCO evaluation for "coco"."""
+        COCO evaluation for "coco"; COCO evaluation with AP50 on novel / base / all classes for
+        "coco_ov" (open-vocabulary COCO)."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type == "lvis":
@@ -248,6 +256,8 @@ class Trainer(TrainerStateBackport, DefaultTrainer):
                 novel_class_ids=novel,
                 class_groups=MetadataCatalog.get(dataset_name).get("class_groups", None),
             )
+        if evaluator_type == OV_COCO_EVALUATOR_TYPE:
+            return OpenVocabCOCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
         if evaluator_type == "coco":
             # use_fast_impl needs Detectron2's compiled extension; pycocotools' COCOeval does not.
             return COCOEvaluator(
@@ -255,7 +265,8 @@ class Trainer(TrainerStateBackport, DefaultTrainer):
             )
         raise NotImplementedError(
             f"No evaluator for data set '{dataset_name}' (metadata evaluator_type="
-            f"{evaluator_type!r}); register it with evaluator_type 'lvis' or 'coco'"
+            f"{evaluator_type!r}); register it with evaluator_type 'lvis', 'coco' or "
+            f"'{OV_COCO_EVALUATOR_TYPE}'"
         )
 
     @classmethod
@@ -283,6 +294,12 @@ class Trainer(TrainerStateBackport, DefaultTrainer):
             if not comm.is_main_process() or not res or "bbox" not in res:
                 continue
             meta = MetadataCatalog.get(test_name)
+            if meta.get("evaluator_type", None) == OV_COCO_EVALUATOR_TYPE:
+                # the benchmark's AP50 on its novel / base / all classes
+                summary = ov_coco_summary(res["bbox"], meta.class_groups)
+                res["open_vocabulary"] = summary
+                logger.info(format_ov_coco_summary(summary, test_name, training_split(cfg)[0]))
+                continue
             summary = open_vocabulary_summary(
                 res["bbox"],
                 num_classes=len(classes),
