@@ -67,14 +67,19 @@ def main(argv=None) -> int:
     novel_ids = {
         i for n, i in zip(OV_COCO_CLASSES, ov_coco_category_ids()) if n in OV_COCO_NOVEL_CLASSES
     }
+    made = {}  # both are made before either is written: a bad source leaves no half of the pair
     for split, src in sources.items():
         logger.info(f"Reading {src} ...")
         try:
-            with open(src) as f:
+            with open(src, encoding="utf-8") as f:
                 data = json.load(f)
-            ov = make_ov_coco_json(data, split, source=src)
         except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
-            parser.error(f"--{split} '{src}': {e}")
+            parser.error(f"--{split} '{src}' is not a valid json file: {e}")
+        try:
+            made[split] = make_ov_coco_json(data, split, source=f"--{split} '{src}'")
+        except ValueError as e:
+            parser.error(str(e))
+        ov = made[split]
         removed = len(data["annotations"]) - len(ov["annotations"])
         novel = sum(a["category_id"] in novel_ids for a in data["annotations"])
         novel = novel if split == "train" else 0  # the val json keeps the novel boxes
@@ -85,6 +90,8 @@ def main(argv=None) -> int:
             f"{len(ov['images'])} of {len(data['images'])} images, "
             f"{len(ov['categories'])} categories"
         )
+        del data
+    for split, ov in made.items():
         _write_json(ov, outputs[split])
         logger.info(f"Wrote {outputs[split]}")
     return 0

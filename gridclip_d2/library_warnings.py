@@ -35,6 +35,22 @@ LIBRARY_WARNINGS = (
         # OpenAI's clip package (its newest release) imports pkg_resources for a version check.
         "clip imports pkg_resources",
     ),
+    (
+        UserWarning,
+        r"TypedStorage is deprecated",
+        r"detectron2\.utils\.comm",
+        # Detectron2 v0.6's all_gather/gather (comm._serialize_to_tensor) pickles through
+        # torch.ByteStorage; with several workers every evaluation gathers its predictions so.
+        "Detectron2's gather across workers builds a ByteStorage",
+    ),
+    (
+        FutureWarning,
+        r"`broadcast_buffers` is deprecated",
+        r"detectron2\.engine\.defaults",
+        # DefaultTrainer wraps the model with create_ddp_model(model, broadcast_buffers=False);
+        # PyTorch keeps honouring the argument (its replacement would sync buffers at init).
+        "Detectron2's DefaultTrainer passes broadcast_buffers to DistributedDataParallel",
+    ),
 )
 
 

@@ -16,7 +16,8 @@ Files under ``$DETECTRON2_DATASETS`` (default ``datasets``), Detectron2's COCO l
 
 Both written jsons hold the 65 categories with COCO's ids (``make_ov_coco_json``). Registered data
 sets (the json is read when the set is first loaded; a missing one is named with the command that
-makes it): ``coco_ov_train_base`` (images ``coco/train2017``) and ``coco_ov_val`` (``coco/val2017``).
+makes it): ``coco_ov_train_base`` (images ``coco/train2017``) and ``coco_ov_val``
+(``coco/val2017``).
 Their metadata share one class list:
 
 - ``thing_classes``: the 65 names in COCO id order (``OV_COCO_CLASSES``);
@@ -101,8 +102,8 @@ def make_ov_coco_json(dataset: dict, split: str, source: str = "the json") -> di
     if wrong:
         raise ValueError(
             f"{source}: {len(wrong)} of the 65 open-vocabulary COCO categories are missing or "
-            f"named otherwise: {', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}. "
-            "Expected COCO 2017's instances json"
+            f"named otherwise ({', '.join(wrong[:5])}{', ...' if len(wrong) > 5 else ''}): "
+            "expected a COCO 2017 instances json"
         )
     names = OV_COCO_BASE_CLASSES if split == "train" else OV_COCO_CLASSES
     boxed = {ids[n] for n in names}

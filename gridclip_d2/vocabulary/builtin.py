@@ -61,11 +61,11 @@ SYNTHETIC_NAMES: Tuple[str, ...] = (
 # Open-vocabulary COCO (see the module docstring): the 65 categories in COCO 2017 id order (person
 # is id 1, toothbrush id 90), every name a single word, and the 17 novel ones among them.
 OV_COCO_CLASSES: Tuple[str, ...] = tuple(
-    "person bicycle car motorcycle airplane bus train truck boat bench bird cat dog horse sheep cow "
-    "elephant bear zebra giraffe backpack umbrella handbag tie suitcase frisbee skis snowboard kite "
-    "skateboard surfboard bottle cup fork knife spoon bowl banana apple sandwich orange broccoli "
-    "carrot pizza donut cake chair couch bed toilet tv laptop mouse remote keyboard microwave oven "
-    "toaster sink refrigerator book clock vase scissors toothbrush".split()
+    "person bicycle car motorcycle airplane bus train truck boat bench bird cat dog horse sheep "
+    "cow elephant bear zebra giraffe backpack umbrella handbag tie suitcase frisbee skis snowboard "
+    "kite skateboard surfboard bottle cup fork knife spoon bowl banana apple sandwich orange "
+    "broccoli carrot pizza donut cake chair couch bed toilet tv laptop mouse remote keyboard "
+    "microwave oven toaster sink refrigerator book clock vase scissors toothbrush".split()
 )
 OV_COCO_NOVEL_CLASSES: Tuple[str, ...] = tuple(
     "airplane bus cat dog cow elephant umbrella tie snowboard skateboard cup knife cake couch "

@@ -39,15 +39,19 @@ class ImageExemplar:
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"image exemplar: the name must be a non-blank string, got {self.name!r}")
+            raise ValueError(
+                f"image exemplar: the name must be a non-blank string, got {self.name!r}"
+            )
         object.__setattr__(self, "name", self.name.strip())
         if self.box is not None:
             object.__setattr__(self, "box", _box(self.box, f"image exemplar {self.name!r}"))
 
     def describe(self) -> str:
         """``name=PATH[:box]`` (or the image's kind), for messages."""
-        where = os.fspath(self.image) if isinstance(self.image, (str, os.PathLike)) else (
-            f"<{type(self.image).__name__}>"
+        where = (
+            os.fspath(self.image)
+            if isinstance(self.image, (str, os.PathLike))
+            else (f"<{type(self.image).__name__}>")
         )
         box = "" if self.box is None else ":" + ",".join(f"{v:g}" for v in self.box)
         return f"{self.name}={where}{box}"
