@@ -13,6 +13,11 @@ refused: the page never reads a file on the server). The page shows the image wi
 drawn by Detectron2's ``Visualizer`` and a table of them (class, score, box), one box and one label
 per object (MODEL.GRIDCLIP.DISPLAY). A missing image, an unreadable upload, an empty vocabulary or a
 file name in the text box is answered with a message on the page.
+
+Classes can also be given by example ("Classes by example"): upload an image (or a crop), name it,
+optionally give a box of it in pixels, and **Add example**; detections like it are then named so
+(the example's embedding by the model's CLIP image encoder is that class's row; several examples of
+one name are averaged). The examples stay for the page's session until **Clear examples**.
 """
 
 import gridclip_d2.library_warnings  # noqa: F401  (first: quiets the libraries' warnings)
@@ -37,10 +42,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `predictor
 from predictor import draw_instances  # noqa: E402
 
 from gridclip_d2 import GridCLIPPredictor  # noqa: E402
-from gridclip_d2.vocabulary import builtin_vocabulary, parse_vocabulary  # noqa: E402
+from gridclip_d2.data.image_io import image_to_array  # noqa: E402
+from gridclip_d2.vocabulary import (  # noqa: E402
+    ImageExemplar,
+    builtin_vocabulary,
+    parse_box,
+    parse_vocabulary,
+)
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")
 TABLE_HEADERS = ["class", "score", "x0", "y0", "x1", "y1"]
+EXAMPLE_HEADERS = ["class", "region", "image size"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -84,12 +96,17 @@ class DetectionPage:
         self.lock = threading.Lock()  # one model, one request at a time
 
     def detect(
-        self, image: Union[None, np.ndarray, Image.Image], vocabulary: str, threshold: float
+        self,
+        image: Union[None, np.ndarray, Image.Image],
+        vocabulary: str,
+        threshold: float,
+        examples: Sequence[ImageExemplar] = (),
     ) -> Tuple[Optional[np.ndarray], List[list], str]:
-        """(drawn RGB image, table rows, message) for ``image`` and comma-separated names.
-        ``image``: the upload as a PIL image in its own mode (read by the project's image reader,
-        :mod:`gridclip_d2.data.image_io`, through the predictor: a 16-bit image is scaled to 8
-        bits), or an RGB array."""
+        """(drawn RGB image, table rows, message) for ``image``, comma-separated names and the
+        classes given by ``examples`` (from :meth:`add_example`; with them, the names may be
+        empty). ``image``: the upload as a PIL image in its own mode (read by the project's image
+        reader, :mod:`gridclip_d2.data.image_io`, through the predictor: a 16-bit image is scaled
+        to 8 bits), or an RGB array."""
         if image is None:
             return None, [], "Upload an image or pick an example first."
         if isinstance(image, UnreadableUpload):
@@ -100,7 +117,9 @@ class DetectionPage:
                 "Upload a JPEG or PNG.",
             )
         try:
-            names = vocabulary_from_text(vocabulary)
+            examples = list(examples or ())
+            names = [] if examples and not (vocabulary or "").strip(", \n") else None
+            names = vocabulary_from_text(vocabulary) if names is None else names
         except ValueError as e:
             return (
                 None,
@@ -118,7 +137,11 @@ class DetectionPage:
         rgb = image if model_format == "RGB" else image[:, :, ::-1]
         start = time.time()
         with self.lock:
-            self.predictor.set_vocabulary(names)
+            try:
+                self.predictor.set_vocabulary(names + examples)
+            except ValueError as e:  # a name both typed and given by example
+                return None, [], f"Vocabulary: {e}."
+            names = self.predictor.vocabulary
             self.predictor.score_thresh = float(threshold)
             instances = self.predictor(image, format=model_format)
         drawn = draw_instances(rgb, instances, names).get_image()
@@ -134,6 +157,51 @@ class DetectionPage:
             f"class(es) in {time.time() - start:.1f} s" + (f": {', '.join(found)}" if found else "")
         )
         return drawn, rows, message
+
+    def add_example(
+        self,
+        examples: Optional[List[ImageExemplar]],
+        image: Union[None, np.ndarray, Image.Image],
+        name: str,
+        box: str,
+    ) -> Tuple[List[ImageExemplar], List[list], str]:
+        """(the examples, their table rows, message) after adding ``image`` (or its region
+        ``box``, "x0, y0, x1, y1" pixels; empty: the whole image) as an example of ``name``. It is
+        embedded at once, so an unusable one is refused here, with the reason."""
+        examples = list(examples or [])
+        if image is None:
+            return examples, example_rows(examples), "Upload an example image first."
+        if isinstance(image, UnreadableUpload):
+            message = f"The example is not an image that can be read ({image})."
+            return examples, example_rows(examples), message
+        try:
+            region = parse_box(box, what="example box")
+            if isinstance(image, Image.Image):  # the project's reader (16-bit scaled), RGB
+                image = image_to_array(image, "RGB")
+            exemplar = ImageExemplar(name or "", np.asarray(image), region)
+            with self.lock:
+                self.predictor.exemplar_embeddings([exemplar])  # checks the box and the pixels
+        except ValueError as e:
+            hint = " Give a name and, optionally, a box as x0, y0, x1, y1 in the image's pixels."
+            return examples, example_rows(examples), f"Example not added: {e}.{hint}"
+        examples.append(exemplar)
+        count = sum(e.name == exemplar.name for e in examples)
+        return (
+            examples,
+            example_rows(examples),
+            f"Added an example of '{exemplar.name}' ({count} of that name, averaged). "
+            "Press Detect to find more like it.",
+        )
+
+
+def example_rows(examples: Sequence[ImageExemplar]) -> List[list]:
+    """The table of the classes given by example: name, region, image size."""
+    rows = []
+    for e in examples:
+        height, width = np.asarray(e.image).shape[:2]
+        region = "whole image" if e.box is None else ", ".join(f"{v:g}" for v in e.box)
+        rows.append([e.name, region, f"{width} x {height}"])
+    return rows
 
 
 def example_images(folder: str = EXAMPLES) -> List[str]:
@@ -191,6 +259,39 @@ def build_page(
                     label="Score threshold",
                     elem_id="threshold",
                 )
+                with gr.Accordion("Classes by example", open=False, elem_id="by-example"):
+                    gr.Markdown(
+                        "Find more things like an example: upload an image (or a crop), name it, "
+                        "optionally give a box of it, and add it. Several examples of one name "
+                        "are averaged. Examples join the typed classes (the text box may then be "
+                        "empty)."
+                    )
+                    example_image = tolerant_image(
+                        label="Example image",
+                        type="pil",
+                        image_mode=None,
+                        sources=["upload", "clipboard"],
+                        elem_id="example-image",
+                    )
+                    with gr.Row():
+                        example_name = gr.Textbox(label="Name", elem_id="example-name")
+                        example_box = gr.Textbox(
+                            label="Box (optional)",
+                            placeholder="x0, y0, x1, y1 in pixels; empty: the whole image",
+                            elem_id="example-box",
+                        )
+                    with gr.Row():
+                        add_button = gr.Button("Add example", size="sm", elem_id="add-example")
+                        clear_button = gr.Button(
+                            "Clear examples", size="sm", elem_id="clear-examples"
+                        )
+                    example_status = gr.Markdown(elem_id="example-status")
+                    example_table = gr.Dataframe(
+                        headers=EXAMPLE_HEADERS,
+                        label="Classes by example",
+                        interactive=False,
+                        elem_id="examples",
+                    )
                 detect = gr.Button("Detect", variant="primary", elem_id="detect")
             with gr.Column():
                 result = gr.Image(
@@ -205,10 +306,22 @@ def build_page(
                 )
         if examples:
             gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Examples")
+        examples_state = gr.State([])  # this browser session's ImageExemplar list
+        add_button.click(
+            page.add_example,
+            inputs=[examples_state, example_image, example_name, example_box],
+            outputs=[examples_state, example_table, example_status],
+        )
+        clear_button.click(
+            lambda: ([], [], "No examples."),
+            outputs=[examples_state, example_table, example_status],
+        )
         training_button.click(lambda: training, outputs=vocabulary)
         lvis_button.click(lambda: ", ".join(lvis_names), outputs=vocabulary)
         detect.click(
-            page.detect, inputs=[image, vocabulary, threshold], outputs=[result, table, status]
+            page.detect,
+            inputs=[image, vocabulary, threshold, examples_state],
+            outputs=[result, table, status],
         )
     return blocks
 

@@ -4,6 +4,8 @@
     python demo/demo.py --config-file configs/GridCLIP_LVIS.yaml --input a.jpg b.jpg --output out/ \
         --vocabulary custom --custom-vocabulary "zebra,traffic cone,kite" --opts MODEL.WEIGHTS m.pth
     python demo/demo.py --config-file CFG --input photos/ --output out/ --vocabulary lvis --opts ...
+    python demo/demo.py --config-file CFG --input photos/ --output out/ --opts ... \
+        --query-image "my mug=examples/mug.jpg:40,60,210,300" --query-image "my mug=mug2.jpg"
     python demo/demo.py --config-file CFG --video-input v.mp4 --output out/ --opts ...
     python demo/demo.py --config-file CFG --webcam --opts ...
 
@@ -11,6 +13,11 @@
 written to ``--output`` (a folder, or a file name for a single input) under the input's file name;
 without ``--output`` they are shown in a window. Inputs are never overwritten, nor files the demo
 did not write (unless ``--overwrite``); outputs are checked before the model is built.
+
+``--query-image NAME=PATH[:x0,y0,x1,y1]`` (repeatable) adds a class given by an example: the image
+(or the box of it, in its pixels) is embedded by the model's CLIP image encoder and detections like
+it are named NAME; several examples of one name are averaged. With ``--vocabulary`` the examples'
+classes join the named ones; without, only the examples' classes are detected.
 """
 
 import gridclip_d2.library_warnings  # noqa: F401  (first: quiets the libraries' warnings)
@@ -37,6 +44,7 @@ from gridclip_d2.predictor import config_with_vocabulary  # noqa: E402
 from gridclip_d2.vocabulary import (  # noqa: E402
     VOCABULARY_CHOICES,
     builtin_vocabulary,
+    parse_query_image,
     parse_vocabulary,
 )
 
@@ -72,6 +80,14 @@ def get_parser():
         ".json (list of names) / .npy (text embeddings with their sidecar) file",
     )
     parser.add_argument(
+        "--query-image",
+        action="append",
+        default=[],
+        metavar="NAME=PATH[:x0,y0,x1,y1]",
+        help="a class given by an example image or a box of it (pixels); repeatable, several "
+        "examples of one NAME are averaged; joins --vocabulary's classes, or is the only one",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help=(
@@ -102,6 +118,16 @@ def setup_cfg(args):
         cfg = config_with_vocabulary(cfg, vocabulary)
     cfg.freeze()
     return cfg
+
+
+def query_images_from_args(args):
+    """The ``--query-image`` exemplars (``gridclip_d2.vocabulary.ImageExemplar``), their syntax and
+    files checked (before the model is built); the pixels are checked when they are embedded."""
+    exemplars = [parse_query_image(text) for text in args.query_image]
+    for exemplar, text in zip(exemplars, args.query_image):
+        if not os.path.isfile(exemplar.image):
+            raise FileNotFoundError(f"--query-image {text!r}: no such image file: {exemplar.image}")
+    return exemplars
 
 
 def vocabulary_from_args(args):
@@ -331,8 +357,13 @@ def main(argv=None):
         )
     elif args.video_input:
         outs = video_output(args.video_input, args.output, args.overwrite) if args.output else None
+    exemplars = query_images_from_args(args)
     cfg = setup_cfg(args)
-    demo = VisualizationDemo(cfg, confidence_threshold=args.confidence_threshold)
+    vocabulary = None
+    if exemplars:  # the named classes (if any were chosen) then the examples'
+        named = list(cfg.MODEL.GRIDCLIP.CLASS_NAMES) if vocabulary_from_args(args) else []
+        vocabulary = named + exemplars
+    demo = VisualizationDemo(cfg, vocabulary, confidence_threshold=args.confidence_threshold)
     logger.info(
         f"Vocabulary: {len(demo.class_names)} classes ({', '.join(demo.class_names[:8])}"
         f"{', ...' if len(demo.class_names) > 8 else ''})"

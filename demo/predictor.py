@@ -39,7 +39,9 @@ class VisualizationDemo:
 
     Args:
         cfg: a GridCLIP config (MODEL.WEIGHTS is loaded).
-        vocabulary: class names to detect instead of the model's vocabulary; None = keep it.
+        vocabulary: classes to detect instead of the model's vocabulary (names, and
+            ``gridclip_d2.vocabulary.ImageExemplar`` entries for classes given by example, see
+            ``GridCLIPPredictor.set_vocabulary``); None = keep it.
         confidence_threshold: detections below this score are not drawn; None = the config's
             MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH.
         instance_mode: Detectron2's ``ColorMode`` for the Visualizer.
@@ -48,7 +50,7 @@ class VisualizationDemo:
     def __init__(
         self,
         cfg,
-        vocabulary: Optional[Sequence[str]] = None,
+        vocabulary: Optional[Sequence] = None,
         confidence_threshold: Optional[float] = None,
         instance_mode=ColorMode.IMAGE,
     ):

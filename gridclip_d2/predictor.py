@@ -6,12 +6,17 @@
     predictor.set_vocabulary(["blue square", "yellow circle", "green cross"])
     instances = predictor("datasets/synthetic/val/100001.jpg")
     print(instances.pred_class_names, instances.scores, instances.pred_boxes)
+    # classes by example: a region of an image (XYXY pixels) beside names
+    predictor.set_vocabulary(
+        ["blue square", ImageExemplar("like this", "photo.jpg", box=(10, 20, 60, 70))])
 
 Like Detectron2's ``DefaultPredictor`` (model built and weights loaded once, test-time resize, eval
 mode), plus what open-vocabulary use needs: any vocabulary (names, a ``.npy`` of text embeddings
 with its sidecar, a names file), changed without reloading the model, with the text embeddings of
 the vocabularies used last cached; RGB or BGR arrays, PIL images or paths; several images in
-batches; and class names on every detection (``instances.pred_class_names``).
+batches; and class names on every detection (``instances.pred_class_names``). A class can also be
+given by example images (:class:`gridclip_d2.vocabulary.ImageExemplar`): its classifier row is then
+the CLIP image encoder's embedding of the example (:mod:`gridclip_d2.modeling.exemplars`).
 
 What it returns by default is what a person looks at: one box and one label per object. The model's
 own output follows the LVIS protocol (300 detections per image down to score 1e-4, class-aware NMS),
@@ -38,11 +43,21 @@ from detectron2.layers import nms
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
+from .config import teacher_input_size_from_cfg
 from .data.image_io import image_to_array, read_image
 from .engine.checkpointer import GridCLIPCheckpointer
 from .engine.setup import setup_cfg
+from .modeling.clip_resnet import build_clip_teacher
+from .modeling.exemplars import exemplar_crops, exemplar_rows
 from .modeling.text_classifier import vocabulary_text_embeddings
-from .vocabulary import VocabularyLike, parse_vocabulary, sidecar_names
+from .vocabulary import (
+    ImageExemplar,
+    VocabularyLike,
+    has_exemplars,
+    parse_vocabulary,
+    sidecar_names,
+    split_vocabulary_entries,
+)
 
 __all__ = ["ClassNames", "GridCLIPPredictor", "config_with_vocabulary"]
 
@@ -126,8 +141,9 @@ class GridCLIPPredictor:
         cfg: a GridCLIP config (e.g. from :func:`gridclip_d2.engine.setup_cfg` with
             ``mode="inference"``); MODEL.WEIGHTS is loaded, INPUT.MIN/MAX_SIZE_TEST resize.
         vocabulary: the classes to detect (see :meth:`set_vocabulary`); None = the model's own.
-            Given, the model is built with it (:func:`config_with_vocabulary`): the config's
-            vocabulary is never embedded or loaded.
+            Given (names only), the model is built with it (:func:`config_with_vocabulary`): the
+            config's vocabulary is never embedded or loaded. With image exemplars, the model is
+            built with the config's vocabulary, then given this one.
         score_thresh, nms_thresh: display filtering (module docstring); None = the config's
             MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH / NMS_THRESH.
         batch_size: images per forward pass in :meth:`predict`.
@@ -145,9 +161,8 @@ class GridCLIPPredictor:
         nms_thresh: Optional[float] = None,
         batch_size: int = 4,
     ):
-        self.cfg = (
-            config_with_vocabulary(cfg, vocabulary) if vocabulary is not None else cfg.clone()
-        )
+        text_only = vocabulary is not None and not has_exemplars(vocabulary)
+        self.cfg = config_with_vocabulary(cfg, vocabulary) if text_only else cfg.clone()
         self.cfg.freeze()
         cfg = self.cfg
         self.input_format = cfg.INPUT.FORMAT
@@ -178,6 +193,11 @@ class GridCLIPPredictor:
             collections.OrderedDict()
         )
         self._remember(self.model.vocabulary, self.model.head.classifier.embeddings)
+        # whether the model's rows come from image exemplars (never cached: a name can be both)
+        self._rows_from_exemplars = False
+        self._teacher: Optional[torch.nn.Module] = None
+        if has_exemplars(vocabulary):
+            self.set_vocabulary(vocabulary)
 
     @classmethod
     def from_config_file(
@@ -215,12 +235,26 @@ class GridCLIPPredictor:
         parsed by ``gridclip_d2.vocabulary.parse_vocabulary``. Names are embedded with the model's
         CLIP text encoder once (or taken from the config's TEXT_EMBEDDINGS when its sidecar lists
         exactly them); the text embeddings of the last :attr:`cache_size` vocabularies are cached.
-        The model is not reloaded."""
+        The model is not reloaded.
+
+        A list may also hold :class:`~gridclip_d2.vocabulary.ImageExemplar` entries (a name and an
+        image, or a region of one): such a class's row is the model's CLIP image encoder's
+        normalised embedding of the example (cut and resized as the image-level alignment's teacher
+        sees an object), the mean over several exemplars of one name; names and exemplars mix in
+        one list, rows in order of first appearance. Errors name the exemplar (unreadable image,
+        box empty or outside it)."""
+        if has_exemplars(vocabulary):
+            self._set_mixed_vocabulary(vocabulary)
+            return
         vocabulary = parse_vocabulary(vocabulary, what="set_vocabulary")
         names = list(vocabulary.names)
         key = tuple(names)
         npy = vocabulary.embeddings_file
-        if npy is None and key == tuple(self.model.vocabulary or ()):
+        if (
+            npy is None
+            and key == tuple(self.model.vocabulary or ())
+            and not self._rows_from_exemplars
+        ):
             self._remember(names, self.model.head.classifier.embeddings)
             return
         embeddings = self._embeddings.get(key) if npy is None else None
@@ -234,7 +268,63 @@ class GridCLIPPredictor:
                 encode=self.model.encode_vocabulary,
             )
         self.model.set_vocabulary(names=names, embeddings=embeddings)
+        self._rows_from_exemplars = False
         self._remember(names, self.model.head.classifier.embeddings)
+
+    def _set_mixed_vocabulary(self, entries: Sequence) -> None:
+        order, text, exemplars = split_vocabulary_entries(entries, what="set_vocabulary")
+        rows = {}
+        if text:
+            embeddings = self._embeddings.get(tuple(text))
+            if embeddings is None:
+                embeddings = vocabulary_text_embeddings(
+                    self.cfg,
+                    text,
+                    self.cfg.MODEL.GRIDCLIP.TEXT_EMBEDDINGS,
+                    only_if_named=True,
+                    names_source="set_vocabulary",
+                    encode=self.model.encode_vocabulary,
+                )
+                self._remember(text, embeddings)
+            rows.update(zip(text, embeddings.detach().cpu()))
+        names, embeddings = self.exemplar_embeddings(
+            [e for name in exemplars for e in exemplars[name]]
+        )
+        rows.update(zip(names, embeddings.cpu()))
+        self.model.set_vocabulary(names=order, embeddings=torch.stack([rows[n] for n in order]))
+        self._rows_from_exemplars = True
+
+    @torch.no_grad()
+    def exemplar_embeddings(
+        self, exemplars: Sequence[ImageExemplar]
+    ) -> Tuple[List[str], torch.Tensor]:
+        """(names, C x D normalised rows) of image exemplars: one row per name (in order of first
+        appearance), the normalised mean of its exemplars' CLIP image embeddings (the frozen
+        image encoder of MODEL.CLIP.WEIGHTS, built on first use). Errors name the exemplar."""
+        size = teacher_input_size_from_cfg(self.cfg)
+        crops = []
+        for exemplar in exemplars:
+            what = f"image exemplar {exemplar.describe()}"
+            try:
+                image = self.as_model_array(exemplar.image, format="RGB")
+            except (OSError, ValueError, TypeError) as e:
+                raise type(e)(f"{what}: {e}") from e
+            if self.input_format == "BGR":
+                image = np.ascontiguousarray(image[:, :, ::-1])  # the teacher takes RGB
+            crops.append(exemplar_crops(image, exemplar.box, size, what))
+        return exemplar_rows(self.teacher(), crops, [e.name for e in exemplars])
+
+    def teacher(self) -> torch.nn.Module:
+        """The frozen CLIP image encoder that embeds image exemplars: the image-level alignment's
+        teacher where the model has one, else built from MODEL.CLIP.* once, on the model's
+        device."""
+        if self._teacher is None:
+            alignment = getattr(self.model, "image_alignment", None)
+            teacher = getattr(alignment, "teacher", None)
+            if teacher is None:
+                teacher = build_clip_teacher(self.cfg).to(self.model.device)
+            self._teacher = teacher.eval()
+        return self._teacher
 
     def _remember(self, names: Sequence[str], embeddings: torch.Tensor) -> None:
         """Cache ``embeddings`` of ``names`` as the most recently used; drop the least recently

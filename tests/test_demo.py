@@ -401,3 +401,75 @@ def test_a_user_reads_one_line_per_image_and_no_warning(weights, images, tmp_pat
     assert [line[0] for line in lines] == ["1", "2"], text
     assert all((n == "1") == (word == "detection") for _, n, word in lines)
     assert "it/s]" not in text  # no progress bar between the log lines
+
+
+def test_query_images_join_the_named_classes(weights, images, tmp_path, monkeypatch):
+    built, original = [], demo.VisualizationDemo
+    monkeypatch.setattr(
+        demo, "VisualizationDemo", lambda *a, **k: built.append(original(*a, **k)) or built[-1]
+    )
+    argv = ["--config-file", CONFIG, "--input", images[1], "--confidence-threshold", "0"]
+    argv += ["--output", str(tmp_path / "out")]
+    red = f"red block={images[0]}:30,20,80,70"  # the red square drawn in the first image
+    query = ["--query-image", red, "--query-image", f"red block={images[0]}"]
+    opts = ["--opts", "MODEL.WEIGHTS", weights, *SMALL]
+    demo.main(argv + ["--custom-vocabulary", "zebra, kite"] + query + opts)
+    predictor = built[-1].predictor
+    assert predictor.vocabulary == ["zebra", "kite", "red block"]
+    _, (row,) = predictor.exemplar_embeddings(
+        [demo.parse_query_image(red), demo.parse_query_image(f"red block={images[0]}")]
+    )
+    torch.testing.assert_close(predictor.model.head.classifier.embeddings[2].cpu(), row)
+    assert (tmp_path / "out" / "photo1.png").is_file()
+    # alone, the examples are the vocabulary
+    demo.main(argv + ["--overwrite"] + query[:2] + opts)
+    assert built[-1].predictor.vocabulary == ["red block"]
+    # checked before the model is built: the syntax, the file; then the pixels, named
+    with pytest.raises(ValueError, match="expected NAME=PATH"):
+        demo.main(argv + ["--query-image", images[0]] + opts)
+    with pytest.raises(FileNotFoundError, match="--query-image 'cup=nowhere.png'"):
+        demo.main(argv + ["--query-image", "cup=nowhere.png"] + opts)
+    with pytest.raises(ValueError, match=r"image exemplar cup=.*photo0.png:0,0,500,20.*not inside"):
+        demo.main(argv + ["--overwrite", "--query-image", f"cup={images[0]}:0,0,500,20"] + opts)
+
+
+def test_web_page_classes_by_example(weights, images):
+    """demo/app.py's "Classes by example" without a browser: an example is embedded when added (a
+    bad one is refused with the reason), examples of one name are averaged, and detection names
+    come from the typed classes and the examples."""
+    from gridclip_d2 import GridCLIPPredictor
+
+    spec = importlib.util.spec_from_file_location(
+        "gridclip_app", os.path.join(REPO, "demo", "app.py")
+    )
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    predictor = GridCLIPPredictor.from_config_file(CONFIG, weights=weights, opts=SMALL)
+    page = app.DetectionPage(predictor)
+    rgb = np.asarray(Image.open(images[0]).convert("RGB"))
+    upload = Image.open(images[0])  # as the page passes an upload: PIL, in its own mode
+
+    examples, rows, message = page.add_example([], upload, "red block", "30, 20, 80, 70")
+    assert rows == [["red block", "30, 20, 80, 70", "160 x 120"]] and "Added" in message
+    examples, rows, message = page.add_example(examples, rgb, "red block", "")
+    assert rows[1] == ["red block", "whole image", "160 x 120"] and "2 of that name" in message
+    for image, name, box, reason in [
+        (None, "cup", "", "Upload an example image first."),
+        (app.UnreadableUpload("OSError"), "cup", "", "not an image that can be read"),
+        (upload, " ", "", "non-blank"),
+        (upload, "cup", "1, 2, 3", "four finite numbers"),
+        (upload, "cup", "0, 0, 500, 20", "not inside the image (160 x 120"),
+        (upload, "cup", "5, 5, 5, 9", "empty"),
+    ]:
+        kept, kept_rows, message = page.add_example(examples, image, name, box)
+        assert kept == examples and kept_rows == rows and reason in message, message
+
+    drawn, table, message = page.detect(rgb, "zebra", 0.0, examples)
+    assert predictor.vocabulary == ["zebra", "red block"] and drawn.shape == rgb.shape
+    assert "among 2 class(es)" in message and {row[0] for row in table} <= {"zebra", "red block"}
+    _, (row,) = predictor.exemplar_embeddings(examples)
+    torch.testing.assert_close(predictor.model.head.classifier.embeddings[1].cpu(), row)
+    _, _, message = page.detect(rgb, "", 0.0, examples)  # the examples alone
+    assert predictor.vocabulary == ["red block"] and "among 1 class(es)" in message
+    _, _, message = page.detect(rgb, "red block, kite", 0.0, examples)
+    assert message.startswith("Vocabulary:") and "both as text and as image" in message

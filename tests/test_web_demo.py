@@ -189,3 +189,48 @@ def test_page_detects_a_custom_vocabulary_in_a_photograph(page_url, browser, tmp
     assert status.startswith("Vocabulary: empty vocabulary")
     browser.find_element(By.CSS_SELECTOR, "#preset-lvis").click()
     WebDriverWait(browser, 30).until(lambda d: textbox.get_attribute("value").count(",") == 1202)
+
+
+def test_page_adds_an_example_crop_under_a_name(page_url, browser):
+    """ "Classes by example": an example region named on the page names detections beside the
+    typed classes; a box outside the image is refused with a message."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = os.path.abspath(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    browser.get(page_url)
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detect"))
+    browser.find_element(By.CSS_SELECTOR, "#by-example button").click()  # open the accordion
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#example-name textarea, #example-name input")
+    )
+    browser.find_element(By.CSS_SELECTOR, "#example-image input[type=file]").send_keys(photo)
+    name = browser.find_element(By.CSS_SELECTOR, "#example-name textarea, #example-name input")
+    box = browser.find_element(By.CSS_SELECTOR, "#example-box textarea, #example-box input")
+    time.sleep(2)
+
+    def added(previous):
+        def check(d):
+            text = d.find_element(By.CSS_SELECTOR, "#example-status [data-testid=markdown]").text
+            return text and text != previous and text
+
+        browser.find_element(By.CSS_SELECTOR, "#add-example").click()
+        return WebDriverWait(browser, 120).until(check)
+
+    _type(name, "her tie")
+    _type(box, "0, 0, 900, 50")
+    message = added(None)
+    assert message.startswith("Example not added") and "not inside the image" in message
+    _type(box, "220, 430, 300, 560")
+    message = added(message)
+    assert message.startswith("Added an example of 'her tie'"), message
+    assert "her tie" in browser.find_element(By.CSS_SELECTOR, "#examples").text
+
+    browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(photo)
+    _type(browser.find_element(By.CSS_SELECTOR, "#vocabulary textarea"), "person, flag")
+    _type(browser.find_element(By.CSS_SELECTOR, "#threshold input[type=number]"), "0")
+    time.sleep(2)
+    status = _detect_and_wait(browser)
+    assert "among 3 class(es)" in status, status
+    text = browser.find_element(By.CSS_SELECTOR, "#detections").text
+    assert "her tie" in text or "person" in text or "flag" in text

@@ -25,6 +25,13 @@ from .builtin import (
     VOCABULARY_CHOICES,
     builtin_vocabulary,
 )
+from .exemplar import (
+    ImageExemplar,
+    has_exemplars,
+    parse_box,
+    parse_query_image,
+    split_vocabulary_entries,
+)
 from .from_config import (
     explicit_vocabulary_from_cfg,
     model_vocabulary,
@@ -46,6 +53,11 @@ __all__ = [
     "VOCABULARY_CHOICES",
     "Vocabulary",
     "VocabularyLike",
+    "ImageExemplar",
+    "has_exemplars",
+    "parse_box",
+    "parse_query_image",
+    "split_vocabulary_entries",
     "builtin_vocabulary",
     "check_names",
     "check_sidecar",

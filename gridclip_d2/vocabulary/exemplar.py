@@ -7,7 +7,8 @@ model's own CLIP weights, the teacher's preprocessing; see
 image embeddings, so such a row classifies grid cells like a text row does. Several exemplars of
 one name are averaged into one row.
 
-- :func:`parse_query_image`: the demo's ``--query-image NAME=PATH[:x0,y0,x1,y1]``;
+- :func:`parse_query_image`: the demo's ``--query-image NAME=PATH[:x0,y0,x1,y1]``; :func:`parse_box`
+  the web page's box field;
 - :func:`split_vocabulary_entries`: a list mixing names and exemplars -> the row names in order,
   which of them are text, and each image name's exemplars.
 
@@ -22,7 +23,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .names import check_names, prefixed
 
-__all__ = ["ImageExemplar", "parse_query_image", "split_vocabulary_entries", "has_exemplars"]
+__all__ = [
+    "ImageExemplar",
+    "parse_box",
+    "parse_query_image",
+    "split_vocabulary_entries",
+    "has_exemplars",
+]
 
 Box = Tuple[float, float, float, float]
 
@@ -51,7 +58,7 @@ class ImageExemplar:
         where = (
             os.fspath(self.image)
             if isinstance(self.image, (str, os.PathLike))
-            else (f"<{type(self.image).__name__}>")
+            else ("(a PIL image)" if hasattr(self.image, "convert") else "(an image array)")
         )
         box = "" if self.box is None else ":" + ",".join(f"{v:g}" for v in self.box)
         return f"{self.name}={where}{box}"
@@ -67,6 +74,12 @@ def _box(values, what: str) -> Box:
     if box[2] <= box[0] or box[3] <= box[1]:
         raise ValueError(f"{what}: the box {list(box)} is empty (it needs x1 > x0 and y1 > y0)")
     return box
+
+
+def parse_box(text: str, what: str = "box") -> Optional[Box]:
+    """``"x0, y0, x1, y1"`` (pixels; commas and/or spaces) as a box; None for blank text."""
+    pieces = str(text or "").replace(",", " ").split()
+    return _box(pieces, what) if pieces else None
 
 
 def parse_query_image(text: str, what: str = "--query-image") -> ImageExemplar:
