@@ -338,12 +338,8 @@ def test_no_display_asks_for_an_output_before_loading_anything(monkeypatch, imag
         demo.main(["--config-file", CONFIG, "--input", images[0]])
 
 
-def test_web_page_callback_takes_names_only(weights, images, tmp_path):
-    """demo/app.py's callback without a browser: the text box holds class names only (text naming a
-    file is refused, and no server file is read), bad input is answered with a message, and no
-    vocabulary is registered globally."""
-    from detectron2.data import MetadataCatalog
-
+def _web_page(weights):
+    """demo/app.py loaded as a module, a predictor of ``weights`` and the page's callbacks."""
     from gridclip_d2 import GridCLIPPredictor
 
     spec = importlib.util.spec_from_file_location(
@@ -352,7 +348,16 @@ def test_web_page_callback_takes_names_only(weights, images, tmp_path):
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
     predictor = GridCLIPPredictor.from_config_file(CONFIG, weights=weights, opts=SMALL)
-    page = app.DetectionPage(predictor)
+    return app, predictor, app.DetectionPage(predictor)
+
+
+def test_web_page_callback_takes_names_only(weights, images, tmp_path):
+    """demo/app.py's callback without a browser: the text box holds class names only (text naming a
+    file is refused, and no server file is read), bad input is answered with a message, and no
+    vocabulary is registered globally."""
+    from detectron2.data import MetadataCatalog
+
+    app, predictor, page = _web_page(weights)
     rgb = np.asarray(Image.open(images[0]).convert("RGB"))
     secret = tmp_path / "classes.txt"
     secret.write_text("secret class\n")
@@ -437,15 +442,8 @@ def test_web_page_classes_by_example(weights, images):
     """demo/app.py's "Classes by example" without a browser: an example is embedded when added (a
     bad one is refused with the reason), examples of one name are averaged, and detection names
     come from the typed classes and the examples."""
-    from gridclip_d2 import GridCLIPPredictor
 
-    spec = importlib.util.spec_from_file_location(
-        "gridclip_app", os.path.join(REPO, "demo", "app.py")
-    )
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
-    predictor = GridCLIPPredictor.from_config_file(CONFIG, weights=weights, opts=SMALL)
-    page = app.DetectionPage(predictor)
+    app, predictor, page = _web_page(weights)
     rgb = np.asarray(Image.open(images[0]).convert("RGB"))
     upload = Image.open(images[0])  # as the page passes an upload: PIL, in its own mode
 

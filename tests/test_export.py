@@ -160,7 +160,7 @@ def test_onnx_on_any_image_by_the_documented_letterbox(exported):
     boxes = boxes / scale
     with torch.no_grad():
         ts = torch.jit.load(str(out / "model.ts"))(
-            torch.from_numpy(np.asarray(image)).permute(2, 0, 1).contiguous()
+            torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
         )
     top = slice(0, 10)
     same = (pairwise_iou(Boxes(ts[0][top]), Boxes(torch.from_numpy(boxes))) > 0.5) & (

@@ -67,7 +67,7 @@ def test_pkl_that_would_run_code_is_refused(model, tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         GridCLIPCheckpointer(model).load(str(good))
-        assert float(model.head.logit_bias) == 0.5
+        assert float(model.head.logit_bias.detach()) == 0.5
     finally:
         model.load_state_dict(before)
 
@@ -155,7 +155,7 @@ def test_sigkill_during_saves_leaves_every_file_loadable(tmp_path):
     last = (tmp_path / "last_checkpoint").read_text()
     target = nn_linear = torch.nn.Linear(2000, 2000)
     GridCLIPCheckpointer(target, str(tmp_path)).resume_or_load("", resume=True)
-    assert float(nn_linear.bias[0]) == int(last[len("model_") : -len(".pth")])
+    assert float(nn_linear.bias[0].detach()) == int(last[len("model_") : -len(".pth")])
     # a temporary file the kill may have left is removed by the next checkpointer on the folder
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
 
@@ -190,17 +190,17 @@ def test_resume_falls_back_to_the_newest_loadable_checkpoint(model, tmp_path, ca
         broken.write_bytes(broken.read_bytes()[:1000])  # what a crash of an unsafe writer leaves
         model.load_state_dict(before)
         GridCLIPCheckpointer(model, str(tmp_path)).resume_or_load("", resume=True)
-        assert float(model.head.logit_bias) == 0.25
+        assert float(model.head.logit_bias.detach()) == 0.25
         assert "Resuming from" in caplog.text and "model_0000003.pth" in caplog.text
 
         (tmp_path / "last_checkpoint").write_text("")  # empty: the newest loadable one
         model.load_state_dict(before)
         GridCLIPCheckpointer(model, str(tmp_path)).resume_or_load("", resume=True)
-        assert float(model.head.logit_bias) == 0.25
+        assert float(model.head.logit_bias.detach()) == 0.25
 
         (tmp_path / "model_0000001.pth").write_bytes(b"")
         with pytest.raises(FileNotFoundError, match="no checkpoint in .* can be loaded"):
             GridCLIPCheckpointer(model, str(tmp_path)).resume_or_load("", resume=True)
     finally:
         model.load_state_dict(before)
-    assert np.isfinite(float(model.head.logit_bias))
+    assert np.isfinite(float(model.head.logit_bias.detach()))
