@@ -177,8 +177,8 @@ class GridCLIP(FCOS):
             else []
         )
         logger.info(
-            "GridCLIP: %d classes from %s, %d novel left out of loss_cls, federated loss %s, "
-            "image-level alignment %s",
+            "GridCLIP: %d classes from %s; in training: %d novel left out of loss_cls, "
+            "federated loss %s, image-level alignment %s",
             len(names),
             names_source,
             len(novel),
