@@ -94,6 +94,10 @@ def add_gridclip_config(cfg):
     # Grid-embedding projection: "random" (one 3x3 conv to D) or "clip" (1x1 conv to res5's width,
     # then a 1x1 conv to D initialised with CLIP's attention-pool value + output projections).
     _C.MODEL.GRIDCLIP.EMBED_INIT = "random"
+    # Kernel of the "random" grid-embedding conv: 3 (the paper's head) or 1 (lighter: at 256
+    # channels and D = 1024 the 3x3 conv is about a sixth of the detector's arithmetic; see
+    # docs/benchmarks.md for its speed and AP).
+    _C.MODEL.GRIDCLIP.EMBED_KERNEL_SIZE = 3
     # Frozen classifier: a C x D .npy of text embeddings (tools/dump_text_embeddings.py) whose rows
     # follow the vocabulary; its .json sidecar is checked against the vocabulary, MODEL.CLIP and the
     # prompts. "" = compute them at build time with CLIP's text encoder.

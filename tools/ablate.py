@@ -74,6 +74,18 @@ ROWS: Dict[str, Tuple[str, List[str]]] = {
         "temperature fixed at 50 (default learned)",
         ["MODEL.GRIDCLIP.LEARN_TEMPERATURE", "False"],
     ),
+    "embed_1x1": (
+        "1x1 grid-embedding conv (default 3x3; a lighter head)",
+        ["MODEL.GRIDCLIP.EMBED_KERNEL_SIZE", "1"],
+    ),
+    "towers_1": (
+        "1 conv per tower (default 2; a lighter head)",
+        ["MODEL.GRIDCLIP.NUM_CONVS", "1"],
+    ),
+    "light_head": (
+        "1x1 grid-embedding conv and 1 conv per tower (a lighter head)",
+        ["MODEL.GRIDCLIP.EMBED_KERNEL_SIZE", "1", "MODEL.GRIDCLIP.NUM_CONVS", "1"],
+    ),
     "ensemble": (
         'prompt ensemble at training and inference (default: one prompt "a {}")',
         ["MODEL.GRIDCLIP.PROMPT_ENSEMBLE", "True"],

@@ -70,7 +70,7 @@ def _attnpool_projection(cfg):
 class GridCLIPHead(nn.Module):
     """
     Shared classification and regression towers over all levels. The classification tower is
-    followed by a 3x3 conv projecting to D channels (the grid embedding); ``classifier`` (a
+    followed by a 3x3 (or 1x1) conv projecting to D channels (the grid embedding); ``classifier`` (a
     :class:`TextClassifier`, whose C x D text embeddings are a buffer and never trained) turns the
     normalised grid embedding into cosine similarities.
     """
@@ -88,6 +88,7 @@ class GridCLIPHead(nn.Module):
         learn_temperature: bool = True,
         dense_clip_levels: Sequence[int] = (),
         clip_projection: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None,
+        embed_kernel_size: int = 3,
     ):
         """
         Args:
@@ -106,7 +107,9 @@ class GridCLIPHead(nn.Module):
                 c_proj.bias)``. When given, the grid-embedding projection is a 1x1 conv to res5's
                 width (random) followed by a 1x1 conv to D initialised with ``c_proj o v_proj``
                 (the map from res5 features into CLIP's joint space); otherwise it is one random
-                3x3 conv to D.
+                ``embed_kernel_size`` x ``embed_kernel_size`` conv to D.
+            embed_kernel_size: 3 (the paper's head) or 1 (a lighter head: at 256 channels and
+                D = 1024 the 3x3 embedding conv is about a sixth of the detector's arithmetic).
         """
         super().__init__()
         channels = {s.channels for s in input_shape}
@@ -130,13 +133,22 @@ class GridCLIPHead(nn.Module):
                     f"dense_clip_levels index {i} out of range for {self.num_levels} levels"
                 )
 
+        if embed_kernel_size not in (1, 3):
+            raise ValueError(
+                f"MODEL.GRIDCLIP.EMBED_KERNEL_SIZE must be 1 or 3, got {embed_kernel_size}"
+            )
         self.classifier = classifier
         embed_dim = int(classifier.embeddings.shape[1])
 
         self.cls_subnet = _tower(in_channels, num_convs, norm)
         self.bbox_subnet = _tower(in_channels, num_convs, norm)
         if clip_projection is None:
-            self.embed = nn.Conv2d(in_channels, embed_dim, kernel_size=3, stride=1, padding=1)
+            self.embed = nn.Conv2d(
+                in_channels,
+                embed_dim,
+                kernel_size=embed_kernel_size,
+                padding=embed_kernel_size // 2,
+            )
         else:
             v_w, v_b, c_w, c_b = (t.detach().float() for t in clip_projection)
             if c_w.shape[0] != embed_dim or v_w.shape[0] != c_w.shape[1]:
@@ -201,6 +213,7 @@ class GridCLIPHead(nn.Module):
             "clip_projection": _attnpool_projection(cfg)
             if cfg.MODEL.GRIDCLIP.EMBED_INIT == "clip"
             else None,
+            "embed_kernel_size": cfg.MODEL.GRIDCLIP.EMBED_KERNEL_SIZE,
         }
 
     @property
