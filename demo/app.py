@@ -335,6 +335,11 @@ def get_parser():
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--examples", default=EXAMPLES, help="folder of example images")
     parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="CPU inference in bfloat16 (MODEL.GRIDCLIP.CPU_BF16) where the CPU has the units",
+    )
+    parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs"
     )
     return parser
@@ -343,7 +348,7 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="gridclip_d2")
-    predictor = GridCLIPPredictor.from_config_file(args.config_file, opts=args.opts)
+    predictor = GridCLIPPredictor.from_config_file(args.config_file, opts=args.opts, bf16=args.bf16)
     lvis_names = list(builtin_vocabulary("lvis").names)
     blocks = build_page(DetectionPage(predictor), example_images(args.examples), lvis_names)
     blocks.launch(

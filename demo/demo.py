@@ -101,6 +101,12 @@ def get_parser():
         help="minimum score of drawn detections (default: MODEL.GRIDCLIP.DISPLAY.SCORE_THRESH)",
     )
     parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="CPU inference in bfloat16 (MODEL.GRIDCLIP.CPU_BF16) where the CPU has AMX or "
+        "AVX-512 BF16; elsewhere it says so and runs float32",
+    )
+    parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs"
     )
     return parser
@@ -114,6 +120,8 @@ def setup_cfg(args):
     exactly these names)."""
     vocabulary = vocabulary_from_args(args)
     cfg = setup_cfg_for(args.config_file, args.opts, mode="inference", freeze=False)
+    if args.bf16:
+        cfg.MODEL.GRIDCLIP.CPU_BF16 = True
     if vocabulary is not None:
         cfg = config_with_vocabulary(cfg, vocabulary)
     cfg.freeze()

@@ -81,6 +81,10 @@ def add_gridclip_config(cfg):
     _C.MODEL.GRIDCLIP.SCORE_THRESH_TEST = 1e-4
     _C.MODEL.GRIDCLIP.TOPK_CANDIDATES_TEST = 1000
     _C.MODEL.GRIDCLIP.NMS_THRESH_TEST = 0.6
+    # CPU inference with the convolutions in bfloat16 (autocast; cosines and decoding stay float32),
+    # where the CPU has AMX or AVX-512 BF16 units; elsewhere it logs why and runs float32.
+    # See docs/benchmarks.md for its speed and its AP against float32.
+    _C.MODEL.GRIDCLIP.CPU_BF16 = False
     # What the predictor, demo and web page show (gridclip_d2.predictor; evaluation is unaffected):
     # detections scoring at least SCORE_THRESH, after a class-agnostic NMS at IoU NMS_THRESH that
     # keeps one box and one label per object (1.0 = off). tools/display_threshold.py picks

@@ -207,11 +207,13 @@ class GridCLIPPredictor:
         opts: Sequence[str] = (),
         vocabulary: Optional[VocabularyLike] = None,
         device: Optional[str] = None,
+        bf16: bool = False,
         **kwargs,
     ) -> "GridCLIPPredictor":
         """A predictor from a config file (a shipped config, or the ``config.yaml`` training saved
         beside its checkpoints), ``weights`` (MODEL.WEIGHTS), KEY VALUE ``opts`` and ``device``
-        (default: the config's, or the CPU where there is no CUDA)."""
+        (default: the config's, or the CPU where there is no CUDA); ``bf16``: CPU inference in
+        bfloat16 (MODEL.GRIDCLIP.CPU_BF16), where the CPU has the units."""
         overrides = []
         if weights is not None:
             if not os.path.isfile(weights):
@@ -219,6 +221,8 @@ class GridCLIPPredictor:
             overrides += ["MODEL.WEIGHTS", weights]
         if device is not None:
             overrides += ["MODEL.DEVICE", device]
+        if bf16:
+            overrides += ["MODEL.GRIDCLIP.CPU_BF16", "True"]
         cfg = setup_cfg(config_file, opts, mode="inference", overrides=overrides)
         return cls(cfg, vocabulary, **kwargs)
 

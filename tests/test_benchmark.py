@@ -13,9 +13,12 @@ sys.path.insert(0, os.path.join(REPO, "tools"))
 
 import benchmark  # noqa: E402
 
+from gridclip_d2.modeling.cpu_bf16 import cpu_bf16_units  # noqa: E402
+
 RECORD_KEYS = [
     "model",
     "size",
+    "dtype",
     "latency_ms_median",
     "latency_ms_min",
     "latency_ms_max",
@@ -43,6 +46,8 @@ GRIDCLIP_KEYS = [
         (["--size", "0", "640"], "--size"),
         (["--size", "640", "99999"], "--size"),
         (["--amp", "--device", "cpu"], "--amp"),
+        (["--dtype", "fp16"], "--dtype"),
+        (["--dtype", ","], "--dtype"),
     ],
 )
 def test_bad_flags_are_named(argv, flag, capsys):
@@ -55,6 +60,17 @@ def test_bad_flags_are_named(argv, flag, capsys):
 # GridCLIP and its baseline (every ratio is to Faster R-CNN); the BiFPN and RetinaNet rows are
 # measured by the same code (the BiFPN config is built in test_gridclip_shipped_configs.py)
 TIMED = ("gridclip_r50_fpn", "faster_rcnn_r50_fpn")
+# bfloat16 beside float32 where this CPU has the units (the records then carry both)
+DTYPES = ("float32", "bfloat16") if cpu_bf16_units() is not None else ("float32",)
+
+
+def test_bf16_without_units_is_refused(monkeypatch, capsys):
+    import gridclip_d2.modeling.cpu_bf16 as cpu_bf16
+
+    monkeypatch.setattr(cpu_bf16, "cpu_bf16_units", lambda: None)
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--dtype", "fp32,bf16"])
+    assert "--dtype bf16: this CPU has neither AMX nor AVX-512 BF16" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -69,6 +85,8 @@ def test_quick_run_has_every_column(tmp_path):
             ",".join(TIMED),
             "--threads",
             "2",
+            "--dtype",
+            ",".join({"float32": "fp32", "bfloat16": "bf16"}[d] for d in DTYPES),
             "--json",
             str(out_json),
             "--plot",
@@ -80,15 +98,24 @@ def test_quick_run_has_every_column(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for header, _, _ in benchmark.COLUMNS:
-        assert f" {header} |" in proc.stdout, header
+    for header, key, _ in benchmark.COLUMNS:
+        if key != "latency_ratio_to_float32" or len(DTYPES) > 1:
+            assert f" {header} |" in proc.stdout, header
     assert "cached teacher" in proc.stdout and "teacher on the fly" in proc.stdout
     assert out_png.stat().st_size > 1000
 
     result = json.loads(out_json.read_text())
     assert result["machine"] and result["matmul_peak_gflops_per_s"] > 0
-    records = {r["model"]: r for r in result["models"]}
+    records = {r["model"]: r for r in result["models"] if r["dtype"] == "float32"}
     assert sorted(records) == sorted(TIMED)
+    bf16 = [r for r in result["models"] if r["dtype"] == "bfloat16"]
+    assert sorted(r["model"] for r in bf16) == (sorted(TIMED) if len(DTYPES) > 1 else [])
+    for rec in bf16:  # its inference timed beside float32's, like for like
+        assert rec["detections"] > 0 and rec["latency_ms_median"] > 0
+        assert rec["latency_ratio_to_float32"] == pytest.approx(
+            rec["latency_ms_median"] / records[rec["model"]]["latency_ms_median"], rel=1e-2
+        )
+        assert "train_step_s" not in rec
     for name, rec in records.items():
         for key in RECORD_KEYS + (GRIDCLIP_KEYS if name.startswith("gridclip") else []):
             assert key in rec, (name, key)

@@ -224,6 +224,14 @@ def test_vocabulary_arguments(tmp_path):
         names(["--vocabulary", "lvis", "--custom-vocabulary", "a"])
 
 
+def test_bf16_flag_sets_the_config_key():
+    """--bf16 is MODEL.GRIDCLIP.CPU_BF16 (whether it runs is the model's check:
+    tests/modeling/test_cpu_bf16.py)."""
+    base = ["--config-file", CONFIG, "--input", "x.jpg"]
+    assert demo.setup_cfg(demo.get_parser().parse_args(base + ["--bf16"])).MODEL.GRIDCLIP.CPU_BF16
+    assert not demo.setup_cfg(demo.get_parser().parse_args(base)).MODEL.GRIDCLIP.CPU_BF16
+
+
 @pytest.mark.slow
 def test_lvis_config_with_a_custom_vocabulary_needs_no_lvis_file(
     tmp_path, monkeypatch, random_clip

@@ -74,12 +74,25 @@ from benchmark_report import (  # noqa: E402
     REFERENCE,
     add_ratios,
     embedded_table,
+    find_record,
     markdown_table,
     plot,
     stages_table,
 )
 
-MODELS = ("gridclip_r50_fpn", "gridclip_r50_bifpn", "retinanet_r50_fpn", "faster_rcnn_r50_fpn")
+MODELS = (
+    "gridclip_r50_fpn",
+    "gridclip_r50_fpn_fast",
+    "gridclip_r50_bifpn",
+    "retinanet_r50_fpn",
+    "faster_rcnn_r50_fpn",
+)
+GRIDCLIP_CONFIGS = {
+    "gridclip_r50_fpn": "GridCLIP_LVIS.yaml",
+    "gridclip_r50_fpn_fast": "GridCLIP_LVIS_fast.yaml",
+    "gridclip_r50_bifpn": "GridCLIP_LVIS_BiFPN.yaml",
+}
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # --dtype names -> the records' "dtype"
 NUM_CLASSES = 1203  # the LVIS vocabulary
 DEFAULT_SIZES = ((640, 640), (800, 1333))
 QUICK_SIZE = (128, 128)  # a multiple of 128: BiFPN pads to it
@@ -250,7 +263,7 @@ def build(
     from detectron2.modeling import build_model
 
     if name.startswith("gridclip"):
-        config = "GridCLIP_LVIS.yaml" if name == "gridclip_r50_fpn" else "GridCLIP_LVIS_BiFPN.yaml"
+        config = GRIDCLIP_CONFIGS[name]
         npy = write_random_embeddings(workdir)
         cfg = _gridclip_cfg(config, device, npy, image_align, extra)
     elif name == "retinanet_r50_fpn":
@@ -306,13 +319,19 @@ def train_inputs(
 
 
 # ---------------------------------------------------------------------------------------- measures
-def inference_fn(model, images: Sequence[torch.Tensor], amp: bool, device: str):
+def inference_fn(
+    model, images: Sequence[torch.Tensor], amp: bool, device: str, dtype: str = "float32"
+):
+    """``run()``: one inference of ``images``; under CUDA float16 autocast with ``amp``, under CPU
+    bfloat16 autocast with ``dtype`` "bfloat16" (every model alike; GridCLIP's own
+    ``MODEL.GRIDCLIP.CPU_BF16`` path, set by :func:`build`, keeps its cosines in float32)."""
     inputs = [{"image": im} for im in images]
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16)
-        if amp and device.startswith("cuda")
-        else contextlib.nullcontext()
-    )
+    if amp and device.startswith("cuda"):
+        autocast = torch.autocast("cuda", dtype=torch.float16)
+    elif dtype == "bfloat16":
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    else:
+        autocast = contextlib.nullcontext()
 
     def run():
         with torch.no_grad(), autocast:
@@ -484,17 +503,25 @@ def measure_training(
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str) -> dict:
+def benchmark_model(
+    name: str, size: Tuple[int, int], args, workdir: str, dtype: str = "float32"
+) -> dict:
     """One record (see the module docstring) for model ``name`` at input ``size``, less
-    ``achieved_fraction_of_matmul_peak``: the matmul peak is known at the end of the run."""
+    ``achieved_fraction_of_matmul_peak``: the matmul peak is known at the end of the run.
+    ``dtype`` "bfloat16": CPU inference under bfloat16 autocast (latency, images/s, detections,
+    memory and stages; training, FLOPs and the teacher are float32's)."""
     device, timer = args.device, Timer(args.device)
     h, w = size
-    logger.info("%s at %dx%d: building", name, h, w)
+    bf16 = dtype == "bfloat16"
+    logger.info("%s at %dx%d, %s: building", name, h, w, dtype)
+    extra = list(args.overrides)
+    if bf16 and name.startswith("gridclip"):
+        extra += ["MODEL.GRIDCLIP.CPU_BF16", "True"]
     model, cfg = build(
-        name, device, workdir, image_align=name.startswith("gridclip"), extra=args.overrides
+        name, device, workdir, image_align=name.startswith("gridclip") and not bf16, extra=extra
     )
     image = random_image(h, w)
-    run = inference_fn(model, [image], args.amp, device)
+    run = inference_fn(model, [image], args.amp, device, dtype)
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -509,14 +536,15 @@ def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str) -> dic
     )
     batch_images = [random_image(h, w, seed=i) for i in range(args.batch)]
     batch_times = repeat(
-        timer, inference_fn(model, batch_images, args.amp, device), 1, args.batch_repeats
+        timer, inference_fn(model, batch_images, args.amp, device, dtype), 1, args.batch_repeats
     )
     stages = stage_times(model, run, timer, args.stage_repeats)
-    gflops = count_gflops(model, image) if not args.no_flops else float("nan")
+    gflops = count_gflops(model, image) if not (args.no_flops or bf16) else float("nan")
     median = statistics.median(times)
     rec = {
         "model": name,
         "size": [h, w],
+        "dtype": dtype,
         "latency_ms_median": round(median * 1000, 1),
         "latency_ms_min": round(min(times) * 1000, 1),
         "latency_ms_max": round(max(times) * 1000, 1),
@@ -528,6 +556,10 @@ def benchmark_model(name: str, size: Tuple[int, int], args, workdir: str) -> dic
         "achieved_gflops_per_s": round(gflops / median, 2),
         "stages_ms": stages,
     }
+    if bf16:
+        model = run = None
+        gc.collect()
+        return rec
     train_images = [random_image(h, w, seed=10 + i) for i in range(args.train_batch)]
     rec.update(measure_training(name, model, cfg, train_images, timer, args.train_repeats))
     rec["train_batch"] = args.train_batch
@@ -646,6 +678,12 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     p.add_argument("--plot", default="", help="write a bar chart of the latencies to this PNG")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="inference under CUDA autocast (float16)")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        help="comma list of fp32, bf16: CPU inference in each (bf16: autocast, every model; "
+        "needs AMX or AVX-512 BF16 units)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=None, help="timed inference repeats (default 5)")
     p.add_argument(
@@ -681,6 +719,20 @@ def parse_args(argv: Optional[Sequence[str]] = None):
         p.error("--device cuda: no CUDA device is available")
     if args.amp and not args.device.startswith("cuda"):
         p.error("--amp: autocast here is a GPU feature (float32 on CPU)")
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    if not dtypes or any(d not in DTYPES for d in dtypes):
+        p.error(f"--dtype: {args.dtype!r}; choose a comma list of {', '.join(DTYPES)}")
+    args.dtypes = [DTYPES[d] for d in dict.fromkeys(dtypes)]
+    if "bfloat16" in args.dtypes:
+        from gridclip_d2.modeling.cpu_bf16 import cpu_bf16_units
+
+        if args.device.startswith("cuda"):
+            p.error("--dtype bf16: CPU bfloat16 autocast; on a GPU use --amp")
+        if cpu_bf16_units() is None:
+            p.error(
+                "--dtype bf16: this CPU has neither AMX nor AVX-512 BF16 units (bfloat16 would "
+                "be emulated, slower than float32)"
+            )
     cuda = args.device.startswith("cuda")
     args.sizes = (
         [tuple(args.size)] if args.size else ([QUICK_SIZE] if args.quick else list(DEFAULT_SIZES))
@@ -736,15 +788,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     peak = matmul_peak_gflops(args.device, args.matmul_n)
     logger.info("%s; float32 matmul peak %.1f GFLOP/s", machine, peak)
     records = []
-    total = len(args.models) * len(args.sizes)
+    total = len(args.models) * len(args.sizes) * len(args.dtypes)
     start = time.time()
     with tempfile.TemporaryDirectory() as workdir:
         for size in args.sizes:
             for name in args.models:
-                records.append(benchmark_model(name, size, args, workdir))
-                done = len(records)
-                eta = (time.time() - start) / done * (total - done)
-                logger.info("%d/%d models done, ETA %.0f s", done, total, eta)
+                for dtype in args.dtypes:  # interleaved: each model's dtypes back to back
+                    records.append(benchmark_model(name, size, args, workdir, dtype))
+                    done = len(records)
+                    eta = (time.time() - start) / done * (total - done)
+                    logger.info("%d/%d models done, ETA %.0f s", done, total, eta)
                 if args.profile:
                     print(
                         f"\n{name} {size[0]}x{size[1]}: torch.profiler, one inference\n"
@@ -753,7 +806,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         embedded = None if args.no_embedded else embedded_default_training(args)
     peak = max(peak, matmul_peak_gflops(args.device, args.matmul_n))
     for rec in records:
-        rec["achieved_fraction_of_matmul_peak"] = round(rec["achieved_gflops_per_s"] / peak, 3)
+        if rec["dtype"] == "bfloat16":  # the same work as float32's record
+            fp32 = find_record(records, rec["model"], rec, "float32")
+            if fp32 is not None:
+                rec["gflops"] = fp32["gflops"]
+                rec["achieved_gflops_per_s"] = round(
+                    fp32["gflops"] / rec["latency_ms_median"] * 1000, 2
+                )
+        rec["achieved_fraction_of_matmul_peak"] = (
+            None
+            if rec["dtype"] == "bfloat16"  # against a float32 peak it would mean nothing
+            else round(rec["achieved_gflops_per_s"] / peak, 3)
+        )
     add_ratios(records)
     result = {
         "machine": machine,

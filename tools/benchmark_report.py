@@ -16,9 +16,11 @@ REFERENCE = "faster_rcnn_r50_fpn"  # the ratios' denominator: the two-stage alte
 COLUMNS = [  # (header, record key, format)
     ("model", "model", "{}"),
     ("size", "size", "{0[0]}x{0[1]}"),
+    ("dtype", "dtype", "{}"),
     ("latency ms (median)", "latency_ms_median", "{:.1f}"),
     ("min-max ms", "latency_ms_min", None),
     ("x Faster R-CNN", "latency_ratio_to_faster_rcnn", "{:.2f}"),
+    ("x float32", "latency_ratio_to_float32", "{:.2f}"),
     ("images/s (batch)", "images_per_s", None),
     ("detections", "detections", "{}"),
     ("train step s", "train_step_s", "{:.3f}"),
@@ -32,6 +34,8 @@ COLUMNS = [  # (header, record key, format)
 
 def _cell(rec: dict, key: str, fmt: Optional[str]) -> str:
     """The table cell of column ``key`` (``fmt``: its format, None for the composite cells)."""
+    if key == "dtype":
+        return _dtype(rec)
     if key == "latency_ms_min":
         return f"{rec['latency_ms_min']:.0f}-{rec['latency_ms_max']:.0f}"
     if key == "images_per_s":
@@ -41,25 +45,51 @@ def _cell(rec: dict, key: str, fmt: Optional[str]) -> str:
             return "-"
         return f"{rec[key]:.3f} / {rec['train_step_no_image_align_s']:.3f}"
     if key == "achieved_gflops_per_s":
+        if rec.get("achieved_fraction_of_matmul_peak") is None:  # bfloat16: no float32 peak
+            return f"{rec[key]:.1f}"
         return f"{rec[key]:.1f} ({100 * rec['achieved_fraction_of_matmul_peak']:.0f}%)"
     if key == "teacher_s_per_image":
         return f"{rec[key]:.3f} ({rec['teacher_crops_per_image']})" if key in rec else "-"
     return fmt.format(rec[key]) if key in rec else "-"
 
 
+def _dtype(rec: dict) -> str:
+    return rec.get("dtype", "float32")  # records of runs before --dtype are float32
+
+
+def find_record(records: List[dict], model: str, rec: dict, dtype: str) -> Optional[dict]:
+    """The record of ``model`` at ``rec``'s size in ``dtype``, or None."""
+    return next(
+        (
+            r
+            for r in records
+            if r["model"] == model and r["size"] == rec["size"] and _dtype(r) == dtype
+        ),
+        None,
+    )
+
+
 def add_ratios(records: List[dict]) -> None:
-    """``latency_ratio_to_faster_rcnn`` (and train / teacher ratios) against the same size's
-    Faster R-CNN record, when it was measured."""
+    """``latency_ratio_to_faster_rcnn`` (and train / teacher ratios) against the same size and
+    dtype's Faster R-CNN record, and a bfloat16 record's ``latency_ratio_to_float32`` against the
+    same model's float32 record, when they were measured."""
     for rec in records:
-        ref = next(
-            (r for r in records if r["model"] == REFERENCE and r["size"] == rec["size"]), None
-        )
+        if _dtype(rec) != "float32":
+            fp32 = find_record(records, rec["model"], rec, "float32")
+            if fp32 is not None:
+                rec["latency_ratio_to_float32"] = round(
+                    rec["latency_ms_median"] / fp32["latency_ms_median"], 3
+                )
+        ref = find_record(records, REFERENCE, rec, _dtype(rec))
         if ref is None:
             continue
         rec["latency_ratio_to_faster_rcnn"] = round(
             rec["latency_ms_median"] / ref["latency_ms_median"], 3
         )
-        rec["train_step_ratio_to_faster_rcnn"] = round(rec["train_step_s"] / ref["train_step_s"], 3)
+        if "train_step_s" in rec and "train_step_s" in ref:
+            rec["train_step_ratio_to_faster_rcnn"] = round(
+                rec["train_step_s"] / ref["train_step_s"], 3
+            )
         if "teacher_s_per_image" in rec:
             rec["teacher_ratio_to_faster_rcnn"] = round(
                 rec["teacher_s_per_image"] / ref["teacher_s_per_image"], 4
@@ -68,11 +98,8 @@ def add_ratios(records: List[dict]) -> None:
 
 def markdown_table(records: List[dict]) -> str:
     """The main table, one row per record (the Faster R-CNN ratio only when it was measured)."""
-    cols = [
-        c
-        for c in COLUMNS
-        if c[1] != "latency_ratio_to_faster_rcnn" or any(c[1] in r for r in records)
-    ]
+    optional = ("latency_ratio_to_faster_rcnn", "latency_ratio_to_float32")
+    cols = [c for c in COLUMNS if c[1] not in optional or any(c[1] in r for r in records)]
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     for rec in records:
         lines.append("| " + " | ".join(_cell(rec, key, fmt) for _, key, fmt in cols) + " |")
@@ -81,10 +108,12 @@ def markdown_table(records: List[dict]) -> str:
 
 def stages_table(records: List[dict]) -> str:
     """Median ms per stage, one row per record."""
-    lines = ["| model | size | time per stage, ms (median) |", "|---|---|---|"]
+    lines = ["| model | size | dtype | time per stage, ms (median) |", "|---|---|---|---|"]
     for rec in records:
         stages = ", ".join(f"{k} {v:.0f}" for k, v in rec["stages_ms"].items())
-        lines.append(f"| {rec['model']} | {rec['size'][0]}x{rec['size'][1]} | {stages} |")
+        lines.append(
+            f"| {rec['model']} | {rec['size'][0]}x{rec['size'][1]} | {_dtype(rec)} | {stages} |"
+        )
     return "\n".join(lines)
 
 
@@ -115,7 +144,10 @@ def plot(records: List[dict], path: str, machine: str) -> None:
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.6), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         recs = [r for r in records if tuple(r["size"]) == size]
-        names = [r["model"].replace("_r50_", "\n") for r in recs]
+        names = [
+            r["model"].replace("_r50_", "\n") + ("" if _dtype(r) == "float32" else "\n" + _dtype(r))
+            for r in recs
+        ]
         ms = [r["latency_ms_median"] for r in recs]
         err = [
             [m - r["latency_ms_min"] for m, r in zip(ms, recs)],

@@ -45,6 +45,12 @@ class GridHeadOutputs(NamedTuple):
         return [self.logits, self.box_deltas, self.centerness]
 
 
+def _from_bf16(x: Tensor) -> Tensor:
+    """float32 of a bfloat16 tensor (bfloat16 CPU inference, :mod:`.cpu_bf16`), else ``x``: the
+    cosines, box deltas and centerness are computed and decoded in float32."""
+    return x.float() if x.dtype == torch.bfloat16 else x
+
+
 def _tower(channels: int, num_convs: int, norm: str) -> nn.Sequential:
     layers = []
     for _ in range(num_convs):
@@ -239,7 +245,8 @@ class GridCLIPHead(nn.Module):
         n, d, h, w = emb.shape
         flat = emb.permute(0, 2, 3, 1).reshape(n * h * w, d)  # NHW x D
         bias = self.logit_bias.to(emb.dtype).expand(scaled_text.shape[1])
-        out = torch.addmm(bias, flat, scaled_text)  # NHW x C
+        with torch.autocast("cpu", enabled=False):  # float32 under bfloat16 CPU inference
+            out = torch.addmm(bias, flat, scaled_text)  # NHW x C
         return out.view(n, h, w, -1).permute(0, 3, 1, 2)
 
     def forward(self, features: List[Tensor], dense_embedding: Optional[Tensor] = None):
@@ -264,7 +271,7 @@ class GridCLIPHead(nn.Module):
         scaled_text = None  # inference: D x C, the same for every level
         logits, box_deltas, centerness, grid_embeddings = [], [], [], []
         for i, x in enumerate(features):
-            emb = self.embed(self.cls_subnet(x))  # N x D x Hi x Wi
+            emb = _from_bf16(self.embed(self.cls_subnet(x)))  # N x D x Hi x Wi
             if i in self.dense_clip_levels:
                 dense = F.interpolate(
                     dense_embedding.to(emb.dtype),
@@ -288,7 +295,7 @@ class GridCLIPHead(nn.Module):
             reg = self.bbox_subnet(x)
             # exp of a clamped exponent: e^8 strides is far beyond any box, and exp cannot overflow.
             box_deltas.append(
-                torch.exp((self.bbox_pred(reg) * self.scales[i]).clamp(max=8.0))
+                torch.exp((_from_bf16(self.bbox_pred(reg)) * self.scales[i]).clamp(max=8.0))
             )  # N x 4 x Hi x Wi
-            centerness.append(self.ctrness(reg))  # N x 1 x Hi x Wi
+            centerness.append(_from_bf16(self.ctrness(reg)))  # N x 1 x Hi x Wi
         return GridHeadOutputs(logits, box_deltas, centerness, grid_embeddings)

@@ -37,6 +37,7 @@ from ..vocabulary import model_vocabulary, training_metadata
 from .alignment import ImageAlignment
 from .clip_text import text_embeddings_from_cfg
 from .config_checks import check_in_features
+from .cpu_bf16 import cpu_bf16_autocast, resolve_cpu_bf16
 from .dense_decoding import decode_level
 from .grid_head import GridCLIPHead, GridHeadOutputs
 from .loss_columns import LossColumns
@@ -77,6 +78,7 @@ class GridCLIP(FCOS):
         fed_loss_freq_weight: float = 0.5,
         input_format: str = "RGB",
         vocabulary: Optional[Sequence[str]] = None,
+        cpu_bf16: bool = False,
         **fcos_kwargs,
     ):
         """
@@ -96,6 +98,8 @@ class GridCLIP(FCOS):
             fed_loss_freq_weight: exponent of the counts.
             input_format: "RGB"; only used to show training images.
             vocabulary: the C class names (``self.vocabulary``: what predicted class ids index).
+            cpu_bf16: CPU inference with the convolutions in bfloat16 (:mod:`.cpu_bf16`; the
+                caller checks that the CPU has the units, as ``from_config`` does).
             fcos_kwargs: the remaining arguments of Detectron2's :class:`FCOS`
                 (center_sampling_radius, focal_loss_alpha/gamma, test_score_thresh,
                 test_topk_candidates, test_nms_thresh, max_detections_per_image,
@@ -127,6 +131,7 @@ class GridCLIP(FCOS):
         self.image_alignment = image_alignment
         self.encode_vocabulary = encode_vocabulary
         self.input_format = input_format
+        self.cpu_bf16 = bool(cpu_bf16)
         if vocabulary is not None and len(vocabulary) != num_classes:
             raise ValueError(
                 f"num_classes={num_classes} but the vocabulary has {len(vocabulary)} names"
@@ -208,6 +213,7 @@ class GridCLIP(FCOS):
             "test_topk_candidates": g.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": g.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "cpu_bf16": resolve_cpu_bf16(g.CPU_BF16, cfg.MODEL.DEVICE),
         }
 
     # ------------------------------------------------------------------ forward
@@ -222,9 +228,11 @@ class GridCLIP(FCOS):
         image, resized to the input's "height" x "width".
         """
         images = self.preprocess_image(batched_inputs)
-        backbone_features = self.backbone(self._inference_layout(images.tensor))
-        features = [backbone_features[f] for f in self.head_in_features]
-        outputs = self.head(features, backbone_features.get(DENSE_CLIP))
+        bf16 = self.cpu_bf16 and not self.training and images.tensor.device.type == "cpu"
+        with cpu_bf16_autocast(bf16):  # the head returns float32 outputs either way
+            backbone_features = self.backbone(self._inference_layout(images.tensor))
+            features = [backbone_features[f] for f in self.head_in_features]
+            outputs = self.head(features, backbone_features.get(DENSE_CLIP))
 
         if self.training:
             missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
