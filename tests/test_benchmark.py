@@ -141,3 +141,20 @@ def test_quick_run_has_every_column(tmp_path):
     assert embedded["batch"] == 8 and embedded["size"] == [256, 256]
     for key in ["train_step_s", "train_step_cached_teacher_s", "train_step_no_image_align_s"]:
         assert embedded[key] > 0
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="this checks the message without a GPU"
+)
+def test_gpu_script_without_a_gpu_says_so_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["bash", os.path.join(REPO, "tools", "benchmark_gpu.sh")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHON=sys.executable, OUT=str(out)),
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "no CUDA device" in proc.stderr and "tools/benchmark.py" in proc.stderr
+    assert not out.exists()
