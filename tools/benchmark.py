@@ -80,18 +80,23 @@ from benchmark_report import (  # noqa: E402
     stages_table,
 )
 
-MODELS = (
+# name -> (config, overrides): the shipped GridCLIP configs, and each lighter-head option alone
+GRIDCLIP_CONFIGS = {
+    "gridclip_r50_fpn": ("GridCLIP_LVIS.yaml", []),
+    "gridclip_r50_fpn_fast": ("GridCLIP_LVIS_fast.yaml", []),
+    "gridclip_r50_bifpn": ("GridCLIP_LVIS_BiFPN.yaml", []),
+    "gridclip_r50_fpn_embed1x1": ("GridCLIP_LVIS.yaml", ["MODEL.GRIDCLIP.EMBED_KERNEL_SIZE", "1"]),
+    "gridclip_r50_fpn_towers2": ("GridCLIP_LVIS.yaml", ["MODEL.GRIDCLIP.NUM_CONVS", "2"]),
+}
+MODELS = tuple(GRIDCLIP_CONFIGS) + ("retinanet_r50_fpn", "faster_rcnn_r50_fpn")
+# what a run without --models times (the head options alone are asked for by name)
+DEFAULT_MODELS = (
     "gridclip_r50_fpn",
     "gridclip_r50_fpn_fast",
     "gridclip_r50_bifpn",
     "retinanet_r50_fpn",
     "faster_rcnn_r50_fpn",
 )
-GRIDCLIP_CONFIGS = {
-    "gridclip_r50_fpn": "GridCLIP_LVIS.yaml",
-    "gridclip_r50_fpn_fast": "GridCLIP_LVIS_fast.yaml",
-    "gridclip_r50_bifpn": "GridCLIP_LVIS_BiFPN.yaml",
-}
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # --dtype names -> the records' "dtype"
 NUM_CLASSES = 1203  # the LVIS vocabulary
 DEFAULT_SIZES = ((640, 640), (800, 1333))
@@ -263,9 +268,9 @@ def build(
     from detectron2.modeling import build_model
 
     if name.startswith("gridclip"):
-        config = GRIDCLIP_CONFIGS[name]
+        config, options = GRIDCLIP_CONFIGS[name]
         npy = write_random_embeddings(workdir)
-        cfg = _gridclip_cfg(config, device, npy, image_align, extra)
+        cfg = _gridclip_cfg(config, device, npy, image_align, list(options) + list(extra))
     elif name == "retinanet_r50_fpn":
         cfg = _detectron2_cfg("COCO-Detection/retinanet_R_50_FPN_1x.yaml", device)
     else:
@@ -673,7 +678,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
         metavar=("H", "W"),
         help="input height and width (default: 640x640 and 800x1333)",
     )
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
+    p.add_argument(
+        "--models", default=",".join(DEFAULT_MODELS), help=f"comma list of {', '.join(MODELS)}"
+    )
     p.add_argument("--json", default="", help="write the records to this JSON file")
     p.add_argument("--plot", default="", help="write a bar chart of the latencies to this PNG")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
