@@ -87,6 +87,8 @@ def test_quick_run_has_every_column(tmp_path):
             "2",
             "--dtype",
             ",".join({"float32": "fp32", "bfloat16": "bf16"}[d] for d in DTYPES),
+            "--interleaved",
+            "2",
             "--json",
             str(out_json),
             "--plot",
@@ -137,6 +139,18 @@ def test_quick_run_has_every_column(tmp_path):
     fpn = records["gridclip_r50_fpn"]
     assert fpn["teacher_crops_per_image"] == 14
     assert fpn["teacher_s_per_image"] < records["faster_rcnn_r50_fpn"]["teacher_s_per_image"]
+    # the same models timed in turns: one row per model and dtype, ratios per round
+    turns = {(r["model"], r["dtype"]): r for r in result["interleaved"]}
+    assert sorted(turns) == sorted((m, d) for m in TIMED for d in DTYPES)
+    assert "per round" in proc.stdout
+    for (name, dtype), row in turns.items():
+        assert row["rounds"] == 2 and row["latency_ms_min"] <= row["latency_ms_max"]
+        assert ("ratio_to_faster_rcnn" in row) == (name != "faster_rcnn_r50_fpn")
+        assert ("ratio_to_float32" in row) == (dtype == "bfloat16")
+        for key in ("ratio_to_faster_rcnn", "ratio_to_float32"):
+            if key in row:
+                lo, hi = row[key + "_min_max"]
+                assert 0 < lo <= row[key] <= hi
     embedded = result["embedded_default_train"]
     assert embedded["batch"] == 8 and embedded["size"] == [256, 256]
     for key in ["train_step_s", "train_step_cached_teacher_s", "train_step_no_image_align_s"]:

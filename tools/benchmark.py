@@ -75,6 +75,7 @@ from benchmark_report import (  # noqa: E402
     add_ratios,
     embedded_table,
     find_record,
+    interleaved_table,
     markdown_table,
     plot,
     stages_table,
@@ -561,7 +562,7 @@ def benchmark_model(
         "achieved_gflops_per_s": round(gflops / median, 2),
         "stages_ms": stages,
     }
-    if bf16:
+    if bf16 or args.no_train:
         model = run = None
         gc.collect()
         return rec
@@ -596,6 +597,53 @@ def benchmark_model(
     model = run = None  # freed before the next model is built
     gc.collect()
     return rec
+
+
+def interleaved_latency(size: Tuple[int, int], args, workdir: str) -> List[dict]:
+    """Latency of every model and dtype timed in turns: ``args.interleaved`` rounds, each running
+    every model once, so that a slow moment of a shared machine slows all of them alike. Per model
+    and dtype: the median and min-max ms, and the median over rounds of the ratio to the same
+    round's Faster R-CNN (same dtype) and, for bfloat16, to the same model's float32."""
+    device, timer = args.device, Timer(args.device)
+    image = random_image(*size)
+    runs = {}
+    for name in args.models:
+        for dtype in args.dtypes:
+            extra = list(args.overrides)
+            if dtype == "bfloat16" and name.startswith("gridclip"):
+                extra += ["MODEL.GRIDCLIP.CPU_BF16", "True"]
+            model, _ = build(name, device, workdir, image_align=False, extra=extra)
+            run = inference_fn(model, [image], args.amp, device, dtype)
+            for _ in range(max(args.warmup, 1)):
+                run()
+            runs[(name, dtype)] = run
+    times = {key: [] for key in runs}
+    for _ in range(args.interleaved):
+        for key, run in runs.items():
+            times[key].append(timer(run) * 1000)
+    rows = []
+    for (name, dtype), ms in times.items():
+        row = {
+            "model": name,
+            "size": list(size),
+            "dtype": dtype,
+            "rounds": len(ms),
+            "latency_ms_median": round(statistics.median(ms), 1),
+            "latency_ms_min": round(min(ms), 1),
+            "latency_ms_max": round(max(ms), 1),
+        }
+        for key, ref in (
+            ("ratio_to_faster_rcnn", (REFERENCE, dtype)),
+            ("ratio_to_float32", (name, "float32")),
+        ):
+            if ref in times and ref != (name, dtype):
+                ratios = [a / b for a, b in zip(ms, times[ref])]
+                row[key] = round(statistics.median(ratios), 3)
+                row[key + "_min_max"] = [round(min(ratios), 3), round(max(ratios), 3)]
+        rows.append(row)
+    runs.clear()
+    gc.collect()
+    return rows
 
 
 def build_teacher_cfg(device: str, workdir: str, extra: Sequence[str] = ()):
@@ -701,6 +749,19 @@ def parse_args(argv: Optional[Sequence[str]] = None):
         "--train-batch", type=int, default=None, help="images per training step (CPU 1, GPU 2)"
     )
     p.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
+    p.add_argument(
+        "--interleaved",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also time every model and dtype in turns for ROUNDS rounds (ratios per round: "
+        "robust to a shared machine's slow moments)",
+    )
+    p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="time inference only (no training step, no teacher cost)",
+    )
     p.add_argument(
         "--no-embedded", action="store_true", help="skip the embedded default's training-step table"
     )
@@ -810,6 +871,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         f"\n{name} {size[0]}x{size[1]}: torch.profiler, one inference\n"
                         + profile_inference(name, args, workdir, size)
                     )
+        interleaved = (
+            [row for size in args.sizes for row in interleaved_latency(size, args, workdir)]
+            if args.interleaved
+            else []
+        )
         embedded = None if args.no_embedded else embedded_default_training(args)
     peak = max(peak, matmul_peak_gflops(args.device, args.matmul_n))
     for rec in records:
@@ -836,12 +902,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "matmul_peak_gflops_per_s": round(peak, 1),
         "models": records,
     }
+    if interleaved:
+        result["interleaved"] = interleaved
     if embedded is not None:
         result["embedded_default_train"] = embedded
     print(f"\n{machine}; float32 matmul peak {peak:.1f} GFLOP/s\n")
     print(markdown_table(records))
     print()
     print(stages_table(records))
+    if interleaved:
+        print()
+        print(interleaved_table(interleaved))
     if embedded is not None:
         print()
         print(embedded_table(embedded))

@@ -3,8 +3,8 @@ input size, see that script's docstring), with no timing and no model.
 
 * :data:`COLUMNS` and :func:`markdown_table`: the main table (one row per record);
 * :func:`add_ratios`: each record's ratios to the same size's :data:`REFERENCE` (Faster R-CNN);
-* :func:`stages_table`: the time per stage; :func:`embedded_table`: the embedded default's
-  training step;
+* :func:`stages_table`: the time per stage; :func:`interleaved_table`: the latencies timed in
+  turns; :func:`embedded_table`: the embedded default's training step;
 * :func:`plot`: a bar chart of the latencies (PNG, matplotlib).
 """
 
@@ -113,6 +113,31 @@ def stages_table(records: List[dict]) -> str:
         stages = ", ".join(f"{k} {v:.0f}" for k, v in rec["stages_ms"].items())
         lines.append(
             f"| {rec['model']} | {rec['size'][0]}x{rec['size'][1]} | {_dtype(rec)} | {stages} |"
+        )
+    return "\n".join(lines)
+
+
+def interleaved_table(rows: List[dict]) -> str:
+    """The latencies timed in turns (``tools/benchmark.py --interleaved``): median and min-max ms,
+    and the median (min-max) over rounds of each round's ratios."""
+
+    def ratio(row: dict, key: str) -> str:
+        if key not in row:
+            return "-"
+        lo, hi = row[key + "_min_max"]
+        return f"{row[key]:.2f} ({lo:.2f}-{hi:.2f})"
+
+    lines = [
+        "| model | size | dtype | rounds | latency ms (median) | min-max ms | x Faster R-CNN, "
+        "per round: median (min-max) | x float32, per round |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {row['size'][0]}x{row['size'][1]} | {row['dtype']} | "
+            f"{row['rounds']} | {row['latency_ms_median']:.1f} | "
+            f"{row['latency_ms_min']:.0f}-{row['latency_ms_max']:.0f} | "
+            f"{ratio(row, 'ratio_to_faster_rcnn')} | {ratio(row, 'ratio_to_float32')} |"
         )
     return "\n".join(lines)
 

@@ -162,9 +162,28 @@ def test_bad_arguments_fail_clearly():
         _head(temperature=0.0)
     with pytest.raises(ValueError, match="out of range"):
         _head(dense_clip_levels=[3])
+    with pytest.raises(ValueError, match="EMBED_KERNEL_SIZE must be 1 or 3, got 2"):
+        _head(embed_kernel_size=2)
     head = _head()
     with pytest.raises(ValueError, match="3 levels"):
         head(_features()[:2])
+
+
+def test_one_by_one_embedding_sees_one_cell():
+    """EMBED_KERNEL_SIZE 1 (the lighter head): the grid embedding of a cell depends on that cell's
+    tower output only, where the 3x3 conv also reads its neighbours."""
+    cfg = _cfg()
+    cfg.MODEL.GRIDCLIP.DENSE_CLIP_LEVELS = []
+    cfg.MODEL.GRIDCLIP.EMBED_KERNEL_SIZE = 1
+    head = GridCLIPHead(cfg, _shapes(), classifier=TextClassifier(embeddings=torch.randn(C, D)))
+    assert head.embed.kernel_size == (1, 1) and head.embed.padding == (0, 0)
+    tower = torch.randn(1, CH, 6, 6)
+    changed = tower.clone()
+    changed[..., 2, 2] += 1.0
+    moved = (head.embed(changed) - head.embed(tower)).abs().sum(dim=1)[0]  # 6 x 6
+    assert moved[2, 2] > 0 and moved.count_nonzero() == 1
+    outputs = head(_features())
+    assert [tuple(x.shape[1:2]) for x in outputs.grid_embeddings] == [(D,)] * len(STRIDES)
 
 
 def _cfg():

@@ -87,7 +87,10 @@ def _frozen_now(model, keys):
     return {k: now[k] for k in keys}
 
 
-@pytest.fixture(scope="module", params=["GridCLIP_LVIS.yaml", "GridCLIP_LVIS_BiFPN.yaml"])
+@pytest.fixture(
+    scope="module",
+    params=["GridCLIP_LVIS.yaml", "GridCLIP_LVIS_BiFPN.yaml", "GridCLIP_LVIS_fast.yaml"],
+)
 def trained_step(request, clip_tiny_checkpoints, tmp_path_factory):
     """Model from a shipped config after one optimiser step, with what the step produced."""
     cfg = _shipped_cfg(request.param, clip_tiny_checkpoints.state_dict_path)
@@ -131,6 +134,13 @@ def test_shipped_config_builds_gridclip(trained_step):
         and int(model.loss_columns.class_mask.sum()) == 1203 - 337
     )
     assert model.image_alignment is not None
+    # the head the config asks for (GridCLIP_LVIS_fast.yaml: 1x1 embedding conv, 2-conv towers)
+    k, depth = cfg.MODEL.GRIDCLIP.EMBED_KERNEL_SIZE, cfg.MODEL.GRIDCLIP.NUM_CONVS
+    assert model.head.embed.kernel_size == (k, k)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.head.cls_subnet) == depth
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.head.bbox_subnet) == depth
+    if "fast" in cfg.OUTPUT_DIR:
+        assert (k, depth) == (1, 2)
 
 
 def test_train_step_losses_named_and_finite(trained_step):
