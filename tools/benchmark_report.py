@@ -166,25 +166,26 @@ def plot(records: List[dict], path: str, machine: str) -> None:
     import matplotlib.pyplot as plt
 
     sizes = sorted({tuple(r["size"]) for r in records})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.6), squeeze=False)
+    rows = max(sum(tuple(r["size"]) == size for r in records) for size in sizes)
+    fig, axes = plt.subplots(
+        1, len(sizes), figsize=(5.5 * len(sizes), 1.0 + 0.32 * rows), squeeze=False
+    )
     for ax, size in zip(axes[0], sizes):
         recs = [r for r in records if tuple(r["size"]) == size]
-        names = [
-            r["model"].replace("_r50_", "\n") + ("" if _dtype(r) == "float32" else "\n" + _dtype(r))
-            for r in recs
-        ]
+        names = [r["model"] + ("" if _dtype(r) == "float32" else f" ({_dtype(r)})") for r in recs]
         ms = [r["latency_ms_median"] for r in recs]
         err = [
             [m - r["latency_ms_min"] for m, r in zip(ms, recs)],
             [r["latency_ms_max"] - m for m, r in zip(ms, recs)],
         ]
-        ax.bar(
-            names, ms, yerr=err, color=["C0" if "gridclip" in r["model"] else "C7" for r in recs]
+        ax.barh(
+            names, ms, xerr=err, color=["C0" if "gridclip" in r["model"] else "C7" for r in recs]
         )
-        ax.set_yscale("log")
-        ax.set_ylabel("ms per image (median, min-max)")
+        ax.invert_yaxis()  # the table's order, top to bottom
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per image (median, min-max)")
         ax.set_title(f"{size[0]}x{size[1]}, 1203 classes", fontsize=9)
-        ax.tick_params(axis="x", labelsize=7)
+        ax.tick_params(axis="y", labelsize=7)
     fig.suptitle(machine, fontsize=7)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
