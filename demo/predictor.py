@@ -5,6 +5,7 @@ test-time resize, any vocabulary, one box and one label per object: the display 
 MODEL.GRIDCLIP.DISPLAY) and draws the result, labelling boxes with the predictor's vocabulary.
 """
 
+import zlib
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cv2
@@ -12,12 +13,13 @@ import numpy as np
 
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Instances
+from detectron2.utils.colormap import colormap
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
 from gridclip_d2.predictor import GridCLIPPredictor
 
-__all__ = ["VisualizationDemo", "draw_instances", "vocabulary_metadata"]
+__all__ = ["VisualizationDemo", "class_color", "draw_instances", "vocabulary_metadata"]
 
 
 def vocabulary_metadata(names: Sequence[str]) -> Metadata:
@@ -26,12 +28,30 @@ def vocabulary_metadata(names: Sequence[str]) -> Metadata:
     return Metadata(thing_classes=list(names))
 
 
+def class_color(name: str) -> np.ndarray:
+    """The colour (RGB in [0, 1]) that boxes of class ``name`` are drawn in: one of Detectron2's
+    palette colours chosen by a hash of the name, so a class keeps its colour across images, runs
+    and vocabularies (the Visualizer otherwise draws each box in a random colour)."""
+    palette = colormap(rgb=True, maximum=1)
+    return palette[zlib.crc32(name.encode("utf-8")) % len(palette)]
+
+
 def draw_instances(
     rgb: np.ndarray, instances: Instances, names: Sequence[str], instance_mode=ColorMode.IMAGE
 ) -> VisImage:
-    """``instances`` drawn on an H x W x 3 RGB image, labelled with ``names`` (the vocabulary)."""
+    """``instances`` drawn on an H x W x 3 RGB image, labelled with ``names`` (the vocabulary):
+    ``Visualizer.draw_instance_predictions``'s boxes and "name 70%" labels, each class in its
+    :func:`class_color`."""
     visualizer = Visualizer(rgb, vocabulary_metadata(names), instance_mode=instance_mode)
-    return visualizer.draw_instance_predictions(predictions=instances)
+    classes = instances.pred_classes.tolist()
+    labels = [
+        f"{names[c]} {score * 100:.0f}%" for c, score in zip(classes, instances.scores.tolist())
+    ]
+    return visualizer.overlay_instances(
+        boxes=instances.pred_boxes.to("cpu"),
+        labels=labels,
+        assigned_colors=[class_color(names[c]) for c in classes],
+    )
 
 
 class VisualizationDemo:

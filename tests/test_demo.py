@@ -224,6 +224,27 @@ def test_vocabulary_arguments(tmp_path):
         names(["--vocabulary", "lvis", "--custom-vocabulary", "a"])
 
 
+def test_a_class_keeps_its_colour():
+    """Boxes are coloured by class name, not at random: the same detections draw the same pixels,
+    whatever the class ids of the vocabulary they came from."""
+    from detectron2.structures import Boxes, Instances
+
+    draw_instances = sys.modules["predictor"].draw_instances  # demo/predictor.py, loaded by demo
+
+    def drawn(names, classes):
+        inst = Instances(
+            (64, 96),
+            pred_boxes=Boxes(torch.tensor([[5.0, 5.0, 40.0, 40.0], [50.0, 10.0, 90.0, 60.0]])),
+            scores=torch.tensor([0.9, 0.6]),
+            pred_classes=torch.tensor(classes),
+        )
+        return draw_instances(np.full((64, 96, 3), 128, np.uint8), inst, names).get_image()
+
+    first = drawn(["cat", "dog"], [1, 0])
+    assert np.array_equal(first, drawn(["cat", "dog"], [1, 0]))
+    assert np.array_equal(first, drawn(["dog", "zebra", "cat"], [0, 2]))
+
+
 def test_bf16_flag_sets_the_config_key():
     """--bf16 is MODEL.GRIDCLIP.CPU_BF16 (whether it runs is the model's check:
     tests/modeling/test_cpu_bf16.py)."""
