@@ -28,12 +28,14 @@ def vocabulary_metadata(names: Sequence[str]) -> Metadata:
     return Metadata(thing_classes=list(names))
 
 
+_PALETTE = colormap(rgb=True, maximum=1)  # Detectron2's colours, N x 3 RGB in [0, 1]
+
+
 def class_color(name: str) -> np.ndarray:
     """The colour (RGB in [0, 1]) that boxes of class ``name`` are drawn in: one of Detectron2's
     palette colours chosen by a hash of the name, so a class keeps its colour across images, runs
     and vocabularies (the Visualizer otherwise draws each box in a random colour)."""
-    palette = colormap(rgb=True, maximum=1)
-    return palette[zlib.crc32(name.encode("utf-8")) % len(palette)]
+    return _PALETTE[zlib.crc32(name.encode("utf-8")) % len(_PALETTE)]
 
 
 def draw_instances(

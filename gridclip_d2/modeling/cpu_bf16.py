@@ -12,14 +12,13 @@ torch has no public query for these units; it has ``torch.cpu._is_amx_tile_suppo
 ``/proc/cpuinfo`` flags as the fallback.
 """
 
-import contextlib
 import functools
 import logging
 from typing import Optional
 
 import torch
 
-__all__ = ["cpu_bf16_units", "resolve_cpu_bf16", "cpu_bf16_autocast"]
+__all__ = ["cpu_bf16_units", "resolve_cpu_bf16"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +73,3 @@ def resolve_cpu_bf16(requested: bool, device: str, option: str = "MODEL.GRIDCLIP
         return False
     logger.info("%s: bfloat16 inference on this CPU's %s units", option, units)
     return True
-
-
-def cpu_bf16_autocast(enabled: bool):
-    """``torch.autocast("cpu", dtype=torch.bfloat16)`` when ``enabled``, else a null context."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=torch.bfloat16)

@@ -37,7 +37,7 @@ from ..vocabulary import model_vocabulary, training_metadata
 from .alignment import ImageAlignment
 from .clip_text import text_embeddings_from_cfg
 from .config_checks import check_in_features
-from .cpu_bf16 import cpu_bf16_autocast, resolve_cpu_bf16
+from .cpu_bf16 import resolve_cpu_bf16
 from .dense_decoding import decode_level
 from .grid_head import GridCLIPHead, GridHeadOutputs
 from .loss_columns import LossColumns
@@ -229,7 +229,8 @@ class GridCLIP(FCOS):
         """
         images = self.preprocess_image(batched_inputs)
         bf16 = self.cpu_bf16 and not self.training and images.tensor.device.type == "cpu"
-        with cpu_bf16_autocast(bf16):  # the head returns float32 outputs either way
+        # the head returns float32 outputs either way (bfloat16: the convolutions only)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             backbone_features = self.backbone(self._inference_layout(images.tensor))
             features = [backbone_features[f] for f in self.head_in_features]
             outputs = self.head(features, backbone_features.get(DENSE_CLIP))
