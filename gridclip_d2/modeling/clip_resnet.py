@@ -32,6 +32,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ..clip_arch import CLIPArch, arch_name, get_arch
 from .clip_weights import clip_state_dict_from_cfg, load_exact
+from .inference_weights import conv_norm_forward, use_prepared_weights
 
 __all__ = [
     "CLIPResNet",
@@ -200,20 +201,29 @@ class CLIPResNet(Backbone):
     def size_divisibility(self) -> int:
         return 32
 
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+    def _stem(self, x: torch.Tensor, prepared: bool = False) -> torch.Tensor:
         v = self.visual
-        x = v.relu1(v.bn1(v.conv1(x)))
-        x = v.relu2(v.bn2(v.conv2(x)))
-        x = v.relu3(v.bn3(v.conv3(x)))
+        if prepared:
+            x = _conv_norm(x, v.conv1, v.bn1, relu=True)
+            x = _conv_norm(x, v.conv2, v.bn2, relu=True)
+            x = _conv_norm(x, v.conv3, v.bn3, relu=True)
+        else:
+            x = v.relu1(v.bn1(v.conv1(x)))
+            x = v.relu2(v.bn2(v.conv2(x)))
+            x = v.relu3(v.bn3(v.conv3(x)))
         return v.avgpool(x)  # N x width x H/4 x W/4
 
     def _run(self, x: torch.Tensor, last: str) -> Dict[str, torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"CLIPResNet takes N x 3 x H x W input, got {tuple(x.shape)}")
-        x = self._stem(x.type(self.visual.conv1.weight.dtype))
+        # inference (eval, no gradients): the same network on prepared weights, BatchNorm folded
+        # into the convs (.inference_weights)
+        prepared = use_prepared_weights(self)
+        x = self._stem(x.type(self.visual.conv1.weight.dtype), prepared)
         outputs = {}
         for i, name in enumerate(_STAGES):
-            x = getattr(self.visual, f"layer{i + 1}")(x)
+            layer = getattr(self.visual, f"layer{i + 1}")
+            x = _prepared_layer(layer, x) if prepared else layer(x)
             outputs[name] = x
             if name == last:
                 break
@@ -278,6 +288,27 @@ class CLIPResNet(Backbone):
         """stem..res5 + attention pool: N x 3 x H x W -> N x D (clip's encode_image at native
         size)."""
         return self.pooled_embedding(self._run(x, "res5")["res5"])
+
+
+def _conv_norm(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, relu: bool) -> torch.Tensor:
+    """``relu(norm(conv(x)))`` (or without the relu) on prepared weights, the norm folded into the
+    conv where it can be (:mod:`.inference_weights`)."""
+    return conv_norm_forward(x, conv, norm, torch.relu_ if relu else None)
+
+
+def _prepared_layer(layer: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for one of clip's ResNet stages (a Sequential of clip's ``Bottleneck``), each
+    block's ops in the order of ``Bottleneck.forward``, on :func:`_conv_norm`."""
+    for block in layer:
+        out = _conv_norm(x, block.conv1, block.bn1, relu=True)
+        out = _conv_norm(out, block.conv2, block.bn2, relu=True)
+        out = _conv_norm(block.avgpool(out), block.conv3, block.bn3, relu=False)
+        identity = x
+        if block.downsample is not None:
+            pool, conv, norm = block.downsample  # avgpool, 1x1 conv, norm
+            identity = _conv_norm(pool(x), conv, norm, relu=False)
+        x = out.add_(identity).relu_()
+    return x
 
 
 class _FrozenCLIPResNet(CLIPResNet):

@@ -6,9 +6,10 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["decode_level", "topk_flat"]
+__all__ = ["batched_nms_first", "decode_level", "topk_flat"]
 
 
 def topk_flat(flat: Tensor, k: int, max_chunks: int = 16) -> Tuple[Tensor, Tensor]:
@@ -61,3 +62,33 @@ def decode_level(
     pred_boxes = Boxes(pred_boxes)
     pred_boxes.clip(image_size)
     return Instances(image_size, pred_boxes=pred_boxes, scores=scores, pred_classes=classes_idxs)
+
+
+def batched_nms_first(
+    boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float, k: int
+) -> Tensor:
+    """``batched_nms(boxes, scores, classes, iou_threshold)[:k]``, the indices of the k best boxes
+    that survive per-class NMS, from NMS over the best-scoring boxes only.
+
+    Greedy NMS keeps a box unless a kept box of its class with a higher score overlaps it, so the
+    boxes kept among the m best-scoring are exactly the kept boxes of the whole set that are among
+    those m; once they are k or more, no lower-scoring box can be among the first k. This runs NMS
+    on the best 2k boxes, then 8k, ... until k survive or every box was taken. With 1203 classes
+    few candidates overlap one of their own class, and 5000 candidates per image cost torchvision
+    a per-class loop (~30 ms on 2 CPU cores) where the best 600 cost one call (~1 ms).
+    (Equal scores at the cut may be ordered either way, as in any NMS.)
+    """
+    n = scores.numel()
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.int64, device=scores.device)
+    order = None
+    m = 2 * k
+    while m < n:
+        if order is None:
+            order = torch.sort(scores, descending=True, stable=True).indices
+        best = order[:m]
+        keep = batched_nms(boxes[best], scores[best], classes[best], iou_threshold)
+        if len(keep) >= k:
+            return best[keep[:k]]
+        m *= 4
+    return batched_nms(boxes, scores, classes, iou_threshold)[:k]

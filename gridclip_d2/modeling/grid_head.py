@@ -27,6 +27,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 
 from .config_checks import check_group_norm
+from .inference_weights import conv_forward
 
 __all__ = ["GridCLIPHead", "GridHeadOutputs"]
 
@@ -49,6 +50,16 @@ def _from_bf16(x: Tensor) -> Tensor:
     """float32 of a bfloat16 tensor (bfloat16 CPU inference, :mod:`.cpu_bf16`), else ``x``: the
     cosines, box deltas and centerness are computed and decoded in float32."""
     return x.float() if x.dtype == torch.bfloat16 else x
+
+
+def _run(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)`` for a conv or a Sequential of layers, its convs on weights prepared once for
+    inference (:func:`.inference_weights.conv_forward`)."""
+    if isinstance(module, nn.Conv2d):
+        return conv_forward(module, x)
+    for layer in module:
+        x = conv_forward(layer, x) if isinstance(layer, nn.Conv2d) else layer(x)
+    return x
 
 
 def _tower(channels: int, num_convs: int, norm: str) -> nn.Sequential:
@@ -271,7 +282,7 @@ class GridCLIPHead(nn.Module):
         scaled_text = None  # inference: D x C, the same for every level
         logits, box_deltas, centerness, grid_embeddings = [], [], [], []
         for i, x in enumerate(features):
-            emb = _from_bf16(self.embed(self.cls_subnet(x)))  # N x D x Hi x Wi
+            emb = _from_bf16(_run(self.embed, _run(self.cls_subnet, x)))  # N x D x Hi x Wi
             if i in self.dense_clip_levels:
                 dense = F.interpolate(
                     dense_embedding.to(emb.dtype),
@@ -292,10 +303,9 @@ class GridCLIPHead(nn.Module):
                 logits.append(self._inference_logits(emb, scaled_text))
             grid_embeddings.append(emb)
 
-            reg = self.bbox_subnet(x)
+            reg = _run(self.bbox_subnet, x)
             # exp of a clamped exponent: e^8 strides is far beyond any box, and exp cannot overflow.
-            box_deltas.append(
-                torch.exp((_from_bf16(self.bbox_pred(reg)) * self.scales[i]).clamp(max=8.0))
-            )  # N x 4 x Hi x Wi
-            centerness.append(_from_bf16(self.ctrness(reg)))  # N x 1 x Hi x Wi
+            deltas = _from_bf16(conv_forward(self.bbox_pred, reg))  # N x 4 x Hi x Wi
+            box_deltas.append(torch.exp((deltas * self.scales[i]).clamp(max=8.0)))
+            centerness.append(_from_bf16(conv_forward(self.ctrness, reg)))  # N x 1 x Hi x Wi
         return GridHeadOutputs(logits, box_deltas, centerness, grid_embeddings)

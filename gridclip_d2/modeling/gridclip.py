@@ -38,7 +38,7 @@ from .alignment import ImageAlignment
 from .clip_text import text_embeddings_from_cfg
 from .config_checks import check_in_features
 from .cpu_bf16 import resolve_cpu_bf16
-from .dense_decoding import decode_level
+from .dense_decoding import batched_nms_first, decode_level
 from .grid_head import GridCLIPHead, GridHeadOutputs
 from .loss_columns import LossColumns
 from .necks import DENSE_CLIP
@@ -408,6 +408,33 @@ class GridCLIP(FCOS):
             deltas = [x[img_idx] for x in pred_deltas]
             results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results
+
+    def inference_single_image(
+        self,
+        anchors: List[Boxes],
+        box_cls: List[Tensor],
+        box_delta: List[Tensor],
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        """``FCOS.inference_single_image``'s detections: the first ``max_detections_per_image``
+        of per-class NMS over every level's candidates, with NMS run on the best-scoring
+        candidates only (:func:`.dense_decoding.batched_nms_first`)."""
+        pred = self._decode_multi_level_predictions(
+            anchors,
+            box_cls,
+            box_delta,
+            self.test_score_thresh,
+            self.test_topk_candidates,
+            image_size,
+        )
+        keep = batched_nms_first(
+            pred.pred_boxes.tensor,
+            pred.scores,
+            pred.pred_classes,
+            self.test_nms_thresh,
+            self.max_detections_per_image,
+        )
+        return pred[keep]
 
     def _decode_per_level_predictions(
         self,

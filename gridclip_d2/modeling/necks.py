@@ -24,6 +24,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 from .bifpn import BiFPN
 from .clip_resnet import build_clip_resnet_backbone
 from .config_checks import check_in_features
+from .inference_weights import conv_forward
 
 __all__ = [
     "DENSE_CLIP",
@@ -83,17 +84,17 @@ class CLIPFPN(_DenseCLIPNeck, FPN):
         """``FPN.forward`` after its ``bottom_up`` call, written out here because Detectron2's
         runs the bottom-up network itself and returns only the pyramid: the same modules in the
         same order, so the same numbers (a test compares the two)."""
-        lateral = self.lateral_convs[0](bottom_up_features[self.in_features[-1]])
-        results = [self.output_convs[0](lateral)]
+        lateral = conv_forward(self.lateral_convs[0], bottom_up_features[self.in_features[-1]])
+        results = [conv_forward(self.output_convs[0], lateral)]
         # lateral_convs / output_convs / reversed in_features: coarsest level first
         for name, lateral_conv, output_conv in zip(
             self.in_features[-2::-1], self.lateral_convs[1:], self.output_convs[1:]
         ):
             top_down = F.interpolate(lateral, scale_factor=2.0, mode="nearest")
-            lateral = lateral_conv(bottom_up_features[name]) + top_down
+            lateral = conv_forward(lateral_conv, bottom_up_features[name]) + top_down
             if self._fuse_type == "avg":
                 lateral /= 2
-            results.insert(0, output_conv(lateral))
+            results.insert(0, conv_forward(output_conv, lateral))
         if self.top_block is not None:
             top_in = self.top_block.in_feature
             if top_in in bottom_up_features:
