@@ -38,7 +38,7 @@ from .alignment import ImageAlignment
 from .clip_text import text_embeddings_from_cfg
 from .config_checks import check_in_features
 from .cpu_bf16 import resolve_cpu_bf16
-from .dense_decoding import batched_nms_first, decode_level
+from .dense_decoding import batched_nms_first, candidate_rows, decode_level
 from .grid_head import GridCLIPHead, GridHeadOutputs
 from .loss_columns import LossColumns
 from .necks import DENSE_CLIP
@@ -392,21 +392,29 @@ class GridCLIP(FCOS):
     # ------------------------------------------------------------------ inference
     def forward_inference(self, images, features: List[Tensor], predictions: List[List[Tensor]]):
         """``FCOS.forward_inference`` with the scores ``sqrt(sigmoid(logit) * sigmoid(centerness))``
-        computed in place in the logits (the same ops in the same order, so the same values):
-        FCOS allocates two more R x C tensors per level and image (~40 MB each at P3 with 1203
-        classes), which costs more than the arithmetic."""
+        computed in place in the logits (the same ops in the same order, so the same values), and
+        only at the locations that can hold a detection (:func:`.dense_decoding.candidate_rows`):
+        FCOS computes every score of every level (~40 MB per image at P3 with 1203 classes) and
+        takes the top k of all of them."""
         pred_logits, pred_deltas, pred_centerness = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4, 1]
         )  # N x Ri x C, N x Ri x 4, N x Ri x 1 per level
         anchors = self.anchor_generator(features)
         results: List[Instances] = []
         for img_idx, image_size in enumerate(images.image_sizes):
-            scores = [
-                x[img_idx].sigmoid_().mul_(y[img_idx].sigmoid_()).sqrt_()  # Ri x C
-                for x, y in zip(pred_logits, pred_centerness)
-            ]
-            deltas = [x[img_idx] for x in pred_deltas]
-            results.append(self.inference_single_image(anchors, scores, deltas, image_size))
+            level_anchors, scores, deltas = [], [], []
+            for anchors_i, x, y, d in zip(anchors, pred_logits, pred_centerness, pred_deltas):
+                logits, ctr, delta = x[img_idx], y[img_idx], d[img_idx]  # Ri x C, Ri x 1, Ri x 4
+                rows = candidate_rows(
+                    logits, ctr, self.test_score_thresh, self.test_topk_candidates
+                )
+                if rows is not None:
+                    logits, ctr, delta = logits[rows], ctr[rows], delta[rows]
+                    anchors_i = anchors_i[rows]
+                scores.append(logits.sigmoid_().mul_(ctr.sigmoid_()).sqrt_())  # in place: Ri x C
+                level_anchors.append(anchors_i)
+                deltas.append(delta)
+            results.append(self.inference_single_image(level_anchors, scores, deltas, image_size))
         return results
 
     def inference_single_image(

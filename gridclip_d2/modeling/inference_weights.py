@@ -54,8 +54,10 @@ def clear_prepared_weights(model: Optional[nn.Module] = None) -> None:
 
 def use_prepared_weights(module: nn.Module) -> bool:
     """Whether ``module`` may run on prepared weights: in eval mode, with gradients off
-    (Detectron2's inference and evaluation, the demo, the frozen teacher)."""
-    return not module.training and not torch.is_grad_enabled()
+    (Detectron2's inference and evaluation, the demo, the frozen teacher), and not while
+    ``torch.jit.trace`` or ONNX export records the graph (which would hold the prepared tensors
+    as constants beside the parameters)."""
+    return not module.training and not torch.is_grad_enabled() and not torch.jit.is_tracing()
 
 
 def foldable_norm(norm: nn.Module) -> bool:

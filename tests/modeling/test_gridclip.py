@@ -15,12 +15,13 @@ from detectron2.layers import ShapeSpec, batched_nms
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.fcos import FCOS
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 
 import gridclip_d2  # noqa: F401
 from gridclip_d2 import add_gridclip_config
 from gridclip_d2.modeling.clip_text import text_embeddings_from_cfg
+from gridclip_d2.modeling.dense_decoding import candidate_rows
 from gridclip_d2.modeling.fed_loss import fed_loss_class_weights, sample_fed_loss_classes
 from gridclip_d2.modeling.gridclip import GridCLIP
 
@@ -214,6 +215,48 @@ def test_inference_single_image_equals_reference_pipeline():
     assert len(ours) == 50
     assert torch.equal(ours.scores, ref.scores) and torch.equal(ours.pred_classes, ref.pred_classes)
     assert torch.equal(ours.pred_boxes.tensor, ref.pred_boxes.tensor)
+
+
+@pytest.mark.parametrize(
+    "thresh, k",
+    [
+        (1e-4, 40),  # P3 has 256 locations: 6x k, most left out by the k-th highest bound
+        (0.7, 1000),  # a display threshold: the locations below it are left out
+        (1e-4, 1000),  # every location kept: the plain path
+    ],
+)
+def test_forward_inference_scores_only_candidate_locations(thresh, k):
+    """Scoring only the locations that can hold a top-k score above the threshold gives FCOS's
+    detections (every score of every level)."""
+    model = _small_model()
+    model.test_score_thresh, model.test_topk_candidates = thresh, k
+    model.max_detections_per_image = 10000  # every candidate that survives NMS is compared
+    g = torch.Generator().manual_seed(2)
+    sizes = [(120, 128), (128, 100)]
+    images = ImageList(torch.zeros(2, 3, 128, 128), sizes)
+    feats = [torch.zeros(2, 1, 128 // s, 128 // s) for s in model.strides]
+    c = model.num_classes
+    total = sum(f.shape[-1] * f.shape[-2] for f in feats) * 2 * c
+    values = (torch.randperm(total, generator=g).float() / total * 12 - 6).split(
+        [f.shape[-1] * f.shape[-2] * 2 * c for f in feats]
+    )  # distinct logits
+    logits = [v.view(2, c, *f.shape[-2:]) for v, f in zip(values, feats)]
+    deltas = [torch.rand(2, 4, *f.shape[-2:], generator=g) * 3 for f in feats]
+    ctr = [torch.randn(2, 1, *f.shape[-2:], generator=g) for f in feats]
+
+    def run(forward):
+        preds = [[t.clone() for t in logits], [t.clone() for t in deltas], [t.clone() for t in ctr]]
+        return forward(model, images, feats, preds)
+
+    p3 = logits[0][0].flatten(1).t()  # P3 of image 0: R x C
+    rows = candidate_rows(p3, ctr[0][0].flatten(1).t(), thresh, k)
+    assert (rows is None) == (k == 1000 and thresh < 0.01)
+    ours, ref = run(GridCLIP.forward_inference), run(FCOS.forward_inference)
+    for a, b in zip(ours, ref):
+        assert len(a) == len(b) > 0
+        assert torch.equal(a.pred_classes, b.pred_classes)
+        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+        assert (a.scores - b.scores).abs().max() <= 1e-6  # sqrt(a * b) or sqrt_ of a mul_
 
 
 def _predict(model, image):
