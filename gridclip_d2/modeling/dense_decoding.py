@@ -53,10 +53,10 @@ def candidate_rows(
         logits: R x C class logits.
         centerness: R x 1 centerness logits.
     """
-    num_rows = logits.shape[0]
+    num_rows, num_classes = logits.shape
     if torch.jit.is_tracing():  # the rows depend on the data: a traced graph takes all of them
         return None
-    if num_rows <= 2 * topk_candidates and score_thresh < 0.01:
+    if num_classes == 0 or (num_rows <= 2 * topk_candidates and score_thresh < 0.01):
         return None  # too few locations to leave many out
     best = logits.amax(dim=1, keepdim=True).sigmoid_().mul_(centerness.sigmoid()).sqrt_()
     best = best.view(-1)  # R: each location's highest score
