@@ -99,9 +99,10 @@ def inference_conv(
         if not foldable_norm(norm):
             raise ValueError(f"{type(norm).__name__} in training mode cannot be folded into a conv")
         sources += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
-    key = _source_key(sources)
+    # tensors made under torch.inference_mode() count no writes: prepared at every call, not kept
+    key = None if any(t is not None and t.is_inference() for t in sources) else _source_key(sources)
     cached = _CACHE.get(conv)
-    if cached is not None and _same(cached[0], key):
+    if key is not None and cached is not None and _same(cached[0], key):
         return cached[1], cached[2]
     with torch.no_grad():
         weight, bias = conv.weight.detach(), conv.bias
@@ -119,7 +120,10 @@ def inference_conv(
         bias = None if bias is None else bias.detach()
         if weight.device.type == "cpu":
             weight = weight.contiguous(memory_format=torch.channels_last)
-    _CACHE[conv] = (key, weight, bias)
+    if key is None:
+        _CACHE.pop(conv, None)
+    else:
+        _CACHE[conv] = (key, weight, bias)
     return weight, bias
 
 

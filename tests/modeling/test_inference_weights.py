@@ -181,3 +181,23 @@ def test_detections_equal_detectron2s_path(synthetic_weights, monkeypatch):
     assert torch.equal(got.pred_classes, ref.pred_classes)
     assert (got.scores - ref.scores).abs().max() < 1e-5
     assert pairwise_iou(got.pred_boxes, ref.pred_boxes).diagonal().min() > 0.999
+
+
+def test_weights_made_under_inference_mode_are_never_kept(clip_tiny_checkpoints, gridclip_cfg):
+    """Tensors made under torch.inference_mode() count no writes, so nothing prepared from them is
+    kept: a write is seen at the next call."""
+    cfg = gridclip_cfg(
+        ARCH="RNtiny", WEIGHTS=clip_tiny_checkpoints.state_dict_path, OUT_FEATURES=STAGES
+    )
+    with torch.inference_mode():
+        backbone = build_backbone(cfg).eval()
+        x = _image(2)
+        before = backbone(x)
+        backbone.visual.layer1[0].conv1.weight.mul_(2.0)
+        after = backbone(x)
+        v = backbone.visual  # res2 on the modules themselves
+        stem = v.relu1(v.bn1(v.conv1(x)))
+        stem = v.avgpool(v.relu3(v.bn3(v.conv3(v.relu2(v.bn2(v.conv2(stem)))))))
+        reference = v.layer1(stem)
+    assert _rel_diff(after["res2"], before["res2"]) > 0.01
+    assert _rel_diff(after["res2"], reference) < REL
