@@ -19,7 +19,13 @@ from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
 from gridclip_d2.predictor import GridCLIPPredictor
 
-__all__ = ["VisualizationDemo", "class_color", "draw_instances", "vocabulary_metadata"]
+__all__ = [
+    "VisualizationDemo",
+    "class_color",
+    "draw_instances",
+    "keep_labels_inside",
+    "vocabulary_metadata",
+]
 
 
 def vocabulary_metadata(names: Sequence[str]) -> Metadata:
@@ -38,22 +44,49 @@ def class_color(name: str) -> np.ndarray:
     return _PALETTE[zlib.crc32(name.encode("utf-8")) % len(_PALETTE)]
 
 
+def keep_labels_inside(vis: VisImage) -> VisImage:
+    """Move every label of ``vis`` that runs past an edge of the image back inside it.
+
+    Detectron2's Visualizer puts a label at a corner of its box whatever the label's width, so the
+    label of a box near the right edge is cut off ("yellow circ"). Each label's extent is
+    matplotlib's own (its rendered text, at the figure's scale); only labels that overflow move,
+    by the overflow. Written here: the Visualizer has no such option.
+    """
+    renderer = vis.canvas.get_renderer()
+    fig_box = vis.fig.bbox  # display pixels, origin bottom left
+    to_data = vis.ax.transData.inverted()
+    for text in vis.ax.texts:
+        box = text.get_window_extent(renderer)
+        # right edge first, then the left one: a label wider than the image shows its start
+        dx = min(0.0, fig_box.x1 - box.x1)
+        dx = max(dx, fig_box.x0 - box.x0)
+        dy = max(0.0, fig_box.y0 - box.y0)  # past the bottom: up, unless that hides its top
+        dy = min(dy, fig_box.y1 - box.y1)
+        if dx == 0.0 and dy == 0.0:
+            continue
+        shift = to_data.transform((dx, dy)) - to_data.transform((0.0, 0.0))
+        x, y = text.get_position()
+        text.set_position((x + shift[0], y + shift[1]))
+    return vis
+
+
 def draw_instances(
     rgb: np.ndarray, instances: Instances, names: Sequence[str], instance_mode=ColorMode.IMAGE
 ) -> VisImage:
     """``instances`` drawn on an H x W x 3 RGB image, labelled with ``names`` (the vocabulary):
     ``Visualizer.draw_instance_predictions``'s boxes and "name 70%" labels, each class in its
-    :func:`class_color`."""
+    :func:`class_color`, every label inside the image (:func:`keep_labels_inside`)."""
     visualizer = Visualizer(rgb, vocabulary_metadata(names), instance_mode=instance_mode)
     classes = instances.pred_classes.tolist()
     labels = [
         f"{names[c]} {score * 100:.0f}%" for c, score in zip(classes, instances.scores.tolist())
     ]
-    return visualizer.overlay_instances(
+    vis = visualizer.overlay_instances(
         boxes=instances.pred_boxes.to("cpu"),
         labels=labels,
         assigned_colors=[class_color(names[c]) for c in classes],
     )
+    return keep_labels_inside(vis)
 
 
 class VisualizationDemo:
@@ -102,5 +135,5 @@ class VisualizationDemo:
                 break
             instances = self.predictor(frame, format="BGR")
             rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            vis = visualizer.draw_instance_predictions(rgb, instances)
+            vis = keep_labels_inside(visualizer.draw_instance_predictions(rgb, instances))
             yield cv2.cvtColor(vis.get_image(), cv2.COLOR_RGB2BGR)

@@ -245,6 +245,42 @@ def test_a_class_keeps_its_colour():
     assert np.array_equal(first, drawn(["dog", "zebra", "cat"], [0, 2]))
 
 
+def test_labels_stay_inside_the_image():
+    """A box at the right edge, one at the bottom, one at the top left: every label is drawn whole
+    inside the image (the Visualizer alone puts the first past the right edge)."""
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.visualizer import Visualizer
+
+    module = sys.modules["predictor"]  # demo/predictor.py, loaded by demo
+    rgb = np.full((120, 240, 3), 128, np.uint8)
+    boxes = [[200.0, 60.0, 238.0, 100.0], [20.0, 100.0, 60.0, 119.0], [0.0, 0.0, 30.0, 30.0]]
+    names = ["class at the edge", "bottom", "top left"]
+    inst = Instances(
+        rgb.shape[:2],
+        pred_boxes=Boxes(torch.tensor(boxes)),
+        scores=torch.tensor([0.9, 0.8, 0.7]),
+        pred_classes=torch.tensor([0, 1, 2]),
+    )
+
+    def outside(vis):
+        renderer, fig = vis.canvas.get_renderer(), vis.fig.bbox
+        boxes = [t.get_window_extent(renderer) for t in vis.ax.texts]
+        assert len(boxes) == 3
+        return [
+            b for b in boxes if b.x0 < fig.x0 - 0.5 or b.x1 > fig.x1 + 0.5 or b.y0 < fig.y0 - 0.5
+        ]
+
+    plain = Visualizer(rgb, module.vocabulary_metadata(names)).overlay_instances(
+        boxes=inst.pred_boxes, labels=[f"{n} 90%" for n in names]
+    )
+    assert outside(plain)  # what the fix is for
+    assert not outside(module.draw_instances(rgb, inst, names))
+    # wider than the image: its start is shown
+    wide = module.draw_instances(rgb, inst, ["a class name far wider than this small image"] * 3)
+    renderer = wide.canvas.get_renderer()
+    assert all(t.get_window_extent(renderer).x0 >= -0.5 for t in wide.ax.texts)
+
+
 def test_bf16_flag_sets_the_config_key():
     """--bf16 is MODEL.GRIDCLIP.CPU_BF16 (whether it runs is the model's check:
     tests/modeling/test_cpu_bf16.py)."""
