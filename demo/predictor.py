@@ -49,24 +49,39 @@ def keep_labels_inside(vis: VisImage) -> VisImage:
 
     Detectron2's Visualizer puts a label at a corner of its box whatever the label's width, so the
     label of a box near the right edge is cut off ("yellow circ"). Each label's extent is
-    matplotlib's own (its rendered text, at the figure's scale); only labels that overflow move,
-    by the overflow. Written here: the Visualizer has no such option.
+    matplotlib's own (its rendered text, at the figure's scale). A label that overflows moves by
+    the overflow, and where that would cover another label, one or two lines up or down instead
+    (the first free place); the other labels stay where the Visualizer put them. Written here: the
+    Visualizer has no such option.
     """
     renderer = vis.canvas.get_renderer()
     fig_box = vis.fig.bbox  # display pixels, origin bottom left
     to_data = vis.ax.transData.inverted()
-    for text in vis.ax.texts:
-        box = text.get_window_extent(renderer)
+    texts = list(vis.ax.texts)
+    extents = [t.get_window_extent(renderer) for t in texts]
+    for i, (text, box) in enumerate(zip(texts, extents)):
         # right edge first, then the left one: a label wider than the image shows its start
-        dx = min(0.0, fig_box.x1 - box.x1)
-        dx = max(dx, fig_box.x0 - box.x0)
-        dy = max(0.0, fig_box.y0 - box.y0)  # past the bottom: up, unless that hides its top
-        dy = min(dy, fig_box.y1 - box.y1)
+        dx = max(min(0.0, fig_box.x1 - box.x1), fig_box.x0 - box.x0)
+        # past the bottom: up, unless that hides its top
+        dy = min(max(0.0, fig_box.y0 - box.y0), fig_box.y1 - box.y1)
         if dx == 0.0 and dy == 0.0:
             continue
-        shift = to_data.transform((dx, dy)) - to_data.transform((0.0, 0.0))
+        others = extents[:i] + extents[i + 1 :]
+        places = [box.translated(dx, dy + k * box.height) for k in (0, 1, -1, 2, -2)]
+        free = [
+            p
+            for p in places
+            if p.y0 >= fig_box.y0 - 0.5
+            and p.y1 <= fig_box.y1 + 0.5
+            and not any(p.overlaps(o) for o in others)
+        ]
+        place = (free or places)[0]
+        shift = to_data.transform((place.x0 - box.x0, place.y0 - box.y0)) - to_data.transform(
+            (0.0, 0.0)
+        )
         x, y = text.get_position()
         text.set_position((x + shift[0], y + shift[1]))
+        extents[i] = place
     return vis
 
 

@@ -246,39 +246,51 @@ def test_a_class_keeps_its_colour():
 
 
 def test_labels_stay_inside_the_image():
-    """A box at the right edge, one at the bottom, one at the top left: every label is drawn whole
-    inside the image (the Visualizer alone puts the first past the right edge)."""
+    """A box at the right edge, one beside it, one at the bottom, one at the top left: every label
+    is drawn whole inside the image (the Visualizer alone puts the first past the right edge), and
+    the label moved inside covers no other label."""
     from detectron2.structures import Boxes, Instances
     from detectron2.utils.visualizer import Visualizer
 
     module = sys.modules["predictor"]  # demo/predictor.py, loaded by demo
     rgb = np.full((120, 240, 3), 128, np.uint8)
-    boxes = [[200.0, 60.0, 238.0, 100.0], [20.0, 100.0, 60.0, 119.0], [0.0, 0.0, 30.0, 30.0]]
-    names = ["class at the edge", "bottom", "top left"]
+    boxes = [
+        [200.0, 60.0, 238.0, 100.0],
+        [150.0, 60.0, 190.0, 100.0],
+        [20.0, 100.0, 60.0, 119.0],
+        [0.0, 0.0, 30.0, 30.0],
+    ]
+    names = ["class at the edge", "beside", "bottom", "top left"]
     inst = Instances(
         rgb.shape[:2],
         pred_boxes=Boxes(torch.tensor(boxes)),
-        scores=torch.tensor([0.9, 0.8, 0.7]),
-        pred_classes=torch.tensor([0, 1, 2]),
+        scores=torch.tensor([0.9, 0.85, 0.8, 0.7]),
+        pred_classes=torch.tensor([0, 1, 2, 3]),
     )
 
+    def extents(vis):
+        renderer = vis.canvas.get_renderer()
+        return [t.get_window_extent(renderer) for t in vis.ax.texts]
+
     def outside(vis):
-        renderer, fig = vis.canvas.get_renderer(), vis.fig.bbox
-        boxes = [t.get_window_extent(renderer) for t in vis.ax.texts]
-        assert len(boxes) == 3
+        fig = vis.fig.bbox
+        found = extents(vis)
+        assert len(found) == 4
         return [
-            b for b in boxes if b.x0 < fig.x0 - 0.5 or b.x1 > fig.x1 + 0.5 or b.y0 < fig.y0 - 0.5
+            b for b in found if b.x0 < fig.x0 - 0.5 or b.x1 > fig.x1 + 0.5 or b.y0 < fig.y0 - 0.5
         ]
 
     plain = Visualizer(rgb, module.vocabulary_metadata(names)).overlay_instances(
         boxes=inst.pred_boxes, labels=[f"{n} 90%" for n in names]
     )
     assert outside(plain)  # what the fix is for
-    assert not outside(module.draw_instances(rgb, inst, names))
+    drawn = module.draw_instances(rgb, inst, names)
+    assert not outside(drawn)
+    labels = extents(drawn)
+    assert not any(a.overlaps(b) for i, a in enumerate(labels) for b in labels[i + 1 :])
     # wider than the image: its start is shown
-    wide = module.draw_instances(rgb, inst, ["a class name far wider than this small image"] * 3)
-    renderer = wide.canvas.get_renderer()
-    assert all(t.get_window_extent(renderer).x0 >= -0.5 for t in wide.ax.texts)
+    wide = module.draw_instances(rgb, inst, ["a class name far wider than this small image"] * 4)
+    assert all(b.x0 >= -0.5 for b in extents(wide))
 
 
 def test_bf16_flag_sets_the_config_key():
