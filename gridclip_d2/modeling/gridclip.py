@@ -40,6 +40,7 @@ from .config_checks import check_in_features
 from .cpu_bf16 import resolve_cpu_bf16
 from .dense_decoding import batched_nms_first, candidate_rows, decode_level
 from .grid_head import GridCLIPHead, GridHeadOutputs
+from .inference_weights import clear_prepared_weights
 from .loss_columns import LossColumns
 from .necks import DENSE_CLIP
 from .proposals import class_agnostic_proposals
@@ -215,6 +216,16 @@ class GridCLIP(FCOS):
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "cpu_bf16": resolve_cpu_bf16(g.CPU_BF16, cfg.MODEL.DEVICE),
         }
+
+    def train(self, mode: bool = True) -> "GridCLIP":
+        """``nn.Module.train``; back to training, the conv weights prepared for inference
+        (:mod:`.inference_weights`, one more copy of them) are let go until the next evaluation.
+        The frozen teacher keeps its own: it stays in eval mode."""
+        if mode:
+            teacher = getattr(getattr(self, "image_alignment", None), "teacher", None)
+            skip = set(teacher.modules()) if teacher is not None else set()
+            clear_prepared_weights(m for m in self.modules() if m not in skip)
+        return super().train(mode)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):

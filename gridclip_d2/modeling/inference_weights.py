@@ -19,7 +19,7 @@ parameter), which PyTorch counts in each tensor's version counter. In-place writ
 """
 
 import weakref
-from typing import Optional, Tuple
+from typing import Iterable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -42,13 +42,13 @@ __all__ = [
 _CACHE: "weakref.WeakKeyDictionary[nn.Conv2d, tuple]" = weakref.WeakKeyDictionary()
 
 
-def clear_prepared_weights(model: Optional[nn.Module] = None) -> None:
-    """Forget the prepared weights of ``model``'s convs (of every model when None); the next
-    inference prepares them again."""
+def clear_prepared_weights(model: Union[None, nn.Module, Iterable[nn.Module]] = None) -> None:
+    """Forget the prepared weights of ``model``'s convs (of every model when None; or of the given
+    modules); the next inference prepares them again."""
     if model is None:
         _CACHE.clear()
         return
-    for m in model.modules():
+    for m in model.modules() if isinstance(model, nn.Module) else model:
         _CACHE.pop(m, None)
 
 

@@ -201,3 +201,19 @@ def test_weights_made_under_inference_mode_are_never_kept(clip_tiny_checkpoints,
         reference = v.layer1(stem)
     assert _rel_diff(after["res2"], before["res2"]) > 0.01
     assert _rel_diff(after["res2"], reference) < REL
+
+
+def test_back_to_training_the_prepared_weights_are_let_go(synthetic_weights):
+    predictor = GridCLIPPredictor.from_config_file(CONFIG, synthetic_weights)
+    model = predictor.model
+    predictor(IMAGE)
+
+    def prepared():
+        return sum(m in iw._CACHE for m in model.modules())
+
+    assert prepared() > 0
+    model.train()
+    assert prepared() == 0
+    model.eval()
+    predictor(IMAGE)
+    assert prepared() > 0
