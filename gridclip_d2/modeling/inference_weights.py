@@ -2,7 +2,7 @@
 on the CPU laid out channels-last.
 
 Inference reads the same weights at every call, yet eager PyTorch redoes two things each time:
-the frozen BatchNorm after each of the CLIP ResNet's 53 convs is a pass over the feature map
+the frozen BatchNorm after each of the CLIP ResNet's 55 convs is a pass over the feature map
 (~5% of an RN50-FPN inference on 2 CPU cores), and oneDNN reorders every contiguous weight to the
 channels-last layout of the activations (``_inference_layout``), another ~1%. Here both are done
 once per weight: :func:`inference_conv` returns ``(weight, bias)`` with the BatchNorm folded in

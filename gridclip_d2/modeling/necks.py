@@ -83,7 +83,8 @@ class CLIPFPN(_DenseCLIPNeck, FPN):
     def pyramid(self, bottom_up_features: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """``FPN.forward`` after its ``bottom_up`` call, written out here because Detectron2's
         runs the bottom-up network itself and returns only the pyramid: the same modules in the
-        same order, so the same numbers (a test compares the two)."""
+        same order (at inference on weights prepared once, :mod:`.inference_weights`), so the same
+        numbers up to float rounding (a test compares the two)."""
         lateral = conv_forward(self.lateral_convs[0], bottom_up_features[self.in_features[-1]])
         results = [conv_forward(self.output_convs[0], lateral)]
         # lateral_convs / output_convs / reversed in_features: coarsest level first

@@ -178,9 +178,14 @@ def test_detections_equal_detectron2s_path(synthetic_weights, monkeypatch):
     monkeypatch.setattr(GridCLIP, "inference_single_image", FCOS.inference_single_image)
     ref = _modules_path(lambda: model(inputs)[0]["instances"])
     assert len(got) == len(ref) == 50
-    assert torch.equal(got.pred_classes, ref.pred_classes)
-    assert (got.scores - ref.scores).abs().max() < 1e-5
-    assert pairwise_iou(got.pred_boxes, ref.pred_boxes).diagonal().min() > 0.999
+    # float32 rounding differs between the two paths (~1e-7 of a score), so two detections whose
+    # scores are that close may swap places: each of the first 45 is matched, not indexed
+    top = ref[:45]
+    same = (top.pred_classes[:, None] == got.pred_classes[None, :]) & (
+        pairwise_iou(top.pred_boxes, got.pred_boxes) > 0.999
+    )
+    close = (top.scores[:, None] - got.scores[None, :]).abs() < 1e-5
+    assert (same & close).any(dim=1).all()
 
 
 def test_weights_made_under_inference_mode_are_never_kept(clip_tiny_checkpoints, gridclip_cfg):

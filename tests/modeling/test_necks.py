@@ -152,7 +152,9 @@ def test_neck_config_errors(neck_cfg):
 
 @pytest.mark.parametrize("fuse_type", ["sum", "avg"])
 def test_clip_fpn_pyramid_is_detectron2_fpn(neck_cfg, fuse_type):
-    """CLIPFPN writes out FPN's top-down pass; it must give FPN.forward's numbers exactly."""
+    """CLIPFPN writes out FPN's top-down pass; it must give FPN.forward's numbers (its convs read
+    weights prepared channels-last once, which FPN.forward's oneDNN calls reorder themselves: the
+    same arithmetic, compared up to float32 rounding rather than bit for bit)."""
     neck_cfg.MODEL.BACKBONE.NAME = "build_clip_resnet_fpn_backbone"
     neck_cfg.MODEL.FPN.FUSE_TYPE = fuse_type
     neck = build_backbone(neck_cfg).eval()
@@ -162,7 +164,7 @@ def test_clip_fpn_pyramid_is_detectron2_fpn(neck_cfg, fuse_type):
         ours, reference = neck(x), FPN.forward(neck, x)
     assert list(ours) == list(reference) == LEVELS
     for k in LEVELS:
-        assert torch.equal(ours[k], reference[k]), k
+        assert (ours[k] - reference[k]).abs().max() <= 1e-6 * reference[k].abs().max(), k
 
 
 @pytest.mark.parametrize(
